@@ -1,0 +1,831 @@
+//! The cluster model: the host's single source of truth about jobs and GPUs.
+//!
+//! Policies only propose; this module decides whether a proposal is
+//! possible. Every [`Action`] goes through [`Cluster::apply`], which checks
+//! it against the current state (unknown job, wrong state, partial gang,
+//! GPU over capacity, memory that does not fit, ...) and either carries out
+//! the state change or returns a reason, leaving the model untouched. That
+//! keeps a buggy or hostile plugin from ever corrupting the cluster, and it
+//! is also why actions in one batch are applied in order: a preemption
+//! frees GPUs that a later start in the same batch may use.
+//!
+//! The model is backend-agnostic. Progress is kept as seconds of work on
+//! the job's full gang, so the simulator can predict completions and real
+//! backends can report measured progress into the same field.
+
+use crate::wit::{Action, ClusterStats, GpuId, GpuInfo, JobId, JobInfo, JobState, Resident, RunningJob};
+use std::collections::{BTreeSet, HashMap};
+
+/// Fractions are compared with this slack so that 0.5 + 0.5 fits in 1.0.
+const FRACTION_EPSILON: f64 = 1e-9;
+
+/// What a submitter asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    /// The user or tenant (virtual cluster).
+    pub tenant: String,
+    /// Gang size: the job starts on exactly this many GPUs.
+    pub gpus: u32,
+    /// Seconds of work on the full gang, when known (the simulator knows it
+    /// from the trace; a real job may not).
+    pub work: Option<f64>,
+    /// What policies are told to expect (`expected-duration`); may differ
+    /// from `work`, or be withheld.
+    pub expected_duration: Option<f64>,
+    /// Device memory needed on each GPU, in bytes.
+    pub memory_per_gpu: u64,
+    /// Iterations in total, when known.
+    pub iterations_total: Option<u64>,
+}
+
+impl JobSpec {
+    /// A job of `gpus` GPUs for `work` seconds, with nothing else known.
+    pub fn new(tenant: impl Into<String>, gpus: u32, work: f64) -> Self {
+        JobSpec {
+            tenant: tenant.into(),
+            gpus,
+            work: Some(work),
+            expected_duration: Some(work),
+            memory_per_gpu: 0,
+            iterations_total: None,
+        }
+    }
+}
+
+/// One job and everything the host tracks about it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Unique id; ids grow with submission order.
+    pub id: JobId,
+    /// What was asked for.
+    pub spec: JobSpec,
+    /// When it was submitted.
+    pub submit_time: f64,
+    /// Where it is in its life.
+    pub state: JobState,
+    /// GPUs held now (empty unless running).
+    pub placement: Vec<GpuId>,
+    /// Share of each held GPU.
+    pub fraction: f64,
+    /// Seconds of work on the full gang done so far.
+    pub progress: f64,
+    /// GPU-seconds of service received.
+    pub attained_gpu_seconds: f64,
+    /// Seconds spent running.
+    pub attained_seconds: f64,
+    /// When it last started or resumed.
+    pub since: f64,
+    /// When it first started.
+    pub first_start: Option<f64>,
+    /// When it finished or failed.
+    pub end_time: Option<f64>,
+    /// Weight set by the policy.
+    pub priority: f64,
+    /// Times preempted.
+    pub preemptions: u32,
+    /// Times moved to other GPUs.
+    pub migrations: u32,
+    /// Iterations done, when a backend reports them.
+    pub iterations_done: Option<u64>,
+    /// Measured seconds per iteration, when a backend reports them.
+    pub iteration_time: Option<f64>,
+    /// Why it failed, when it did.
+    pub failure: Option<String>,
+}
+
+impl Job {
+    /// Progress per second of wall time: GPUs held times share, over the
+    /// gang size asked for (1.0 when exclusive on the full gang).
+    pub fn rate(&self) -> f64 {
+        if self.state != JobState::Running || self.spec.gpus == 0 {
+            return 0.0;
+        }
+        self.placement.len() as f64 * self.fraction / self.spec.gpus as f64
+    }
+
+    /// Seconds of full-gang work left, when the total is known.
+    pub fn remaining_work(&self) -> Option<f64> {
+        self.spec.work.map(|w| (w - self.progress).max(0.0))
+    }
+
+    /// Whether the job has ended (finished or failed).
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, JobState::Finished | JobState::Failed)
+    }
+}
+
+/// Hardware description of one GPU.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuSpec {
+    /// Node (machine) index.
+    pub node: u32,
+    /// Model name.
+    pub kind: String,
+    /// Device memory in bytes.
+    pub memory_total: u64,
+}
+
+/// One GPU and who uses it.
+#[derive(Debug, Clone)]
+pub struct Gpu {
+    /// Index in the cluster.
+    pub id: GpuId,
+    /// Hardware description.
+    pub spec: GpuSpec,
+    /// Device memory taken by residents, in bytes.
+    pub memory_used: u64,
+    /// Whether anything may be placed on it.
+    pub online: bool,
+    /// Jobs placed here and their shares.
+    pub residents: Vec<Resident>,
+}
+
+impl Gpu {
+    fn share_used_by_others(&self, job: JobId) -> f64 {
+        self.residents.iter().filter(|r| r.job != job).map(|r| r.fraction).sum()
+    }
+
+    fn is_free(&self) -> bool {
+        self.online && self.residents.is_empty()
+    }
+}
+
+/// What [`Cluster::apply`] changed, for backends and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// A job started or resumed.
+    Started,
+    /// A job was suspended.
+    Preempted,
+    /// A running job moved to other GPUs.
+    Migrated,
+    /// A job's gang size or GPU share changed, or it was placed shared.
+    Reshaped,
+    /// Bookkeeping only (priority).
+    Noted,
+}
+
+/// Jobs, GPUs and the clock.
+#[derive(Debug, Default)]
+pub struct Cluster {
+    now: f64,
+    gpus: Vec<Gpu>,
+    jobs: HashMap<JobId, Job>,
+    pending: BTreeSet<JobId>,
+    running: BTreeSet<JobId>,
+    suspended: BTreeSet<JobId>,
+    free_gpus: u32,
+    next_id: JobId,
+}
+
+impl Cluster {
+    /// A cluster of the given GPUs (ids are their indices).
+    pub fn new(gpus: Vec<GpuSpec>) -> Self {
+        let gpus: Vec<Gpu> = gpus
+            .into_iter()
+            .enumerate()
+            .map(|(i, spec)| Gpu {
+                id: i as GpuId,
+                spec,
+                memory_used: 0,
+                online: true,
+                residents: Vec::new(),
+            })
+            .collect();
+        let free_gpus = gpus.len() as u32;
+        Cluster {
+            gpus,
+            free_gpus,
+            ..Cluster::default()
+        }
+    }
+
+    /// `count` identical GPUs, `per_node` to a node.
+    pub fn homogeneous(count: u32, per_node: u32, kind: &str, memory_total: u64) -> Self {
+        let per_node = per_node.max(1);
+        Cluster::new(
+            (0..count)
+                .map(|i| GpuSpec {
+                    node: i / per_node,
+                    kind: kind.to_string(),
+                    memory_total,
+                })
+                .collect(),
+        )
+    }
+
+    /// The clock.
+    pub fn now(&self) -> f64 {
+        self.now
+    }
+
+    /// Move the clock to `t`, crediting running jobs with progress and
+    /// service. A time in the past is ignored: the clock never goes back.
+    pub fn advance(&mut self, t: f64) {
+        let dt = t - self.now;
+        if dt.is_nan() || dt <= 0.0 {
+            return;
+        }
+        for id in &self.running {
+            if let Some(job) = self.jobs.get_mut(id) {
+                let rate = job.rate();
+                job.progress += dt * rate;
+                job.attained_seconds += dt;
+                job.attained_gpu_seconds += dt * job.placement.len() as f64 * job.fraction;
+            }
+        }
+        self.now = t;
+    }
+
+    /// Number of GPUs, online or not.
+    pub fn gpu_count(&self) -> u32 {
+        self.gpus.len() as u32
+    }
+
+    /// All GPUs.
+    pub fn gpus(&self) -> &[Gpu] {
+        &self.gpus
+    }
+
+    /// One job.
+    pub fn job(&self, id: JobId) -> Option<&Job> {
+        self.jobs.get(&id)
+    }
+
+    /// Every job the host knows, in no particular order.
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values()
+    }
+
+    /// Ids of running jobs, oldest first.
+    pub fn running_ids(&self) -> &BTreeSet<JobId> {
+        &self.running
+    }
+
+    /// Ids of jobs in `state`, oldest first.
+    pub fn ids_in(&self, state: JobState) -> Vec<JobId> {
+        match state {
+            JobState::Pending => self.pending.iter().copied().collect(),
+            JobState::Running => self.running.iter().copied().collect(),
+            JobState::Suspended => self.suspended.iter().copied().collect(),
+            JobState::Finished | JobState::Failed => {
+                let mut ids: Vec<JobId> = self.jobs.values().filter(|j| j.state == state).map(|j| j.id).collect();
+                ids.sort_unstable();
+                ids
+            }
+        }
+    }
+
+    /// Number of jobs waiting (pending or suspended) or running.
+    pub fn live_jobs(&self) -> usize {
+        self.pending.len() + self.running.len() + self.suspended.len()
+    }
+
+    /// Counters for `cluster-view.stats`.
+    pub fn stats(&self) -> ClusterStats {
+        ClusterStats {
+            gpus: self.gpu_count(),
+            free_gpus: self.free_gpus,
+            pending: self.pending.len() as u32,
+            running: self.running.len() as u32,
+            suspended: self.suspended.len() as u32,
+        }
+    }
+
+    /// Sum over GPUs of the share allocated to jobs (0 ..= GPU count).
+    pub fn allocated_share(&self) -> f64 {
+        self.gpus
+            .iter()
+            .map(|g| g.residents.iter().map(|r| r.fraction).sum::<f64>().min(1.0))
+            .sum()
+    }
+
+    /// Online GPUs with no resident, lowest id first.
+    pub fn free_gpu_ids(&self) -> Vec<GpuId> {
+        self.gpus.iter().filter(|g| g.is_free()).map(|g| g.id).collect()
+    }
+
+    /// The policy-facing record of one job.
+    pub fn job_info(&self, id: JobId) -> Option<JobInfo> {
+        let j = self.jobs.get(&id)?;
+        Some(JobInfo {
+            id: j.id,
+            tenant: j.spec.tenant.clone(),
+            submit_time: j.submit_time,
+            gpus_requested: j.spec.gpus,
+            state: j.state,
+            placement: j.placement.clone(),
+            fraction: j.fraction,
+            attained_gpu_seconds: j.attained_gpu_seconds,
+            attained_seconds: j.attained_seconds,
+            iterations_done: j.iterations_done,
+            iterations_total: j.spec.iterations_total,
+            iteration_time: j.iteration_time,
+            expected_duration: j.spec.expected_duration,
+            memory_per_gpu: j.spec.memory_per_gpu,
+            priority: j.priority,
+            preemptions: j.preemptions,
+        })
+    }
+
+    /// Compact records of the running jobs, oldest first.
+    pub fn running_jobs(&self) -> Vec<RunningJob> {
+        self.running
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+            .map(|j| RunningJob {
+                id: j.id,
+                gpus: j.placement.len() as u32,
+                fraction: j.fraction,
+                attained_gpu_seconds: j.attained_gpu_seconds,
+                submit_time: j.submit_time,
+                since: j.since,
+                priority: j.priority,
+            })
+            .collect()
+    }
+
+    /// The policy-facing record of one GPU.
+    pub fn gpu_info(&self, id: GpuId) -> Option<GpuInfo> {
+        let g = self.gpus.get(id as usize)?;
+        Some(GpuInfo {
+            id: g.id,
+            node: g.spec.node,
+            kind: g.spec.kind.clone(),
+            memory_total: g.spec.memory_total,
+            memory_used: g.memory_used,
+            online: g.online,
+            residents: g.residents.clone(),
+        })
+    }
+
+    /// Records of the live jobs (pending, running, suspended), oldest first:
+    /// what a policy is told when it takes over.
+    pub fn live_job_infos(&self) -> Vec<JobInfo> {
+        let mut ids: Vec<JobId> = self
+            .pending
+            .iter()
+            .chain(&self.running)
+            .chain(&self.suspended)
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter().filter_map(|id| self.job_info(id)).collect()
+    }
+
+    /// Accept a job at the current time. Refused (with the reason) when it
+    /// can never run here: no GPUs asked for, or more than the cluster has,
+    /// or more memory per GPU than the largest GPU has.
+    pub fn submit(&mut self, spec: JobSpec) -> Result<JobId, String> {
+        if spec.gpus == 0 {
+            return Err("a job must ask for at least one GPU".to_string());
+        }
+        if spec.gpus > self.gpu_count() {
+            return Err(format!(
+                "job asks for {} GPUs, the cluster has {}",
+                spec.gpus,
+                self.gpu_count()
+            ));
+        }
+        if let Some(w) = spec.work
+            && !(w.is_finite() && w >= 0.0)
+        {
+            return Err(format!("job work must be a finite number of seconds >= 0, got {w}"));
+        }
+        let largest = self.gpus.iter().map(|g| g.spec.memory_total).max().unwrap_or(0);
+        if spec.memory_per_gpu > largest {
+            return Err(format!(
+                "job needs {} bytes per GPU, the largest GPU has {largest}",
+                spec.memory_per_gpu
+            ));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.jobs.insert(
+            id,
+            Job {
+                id,
+                spec,
+                submit_time: self.now,
+                state: JobState::Pending,
+                placement: Vec::new(),
+                fraction: 1.0,
+                progress: 0.0,
+                attained_gpu_seconds: 0.0,
+                attained_seconds: 0.0,
+                since: self.now,
+                first_start: None,
+                end_time: None,
+                priority: 1.0,
+                preemptions: 0,
+                migrations: 0,
+                iterations_done: None,
+                iteration_time: None,
+                failure: None,
+            },
+        );
+        self.pending.insert(id);
+        Ok(id)
+    }
+
+    /// Mark a job finished and free its GPUs. Returns false if it was not live.
+    pub fn finish(&mut self, id: JobId) -> bool {
+        self.end(id, JobState::Finished, None)
+    }
+
+    /// Mark a job failed (with why) and free its GPUs. Returns false if it was not live.
+    pub fn fail(&mut self, id: JobId, reason: impl Into<String>) -> bool {
+        self.end(id, JobState::Failed, Some(reason.into()))
+    }
+
+    fn end(&mut self, id: JobId, state: JobState, failure: Option<String>) -> bool {
+        let live = self.jobs.get(&id).is_some_and(|j| !j.is_done());
+        if !live {
+            return false;
+        }
+        self.release(id);
+        self.set_state(id, state);
+        if let Some(job) = self.jobs.get_mut(&id) {
+            job.end_time = Some(self.now);
+            job.failure = failure;
+        }
+        true
+    }
+
+    /// Take a GPU offline (its residents are suspended, keeping progress) or
+    /// bring it back. Returns the jobs that were suspended.
+    pub fn set_gpu_online(&mut self, gpu: GpuId, online: bool) -> Vec<JobId> {
+        let Some(g) = self.gpus.get(gpu as usize) else {
+            return Vec::new();
+        };
+        let victims: Vec<JobId> = if online {
+            Vec::new()
+        } else {
+            g.residents.iter().map(|r| r.job).collect()
+        };
+        for &job in &victims {
+            self.release(job);
+            self.set_state(job, JobState::Suspended);
+            if let Some(j) = self.jobs.get_mut(&job) {
+                j.preemptions += 1;
+            }
+        }
+        let g = &mut self.gpus[gpu as usize];
+        let was_free = g.is_free();
+        g.online = online;
+        match (was_free, g.is_free()) {
+            (true, false) => self.free_gpus -= 1,
+            (false, true) => self.free_gpus += 1,
+            _ => {}
+        }
+        victims
+    }
+
+    /// Check an action against the current state and carry it out, or say
+    /// why not (leaving everything as it was).
+    pub fn apply(&mut self, action: &Action) -> Result<Applied, String> {
+        let id = action.job();
+        let job = self.jobs.get(&id).ok_or_else(|| format!("unknown job {id}"))?;
+        let state = job.state;
+        let requested = job.spec.gpus;
+        let expect = |wanted: &[JobState]| -> Result<(), String> {
+            if wanted.contains(&state) {
+                Ok(())
+            } else {
+                let names: Vec<&str> = wanted.iter().map(|s| s.name()).collect();
+                Err(format!("job {id} is {}, not {}", state.name(), names.join(" or ")))
+            }
+        };
+        match action {
+            Action::Start(p) | Action::Resume(p) => {
+                let from = if matches!(action, Action::Start(_)) {
+                    JobState::Pending
+                } else {
+                    JobState::Suspended
+                };
+                expect(&[from])?;
+                self.check_gang(id, requested, p.gpus.len())?;
+                self.check_gpus(id, &p.gpus, 1.0)?;
+                self.place(id, &p.gpus, 1.0);
+                Ok(Applied::Started)
+            }
+            Action::Preempt(_) => {
+                expect(&[JobState::Running])?;
+                self.release(id);
+                self.set_state(id, JobState::Suspended);
+                if let Some(j) = self.jobs.get_mut(&id) {
+                    j.preemptions += 1;
+                }
+                Ok(Applied::Preempted)
+            }
+            Action::Migrate(p) => {
+                expect(&[JobState::Running])?;
+                let (held, fraction) = (job.placement.len(), job.fraction);
+                if p.gpus.len() != held {
+                    return Err(format!(
+                        "migrate keeps the gang size: job {id} holds {held} GPUs, got {}",
+                        p.gpus.len()
+                    ));
+                }
+                self.check_gpus(id, &p.gpus, fraction)?;
+                let moved = !same_set(&self.jobs[&id].placement, &p.gpus);
+                self.place(id, &p.gpus, fraction);
+                if moved && let Some(j) = self.jobs.get_mut(&id) {
+                    j.migrations += 1;
+                }
+                Ok(Applied::Migrated)
+            }
+            Action::Resize(p) => {
+                expect(&[JobState::Pending, JobState::Running, JobState::Suspended])?;
+                if p.gpus.is_empty() {
+                    return Err(format!("resize of job {id} names no GPU (preempt it instead)"));
+                }
+                let fraction = if state == JobState::Running { job.fraction } else { 1.0 };
+                self.check_gpus(id, &p.gpus, fraction)?;
+                self.place(id, &p.gpus, fraction);
+                Ok(Applied::Reshaped)
+            }
+            Action::Share(s) => {
+                if !(s.fraction.is_finite() && s.fraction > 0.0 && s.fraction <= 1.0) {
+                    return Err(format!("share fraction must be in (0, 1], got {}", s.fraction));
+                }
+                match state {
+                    JobState::Running => {
+                        if !same_set(&job.placement, &s.gpus) {
+                            return Err(format!(
+                                "share of running job {id} must name the GPUs it holds {:?} (migrate it to move it)",
+                                job.placement
+                            ));
+                        }
+                    }
+                    JobState::Pending | JobState::Suspended => {
+                        self.check_gang(id, requested, s.gpus.len())?;
+                    }
+                    _ => expect(&[JobState::Pending, JobState::Running, JobState::Suspended])?,
+                }
+                self.check_gpus(id, &s.gpus, s.fraction)?;
+                self.place(id, &s.gpus, s.fraction);
+                Ok(Applied::Reshaped)
+            }
+            Action::SetPriority((_, weight)) => {
+                expect(&[JobState::Pending, JobState::Running, JobState::Suspended])?;
+                if !(weight.is_finite() && *weight >= 0.0) {
+                    return Err(format!("priority must be a finite number >= 0, got {weight}"));
+                }
+                if let Some(j) = self.jobs.get_mut(&id) {
+                    j.priority = *weight;
+                }
+                Ok(Applied::Noted)
+            }
+        }
+    }
+
+    fn check_gang(&self, id: JobId, requested: u32, given: usize) -> Result<(), String> {
+        if given as u64 > self.gpus.len() as u64 {
+            return Err(format!(
+                "job {id} was given {given} GPUs, the cluster has {}",
+                self.gpus.len()
+            ));
+        }
+        if given != requested as usize {
+            return Err(format!(
+                "partial gang: job {id} needs {requested} GPUs together, was given {given}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Can job `id` hold `fraction` of each of `gpus`? GPUs it already holds
+    /// count as available to it.
+    fn check_gpus(&self, id: JobId, gpus: &[GpuId], fraction: f64) -> Result<(), String> {
+        if gpus.len() > self.gpus.len() {
+            return Err(format!(
+                "job {id} was given {} GPUs, the cluster has {}",
+                gpus.len(),
+                self.gpus.len()
+            ));
+        }
+        let memory = self.jobs.get(&id).map(|j| j.spec.memory_per_gpu).unwrap_or(0);
+        for (i, &gpu) in gpus.iter().enumerate() {
+            if gpus[..i].contains(&gpu) {
+                return Err(format!("gpu {gpu} is listed twice for job {id}"));
+            }
+            let g = self
+                .gpus
+                .get(gpu as usize)
+                .ok_or_else(|| format!("gpu {gpu} does not exist (the cluster has {} GPUs)", self.gpus.len()))?;
+            if !g.online {
+                return Err(format!("gpu {gpu} is offline"));
+            }
+            let others = g.share_used_by_others(id);
+            if others + fraction > 1.0 + FRACTION_EPSILON {
+                let holders: Vec<String> = g
+                    .residents
+                    .iter()
+                    .filter(|r| r.job != id)
+                    .map(|r| format!("job {} ({:.2})", r.job, r.fraction))
+                    .collect();
+                return Err(format!(
+                    "gpu {gpu} is held by {}: {:.2} of it is free, job {id} asks for {:.2}",
+                    holders.join(", "),
+                    (1.0 - others).max(0.0),
+                    fraction
+                ));
+            }
+            let own = if g.residents.iter().any(|r| r.job == id) {
+                memory
+            } else {
+                0
+            };
+            let used_by_others = g.memory_used - own;
+            if used_by_others + memory > g.spec.memory_total {
+                return Err(format!(
+                    "gpu {gpu} has {} bytes of memory free, job {id} needs {memory}",
+                    g.spec.memory_total - used_by_others
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Put a job on `gpus` with `fraction` each (after checks), as running.
+    fn place(&mut self, id: JobId, gpus: &[GpuId], fraction: f64) {
+        self.release(id);
+        let memory = self.jobs.get(&id).map(|j| j.spec.memory_per_gpu).unwrap_or(0);
+        for &gpu in gpus {
+            let g = &mut self.gpus[gpu as usize];
+            if g.is_free() {
+                self.free_gpus -= 1;
+            }
+            g.residents.push(Resident { job: id, fraction });
+            g.memory_used += memory;
+        }
+        let now = self.now;
+        let was_running = self.jobs.get(&id).is_some_and(|j| j.state == JobState::Running);
+        if let Some(j) = self.jobs.get_mut(&id) {
+            j.placement = gpus.to_vec();
+            j.fraction = fraction;
+            if !was_running {
+                j.since = now;
+            }
+            j.first_start.get_or_insert(now);
+        }
+        self.set_state(id, JobState::Running);
+    }
+
+    /// Take a job off all its GPUs (state unchanged).
+    fn release(&mut self, id: JobId) {
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        let memory = job.spec.memory_per_gpu;
+        for gpu in std::mem::take(&mut job.placement) {
+            if let Some(g) = self.gpus.get_mut(gpu as usize) {
+                g.residents.retain(|r| r.job != id);
+                g.memory_used = g.memory_used.saturating_sub(memory);
+                if g.is_free() {
+                    self.free_gpus += 1;
+                }
+            }
+        }
+    }
+
+    fn set_state(&mut self, id: JobId, state: JobState) {
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        let old = std::mem::replace(&mut job.state, state);
+        for (s, set) in [
+            (JobState::Pending, &mut self.pending),
+            (JobState::Running, &mut self.running),
+            (JobState::Suspended, &mut self.suspended),
+        ] {
+            if old == s {
+                set.remove(&id);
+            }
+            if state == s {
+                set.insert(id);
+            }
+        }
+    }
+}
+
+fn same_set(a: &[GpuId], b: &[GpuId]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wit::{Placement, SharedPlacement};
+
+    fn cluster(gpus: u32) -> Cluster {
+        Cluster::homogeneous(gpus, 4, "test", 16 << 30)
+    }
+
+    fn start(job: JobId, gpus: &[GpuId]) -> Action {
+        Action::Start(Placement {
+            job,
+            gpus: gpus.to_vec(),
+        })
+    }
+
+    #[test]
+    fn rejects_with_reasons_and_leaves_state_alone() {
+        let mut c = cluster(4);
+        let a = c.submit(JobSpec::new("u", 2, 10.0)).unwrap();
+        let b = c.submit(JobSpec::new("u", 1, 10.0)).unwrap();
+        assert_eq!(c.apply(&start(99, &[0])).unwrap_err(), "unknown job 99");
+        assert!(c.apply(&start(a, &[0])).unwrap_err().starts_with("partial gang"));
+        assert!(c.apply(&start(a, &[0, 9])).unwrap_err().contains("does not exist"));
+        assert!(c.apply(&start(a, &[1, 1])).unwrap_err().contains("listed twice"));
+        let too_many: Vec<GpuId> = (0..10).collect();
+        assert!(c.apply(&start(a, &too_many)).unwrap_err().contains("the cluster has 4"));
+        assert_eq!(c.stats().free_gpus, 4);
+        assert_eq!(c.apply(&start(a, &[0, 1])), Ok(Applied::Started));
+        assert!(
+            c.apply(&start(a, &[2, 3]))
+                .unwrap_err()
+                .contains("is running, not pending")
+        );
+        assert!(c.apply(&start(b, &[1])).unwrap_err().contains("held by job 0"));
+        assert_eq!(c.stats().free_gpus, 2);
+        assert_eq!(c.job(b).unwrap().state, JobState::Pending);
+    }
+
+    #[test]
+    fn preempt_keeps_progress_and_frees_gpus() {
+        let mut c = cluster(2);
+        let a = c.submit(JobSpec::new("u", 2, 100.0)).unwrap();
+        c.apply(&start(a, &[0, 1])).unwrap();
+        c.advance(30.0);
+        c.apply(&Action::Preempt(a)).unwrap();
+        c.advance(50.0);
+        let j = c.job(a).unwrap();
+        assert_eq!((j.progress, j.attained_gpu_seconds, j.preemptions), (30.0, 60.0, 1));
+        assert_eq!(c.free_gpu_ids(), vec![0, 1]);
+        c.apply(&Action::Resume(Placement {
+            job: a,
+            gpus: vec![1, 0],
+        }))
+        .unwrap();
+        assert_eq!(c.job(a).unwrap().since, 50.0);
+    }
+
+    #[test]
+    fn sharing_respects_capacity_and_memory() {
+        let mut c = Cluster::homogeneous(1, 1, "test", 10);
+        let mut spec = JobSpec::new("u", 1, 10.0);
+        spec.memory_per_gpu = 6;
+        let a = c.submit(spec.clone()).unwrap();
+        let b = c.submit(spec).unwrap();
+        let c3 = c.submit(JobSpec::new("u", 1, 10.0)).unwrap();
+        let share = |job, fraction| {
+            Action::Share(SharedPlacement {
+                job,
+                gpus: vec![0],
+                fraction,
+            })
+        };
+        c.apply(&share(a, 0.5)).unwrap();
+        assert!(c.apply(&share(b, 0.5)).unwrap_err().contains("memory"));
+        assert!(c.apply(&share(c3, 0.6)).unwrap_err().contains("0.50 of it is free"));
+        c.apply(&share(c3, 0.5)).unwrap();
+        assert_eq!(c.job(c3).unwrap().rate(), 0.5);
+        assert!(c.apply(&share(a, 0.7)).is_err());
+        assert!(c.apply(&share(a, f64::NAN)).unwrap_err().contains("fraction"));
+        assert_eq!(c.allocated_share(), 1.0);
+    }
+
+    #[test]
+    fn submission_refuses_impossible_jobs() {
+        let mut c = cluster(4);
+        assert!(
+            c.submit(JobSpec::new("u", 5, 1.0))
+                .unwrap_err()
+                .contains("cluster has 4")
+        );
+        assert!(c.submit(JobSpec::new("u", 0, 1.0)).is_err());
+        assert!(c.submit(JobSpec::new("u", 1, f64::INFINITY)).is_err());
+        assert_eq!(c.live_jobs(), 0);
+    }
+
+    #[test]
+    fn offline_gpu_suspends_its_jobs() {
+        let mut c = cluster(2);
+        let a = c.submit(JobSpec::new("u", 2, 100.0)).unwrap();
+        c.apply(&start(a, &[0, 1])).unwrap();
+        assert_eq!(c.set_gpu_online(1, false), vec![a]);
+        assert_eq!(c.job(a).unwrap().state, JobState::Suspended);
+        assert_eq!(c.free_gpu_ids(), vec![0]);
+        assert!(
+            c.apply(&Action::Resume(Placement {
+                job: a,
+                gpus: vec![0, 1]
+            }))
+            .unwrap_err()
+            .contains("offline")
+        );
+        c.set_gpu_online(1, true);
+        assert_eq!(c.stats().free_gpus, 2);
+    }
+}

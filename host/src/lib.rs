@@ -1,0 +1,23 @@
+//! wsched: a GPU cluster scheduler whose policies are sandboxed WebAssembly
+//! components.
+//!
+//! The host is the mechanism and a plugin is the policy, as in Linux's
+//! sched_ext. Dependencies run one way, and the modules read in that order:
+//!
+//! - [`wit`]: the plugin contract, generated from `wit/policy.wit`.
+//! - [`cluster`]: the model of jobs and GPUs, and validation of actions.
+//! - [`engine`]: compiling, sandboxing, limiting and calling Wasm plugins.
+//! - [`native`]: policies built into the host (the FIFO fallback).
+//! - [`scheduler`]: the decision loop, strikes, ejection and hot swap.
+//! - [`trace`]: reading cluster traces.
+//! - [`sim`]: discrete-event trace replay, metrics and reports.
+//!
+//! The `wsched` binary is a thin command line over these.
+
+pub mod cluster;
+pub mod engine;
+pub mod native;
+pub mod scheduler;
+pub mod sim;
+pub mod trace;
+pub mod wit;

@@ -1,0 +1,159 @@
+//! The `wsched` command line: a thin layer over the library.
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use wsched::engine::{Engine, Limits};
+use wsched::sim::{self, PolicyChoice, ScheduledSwap, SimConfig};
+
+/// GPU cluster scheduling with policies as sandboxed WebAssembly plugins.
+#[derive(Parser)]
+#[command(name = "wsched", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay a cluster trace through a policy and report JCT, makespan,
+    /// utilisation and fairness.
+    Sim(SimArgs),
+}
+
+#[derive(Args)]
+struct SimArgs {
+    /// Trace file (Philly-style CSV: timestamp,duration,num_gpus,...).
+    #[arg(long)]
+    trace: PathBuf,
+    /// GPUs in the simulated cluster.
+    #[arg(long)]
+    gpus: u32,
+    /// GPUs per node.
+    #[arg(long, default_value_t = 8)]
+    gpus_per_node: u32,
+    /// Policy plugin (.wasm component), or `builtin-fifo`.
+    #[arg(long)]
+    policy: String,
+    /// Configuration string passed to the plugin's init.
+    #[arg(long, default_value = "")]
+    config: String,
+    /// Directory for summary.json, timing.json, jobs.csv and plot.svg.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Hot-swap to another plugin during the replay:
+    /// SECONDS=PLUGIN.wasm[@CONFIG] (seconds after the first submission). Repeatable.
+    #[arg(long = "swap", value_name = "AT=PLUGIN[@CONFIG]")]
+    swaps: Vec<String>,
+    /// Do not tell policies each job's duration (no oracle for SJF).
+    #[arg(long)]
+    hide_durations: bool,
+    /// Per-call deadline for the plugin, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    deadline_ms: u64,
+    /// Memory cap for the plugin, in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory_mib: usize,
+    /// Faults tolerated before the plugin is ejected.
+    #[arg(long, default_value_t = 3)]
+    max_strikes: u32,
+    /// Print the summary as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sim(args) => run_sim(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wsched: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_policy(engine: &Engine, spec: &str, config: &str) -> anyhow::Result<Option<PolicyChoice>> {
+    if spec == "builtin-fifo" {
+        if !config.is_empty() {
+            bail!("builtin-fifo takes no configuration");
+        }
+        return Ok(None);
+    }
+    let plugin = engine.load_file(&PathBuf::from(spec)).map_err(|e| anyhow!("{e}"))?;
+    Ok(Some(PolicyChoice {
+        plugin,
+        config: config.to_string(),
+    }))
+}
+
+fn parse_swap(engine: &Engine, spec: &str) -> anyhow::Result<ScheduledSwap> {
+    let (at, rest) = spec
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--swap `{spec}`: expected SECONDS=PLUGIN[@CONFIG]"))?;
+    let at: f64 = at
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| anyhow!("--swap `{spec}`: `{at}` is not a time in seconds"))?;
+    let (path, config) = rest.split_once('@').unwrap_or((rest, ""));
+    let policy =
+        load_policy(engine, path, config)?.ok_or_else(|| anyhow!("--swap `{spec}`: swaps take a plugin file"))?;
+    Ok(ScheduledSwap { at, policy })
+}
+
+fn run_sim(args: SimArgs) -> anyhow::Result<()> {
+    if args.gpus == 0 {
+        bail!("--gpus must be at least 1");
+    }
+    let limits = Limits {
+        deadline: Duration::from_millis(args.deadline_ms.max(1)),
+        memory: args.memory_mib.max(1) << 20,
+        max_strikes: args.max_strikes.max(1),
+        ..Limits::default()
+    };
+    let engine = Engine::new(limits)?;
+    let trace = wsched::trace::read(&args.trace)?;
+    let policy = load_policy(&engine, &args.policy, &args.config)?;
+    let mut swaps = args
+        .swaps
+        .iter()
+        .map(|s| parse_swap(&engine, s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    swaps.sort_by(|a, b| a.at.total_cmp(&b.at));
+    let config = SimConfig {
+        gpus: args.gpus,
+        gpus_per_node: args.gpus_per_node.max(1),
+        reveal_durations: !args.hide_durations,
+        progress: !args.quiet,
+        ..SimConfig::default()
+    };
+    let result = sim::simulate(&engine, policy.as_ref(), &swaps, &trace, &config)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result.summary)?);
+    } else {
+        print!("{}", sim::Table(&result));
+    }
+    if let Some(dir) = &args.out {
+        sim::write_outputs(dir, &result).context("writing results")?;
+        if !args.json {
+            println!("results written to {}", dir.display());
+        }
+    }
+    Ok(())
+}

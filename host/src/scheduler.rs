@@ -1,0 +1,394 @@
+//! The decision loop: the cluster model, the active policy, and the rules
+//! that keep a bad policy from hurting the cluster.
+//!
+//! [`PolicyHost`] is what every front end drives (the simulator now, live
+//! backends and the service later): it collects events as the mechanism
+//! reports them, asks the active policy for a decision at each decision
+//! point, validates and applies the answer, and hands back what changed
+//! for the backend to carry out.
+//!
+//! Fault handling follows Linux's sched_ext. A plugin that traps, runs
+//! past its deadline, hits its memory cap or answers outside the contract
+//! earns a strike; its instance is replaced by a fresh one (told the whole
+//! live state again) and the decision is retried, so no decision point is
+//! ever skipped. After `max_strikes` the plugin is ejected and the built-in
+//! FIFO takes over. Hot swaps happen between two decisions: the next policy
+//! is instantiated off the decision path, given the old one's snapshot, and
+//! switched in; if anything about it fails, the old policy stays.
+
+use crate::cluster::{Applied, Cluster, JobSpec};
+use crate::engine::{Engine, Fault, LoadError, PluginInstance};
+use crate::native::{Fifo, NativePolicy};
+use crate::wit::{Action, Decision, Event, GpuId, JobId, Rejection};
+use serde::Serialize;
+use std::time::Instant;
+
+/// The policy making decisions now.
+pub enum ActivePolicy {
+    /// A Wasm plugin.
+    Plugin(Box<PluginInstance>),
+    /// A policy built into the host.
+    Native(Box<dyn NativePolicy>),
+}
+
+impl ActivePolicy {
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        match self {
+            ActivePolicy::Plugin(p) => &p.info().name,
+            ActivePolicy::Native(p) => p.name(),
+        }
+    }
+}
+
+/// Counters about the policies' behaviour.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct HostStats {
+    /// Decision calls made (retries after a fault included).
+    pub calls: u64,
+    /// Actions applied.
+    pub actions_applied: u64,
+    /// Actions refused by validation.
+    pub actions_rejected: u64,
+    /// Faults counted against plugins.
+    pub strikes: u64,
+    /// Plugins ejected in favour of the built-in policy.
+    pub ejections: u64,
+    /// Hot swaps completed.
+    pub swaps: u64,
+    /// Swaps in which the old policy's state was handed over.
+    pub state_handovers: u64,
+    /// Each fault, in order: "policy: fault".
+    pub faults: Vec<String>,
+    /// Wall time of each decision call, in nanoseconds.
+    #[serde(skip)]
+    pub call_nanos: Vec<u64>,
+}
+
+/// What one decision changed.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    /// Actions carried out on the model, in order, with what each did.
+    pub applied: Vec<(Action, Applied)>,
+    /// Actions refused, with the reasons (also sent to the policy).
+    pub rejected: Vec<Rejection>,
+}
+
+/// The result of a successful hot swap.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwapReport {
+    /// The policy that was replaced.
+    pub from: String,
+    /// The policy now active.
+    pub to: String,
+    /// Whether the old policy's snapshot was restored into the new one.
+    pub state_handed_over: bool,
+}
+
+/// The cluster model plus the policy that decides for it.
+pub struct PolicyHost {
+    engine: Engine,
+    cluster: Cluster,
+    active: ActivePolicy,
+    events: Vec<Event>,
+    /// Send every live job as `job-arrived` in the next call.
+    takeover: bool,
+    wakeup: Option<f64>,
+    strikes: u32,
+    stats: HostStats,
+}
+
+impl PolicyHost {
+    /// A host over `cluster` decided by the built-in FIFO until a plugin is swapped in.
+    pub fn new(engine: Engine, cluster: Cluster) -> Self {
+        PolicyHost {
+            engine,
+            cluster,
+            active: ActivePolicy::Native(Box::new(Fifo)),
+            events: Vec::new(),
+            takeover: true,
+            wakeup: None,
+            strikes: 0,
+            stats: HostStats::default(),
+        }
+    }
+
+    /// A host over `cluster` decided by `plugin`.
+    pub fn with_plugin(engine: Engine, cluster: Cluster, plugin: PluginInstance) -> Self {
+        let mut host = PolicyHost::new(engine, cluster);
+        host.active = ActivePolicy::Plugin(Box::new(plugin));
+        host
+    }
+
+    /// The cluster model (read-only: change it through the host so the
+    /// policy hears about it).
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// The engine plugins run on.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The policy deciding now.
+    pub fn active(&self) -> &ActivePolicy {
+        &self.active
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &HostStats {
+        &self.stats
+    }
+
+    /// The active policy's periodic tick, if it asked for one.
+    pub fn tick_interval(&self) -> Option<f64> {
+        match &self.active {
+            ActivePolicy::Plugin(p) => p.info().tick_interval,
+            ActivePolicy::Native(_) => None,
+        }
+    }
+
+    /// When the active policy asked to be woken, if it did.
+    pub fn wakeup(&self) -> Option<f64> {
+        self.wakeup
+    }
+
+    /// Move the clock forward (running jobs accrue progress and service).
+    pub fn advance(&mut self, t: f64) {
+        self.cluster.advance(t);
+    }
+
+    /// Accept a job now; the policy hears of it at the next decision.
+    pub fn submit(&mut self, spec: JobSpec) -> Result<JobId, String> {
+        let id = self.cluster.submit(spec)?;
+        if let Some(info) = self.cluster.job_info(id) {
+            self.events.push(Event::JobArrived(info));
+        }
+        Ok(id)
+    }
+
+    /// A job completed.
+    pub fn finish(&mut self, id: JobId) {
+        if self.cluster.finish(id) {
+            self.events.push(Event::JobFinished(id));
+        }
+    }
+
+    /// A job failed on its backend.
+    pub fn fail(&mut self, id: JobId, reason: &str) {
+        if self.cluster.fail(id, reason) {
+            self.events.push(Event::JobFailed((id, reason.to_string())));
+        }
+    }
+
+    /// A GPU went away or came back; its jobs are suspended.
+    pub fn set_gpu_online(&mut self, gpu: GpuId, online: bool) -> Vec<JobId> {
+        let suspended = self.cluster.set_gpu_online(gpu, online);
+        self.events.push(Event::GpuChanged(gpu));
+        suspended
+    }
+
+    /// A periodic tick or requested wake-up is due.
+    pub fn tick(&mut self) {
+        if self.wakeup.is_some_and(|w| w <= self.cluster.now()) {
+            self.wakeup = None;
+        }
+        self.events.push(Event::Tick);
+    }
+
+    /// Whether a decision is due (events are waiting, or a policy just took over).
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty() || self.takeover
+    }
+
+    /// Run one decision: ask the policy about the pending events, validate
+    /// and apply its actions. Does nothing when no decision is due.
+    pub fn decide(&mut self) -> Outcome {
+        if !self.has_events() {
+            return Outcome::default();
+        }
+        let base = std::mem::take(&mut self.events);
+        let decision = loop {
+            let events = self.compose(&base);
+            let started = Instant::now();
+            let result = match &mut self.active {
+                ActivePolicy::Native(p) => Ok(p.decide(&self.cluster, &events)),
+                ActivePolicy::Plugin(p) => p.decide(&mut self.cluster, &events),
+            };
+            self.stats.call_nanos.push(started.elapsed().as_nanos() as u64);
+            self.stats.calls += 1;
+            match result.and_then(|d| self.check_output(d)) {
+                Ok(d) => break d,
+                // The instance may be in any state now: replace it and retry
+                // with the whole live state, so the decision point is not lost.
+                Err(fault) => self.strike(fault, true),
+            }
+        };
+        self.apply(decision)
+    }
+
+    /// The events a call gets: as queued, or, right after a takeover, the
+    /// completions, then every live job as `job-arrived`, then the rest
+    /// (rejections of an old policy's actions are dropped).
+    fn compose(&mut self, base: &[Event]) -> Vec<Event> {
+        if !std::mem::take(&mut self.takeover) {
+            return base.to_vec();
+        }
+        let ended = base
+            .iter()
+            .filter(|e| matches!(e, Event::JobFinished(_) | Event::JobFailed(_)));
+        let others = base.iter().filter(|e| matches!(e, Event::Tick | Event::GpuChanged(_)));
+        let live = self.cluster.live_job_infos().into_iter().map(Event::JobArrived);
+        ended.cloned().chain(live).chain(others.cloned()).collect()
+    }
+
+    fn check_output(&mut self, mut d: Decision) -> Result<Decision, Fault> {
+        let max = self.engine.limits().max_actions;
+        if d.actions.len() > max {
+            return Err(Fault::InvalidOutput(format!(
+                "{} actions in one decision, the limit is {max}",
+                d.actions.len()
+            )));
+        }
+        if let Some(w) = d.wakeup {
+            if !w.is_finite() {
+                d.wakeup = None;
+                self.strike(
+                    Fault::InvalidOutput(format!("wakeup must be a finite time, got {w}")),
+                    false,
+                );
+            } else if w <= self.cluster.now() {
+                d.wakeup = None; // already due: the policy is being called now
+            }
+        }
+        Ok(d)
+    }
+
+    fn apply(&mut self, decision: Decision) -> Outcome {
+        let mut outcome = Outcome::default();
+        for (index, action) in decision.actions.into_iter().enumerate() {
+            match self.cluster.apply(&action) {
+                Ok(applied) => outcome.applied.push((action, applied)),
+                Err(reason) => {
+                    tracing::warn!(policy = self.active.name(), action = action.kind(), job = action.job(), %reason, "action rejected");
+                    outcome.rejected.push(Rejection {
+                        index: index as u32,
+                        job: action.job(),
+                        reason,
+                    });
+                }
+            }
+        }
+        self.stats.actions_applied += outcome.applied.len() as u64;
+        self.stats.actions_rejected += outcome.rejected.len() as u64;
+        self.wakeup = decision.wakeup;
+        if let Some(first) = outcome.rejected.first() {
+            let n = outcome.rejected.len();
+            let fault = Fault::InvalidOutput(format!("{n} action(s) rejected; first: {}", first.reason));
+            self.events
+                .extend(outcome.rejected.iter().cloned().map(Event::ActionRejected));
+            if matches!(self.active, ActivePolicy::Plugin(_)) {
+                self.strike(fault, false);
+            }
+        }
+        outcome
+    }
+
+    /// Count a fault against the active plugin; eject it at the limit,
+    /// otherwise (when `refresh`) replace its instance with a fresh one.
+    fn strike(&mut self, mut fault: Fault, refresh: bool) {
+        loop {
+            let ActivePolicy::Plugin(plugin) = &self.active else {
+                return;
+            };
+            let name = plugin.info().name.clone();
+            self.strikes += 1;
+            self.stats.strikes += 1;
+            self.stats.faults.push(format!("{name}: {fault}"));
+            tracing::warn!(policy = %name, strike = self.strikes, %fault, "plugin fault");
+            if self.strikes >= self.engine.limits().max_strikes {
+                self.eject(fault);
+                return;
+            }
+            if !refresh {
+                return;
+            }
+            match self
+                .engine
+                .instantiate(plugin.plugin(), plugin.config(), self.cluster.now())
+            {
+                Ok(fresh) => {
+                    self.active = ActivePolicy::Plugin(Box::new(fresh));
+                    self.takeover = true;
+                    self.wakeup = None;
+                    return;
+                }
+                Err(LoadError::InitFault(f)) => fault = f,
+                Err(other) => fault = Fault::Trap(other.to_string()),
+            }
+        }
+    }
+
+    /// Replace the active plugin with the built-in FIFO, for good (until
+    /// the next swap).
+    pub fn eject(&mut self, fault: Fault) {
+        if let ActivePolicy::Plugin(p) = &self.active {
+            tracing::error!(policy = %p.info().name, %fault, "plugin ejected; the built-in FIFO takes over");
+            if matches!(fault, Fault::Stall(_)) {
+                self.stats.faults.push(format!("{}: {fault}", p.info().name));
+            }
+        }
+        self.active = ActivePolicy::Native(Box::new(Fifo));
+        self.stats.ejections += 1;
+        self.takeover = true;
+        self.wakeup = None;
+        self.strikes = 0;
+    }
+
+    /// Instantiate `plugin` for a swap; call this off the decision path
+    /// (it compiles nothing, but runs the plugin's `init`).
+    pub fn prepare(&self, plugin: &crate::engine::Plugin, config: &str) -> Result<PluginInstance, LoadError> {
+        self.engine.instantiate(plugin, config, self.cluster.now())
+    }
+
+    /// Switch to `next` between two decisions, handing over the old
+    /// policy's snapshot when it has one and `next` accepts it. If `next`
+    /// faults while restoring, the swap is refused and the old policy stays.
+    pub fn swap(&mut self, mut next: PluginInstance) -> Result<SwapReport, String> {
+        let now = self.cluster.now();
+        let from = self.active.name().to_string();
+        let mut state_handed_over = false;
+        if let ActivePolicy::Plugin(old) = &mut self.active {
+            match old.snapshot(now) {
+                Ok(Some(state)) => match next.restore(&state, now) {
+                    Ok(Ok(())) => state_handed_over = true,
+                    Ok(Err(why)) => {
+                        tracing::info!(policy = %next.info().name, %why, "new policy declined the old one's state")
+                    }
+                    Err(fault) => {
+                        return Err(format!(
+                            "{} faulted while restoring state ({fault}); {from} stays active",
+                            next.info().name
+                        ));
+                    }
+                },
+                Ok(None) => {}
+                Err(fault) => tracing::warn!(policy = %from, %fault, "snapshot failed; swapping without state"),
+            }
+        }
+        let to = next.info().name.clone();
+        self.active = ActivePolicy::Plugin(Box::new(next));
+        self.takeover = true;
+        self.wakeup = None;
+        self.strikes = 0;
+        self.stats.swaps += 1;
+        self.stats.state_handovers += u64::from(state_handed_over);
+        tracing::info!(%from, %to, state_handed_over, "policy swapped");
+        Ok(SwapReport {
+            from,
+            to,
+            state_handed_over,
+        })
+    }
+}

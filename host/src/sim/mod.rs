@@ -1,0 +1,295 @@
+//! Trace replay on a discrete-event clock.
+//!
+//! The simulator is a backend like any other: it feeds the [`PolicyHost`]
+//! events and carries out its decisions, except that "carrying out" is
+//! arithmetic on a virtual clock instead of work on GPUs. Time jumps from
+//! one event to the next (an arrival, a completion, a tick, a wake-up the
+//! policy asked for, a scheduled hot swap), so a three-month trace replays
+//! in about a second and the result depends only on the inputs.
+//!
+//! Rules, chosen to match how the papers' simulators count:
+//! - jobs arrive in submission order, ties in file order; a job asking for
+//!   more GPUs than the cluster has is refused at submission and counted;
+//! - at one instant, completions free GPUs before arrivals are seen, and
+//!   the policy gets everything that happened at that instant in one call;
+//! - a job progresses at (GPUs held x share) / GPUs asked for, so alone on
+//!   its full gang it finishes after exactly its trace duration, and a
+//!   preempted job keeps its progress;
+//! - if the policy leaves jobs waiting with nothing running and no way to
+//!   be called again, that is a stall: the plugin is ejected (as sched_ext's
+//!   watchdog does) and the built-in FIFO finishes the work.
+
+mod metrics;
+mod report;
+
+pub use metrics::{Distribution, Fairness, JobRecord, SimResult, Summary, Timing};
+pub use report::{Table, write_outputs};
+
+use crate::cluster::{Cluster, JobSpec};
+use crate::engine::{Engine, Fault, Plugin};
+use crate::scheduler::PolicyHost;
+use crate::trace::TraceJob;
+use crate::wit::{JobId, JobState};
+use std::time::Instant;
+
+/// Completion slack: a job whose remaining work is below this fraction of
+/// its total is done (progress is a sum of floating-point steps).
+const DONE_EPSILON: f64 = 1e-9;
+
+/// Decisions in a row with nothing running and nothing left to arrive
+/// before the simulator calls it a stall.
+const IDLE_DECISIONS_BEFORE_STALL: u32 = 1000;
+
+/// The cluster and options of one simulation.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Number of GPUs.
+    pub gpus: u32,
+    /// GPUs per node.
+    pub gpus_per_node: u32,
+    /// GPU model name shown to policies.
+    pub gpu_kind: String,
+    /// GPU memory in bytes.
+    pub gpu_memory: u64,
+    /// Tell policies each job's trace duration as `expected-duration`
+    /// (an oracle, as SJF-style baselines in the papers assume).
+    pub reveal_durations: bool,
+    /// Show a progress bar on stderr (hidden anyway when not a terminal).
+    pub progress: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            gpus: 64,
+            gpus_per_node: 8,
+            gpu_kind: "V100".to_string(),
+            gpu_memory: 16 << 30,
+            reveal_durations: true,
+            progress: false,
+        }
+    }
+}
+
+/// A policy to run: a compiled plugin and its configuration string.
+#[derive(Debug, Clone)]
+pub struct PolicyChoice {
+    /// The compiled plugin.
+    pub plugin: Plugin,
+    /// Its configuration string.
+    pub config: String,
+}
+
+/// A hot swap to perform during the replay.
+#[derive(Debug, Clone)]
+pub struct ScheduledSwap {
+    /// Seconds after the first submission.
+    pub at: f64,
+    /// The policy to switch to.
+    pub policy: PolicyChoice,
+}
+
+/// Replay `trace` through `policy` (the built-in FIFO when `None`).
+/// Fails only when the initial policy cannot be loaded.
+pub fn simulate(
+    engine: &Engine,
+    policy: Option<&PolicyChoice>,
+    swaps: &[ScheduledSwap],
+    trace: &[TraceJob],
+    config: &SimConfig,
+) -> anyhow::Result<SimResult> {
+    let started = Instant::now();
+    let cluster = Cluster::homogeneous(config.gpus, config.gpus_per_node, &config.gpu_kind, config.gpu_memory);
+    let mut host = match policy {
+        Some(p) => {
+            let instance = engine
+                .instantiate(&p.plugin, &p.config, 0.0)
+                .map_err(|e| anyhow::anyhow!("policy {}: {e}", p.plugin.name()))?;
+            PolicyHost::with_plugin(engine.clone(), cluster, instance)
+        }
+        None => PolicyHost::new(engine.clone(), cluster),
+    };
+    let initial_policy = host.active().name().to_string();
+
+    // Submission order: by time, ties in file order (a stable sort keeps it).
+    let mut order: Vec<usize> = (0..trace.len()).collect();
+    order.sort_by(|&a, &b| trace[a].submit.total_cmp(&trace[b].submit));
+    let origin = order.first().map(|&i| trace[i].submit).unwrap_or(0.0);
+
+    let bar = progress_bar(config.progress, trace.len());
+    let mut next_arrival = 0;
+    let mut next_swap = 0;
+    let mut next_tick: Option<f64> = None;
+    let mut trace_of: Vec<usize> = Vec::with_capacity(trace.len()); // job id -> trace index
+    let mut refused = Vec::new();
+    let mut utilisation = vec![(0.0, 0.0)];
+    let mut idle_decisions = 0u32;
+    let mut swap_log = Vec::new();
+
+    loop {
+        let now = host.cluster().now();
+        let arrival = order.get(next_arrival).map(|&i| trace[i].submit - origin);
+        let completion = next_completion(host.cluster());
+        let swap = swaps.get(next_swap).map(|s| s.at.max(now));
+        let live = host.cluster().live_jobs() > 0;
+        if let Some(interval) = host.tick_interval() {
+            if live && next_tick.is_none() {
+                next_tick = Some(now + interval);
+            }
+        } else {
+            next_tick = None;
+        }
+        let tick = next_tick.filter(|_| live);
+        let wakeup = host.wakeup().filter(|_| live);
+        let Some(t) = [arrival, completion, swap, tick, wakeup]
+            .into_iter()
+            .flatten()
+            .min_by(f64::total_cmp)
+        else {
+            if live {
+                // Nothing will ever call the policy again, yet work waits.
+                let waiting = host.cluster().live_jobs();
+                host.eject(Fault::Stall(format!(
+                    "{waiting} job(s) waiting at t={now}s with no job running, nothing left to arrive and no wake-up asked"
+                )));
+                host.decide();
+                if next_completion(host.cluster()).is_none() {
+                    anyhow::bail!(
+                        "simulation stuck at t={now}s: {waiting} job(s) cannot be placed even by the built-in FIFO"
+                    );
+                }
+                continue;
+            }
+            break;
+        };
+        host.advance(t);
+
+        // Completions first: they free GPUs for this instant's arrivals.
+        let done: Vec<JobId> = host
+            .cluster()
+            .running_ids()
+            .iter()
+            .copied()
+            .filter(|&id| host.cluster().job(id).is_some_and(is_done))
+            .collect();
+        for id in &done {
+            host.finish(*id);
+        }
+        bar.inc(done.len() as u64);
+
+        while let Some(&i) = order.get(next_arrival) {
+            let job = &trace[i];
+            if job.submit - origin > t {
+                break;
+            }
+            next_arrival += 1;
+            let mut spec = JobSpec::new(job.tenant.clone(), job.gpus, job.duration);
+            if !config.reveal_durations {
+                spec.expected_duration = None;
+            }
+            match host.submit(spec) {
+                Ok(id) => {
+                    debug_assert_eq!(id as usize, trace_of.len());
+                    trace_of.push(i);
+                }
+                Err(reason) => {
+                    tracing::debug!(line = job.line, %reason, "job refused at submission");
+                    refused.push(i);
+                    bar.inc(1);
+                }
+            }
+        }
+
+        while let Some(s) = swaps.get(next_swap) {
+            if s.at > t {
+                break;
+            }
+            next_swap += 1;
+            let outcome = host
+                .prepare(&s.policy.plugin, &s.policy.config)
+                .map_err(|e| e.to_string())
+                .and_then(|next| host.swap(next));
+            match &outcome {
+                Ok(r) => tracing::info!(at = t, from = %r.from, to = %r.to, "hot swap"),
+                Err(why) => tracing::warn!(at = t, %why, "hot swap refused; the current policy stays"),
+            }
+            swap_log.push((t, outcome));
+        }
+
+        if tick == Some(t) {
+            host.tick();
+            next_tick = host.tick_interval().map(|i| t + i);
+        } else if wakeup == Some(t) {
+            host.tick();
+        }
+
+        if host.has_events() {
+            host.decide();
+            let stalled = host.cluster().running_ids().is_empty()
+                && host.cluster().live_jobs() > 0
+                && next_arrival == order.len();
+            idle_decisions = if stalled { idle_decisions + 1 } else { 0 };
+            if idle_decisions >= IDLE_DECISIONS_BEFORE_STALL {
+                host.eject(Fault::Stall(format!(
+                    "{IDLE_DECISIONS_BEFORE_STALL} decisions in a row left every waiting job waiting on idle GPUs"
+                )));
+                host.decide();
+                idle_decisions = 0;
+            }
+        }
+        let share = host.cluster().allocated_share();
+        if utilisation.last().is_some_and(|&(_, s)| s != share) {
+            utilisation.push((t, share));
+        }
+    }
+    bar.finish_and_clear();
+
+    let wall = started.elapsed();
+    Ok(metrics::collect(metrics::Inputs {
+        host: &host,
+        trace,
+        trace_of: &trace_of,
+        refused: &refused,
+        origin,
+        utilisation,
+        initial_policy,
+        swaps: swap_log,
+        config,
+        wall,
+    }))
+}
+
+fn is_done(job: &crate::cluster::Job) -> bool {
+    job.state == JobState::Running
+        && job
+            .remaining_work()
+            .is_some_and(|r| r <= DONE_EPSILON * job.spec.work.unwrap_or(0.0).max(1.0))
+}
+
+/// When the next running job completes, if any is making progress.
+fn next_completion(cluster: &Cluster) -> Option<f64> {
+    let now = cluster.now();
+    cluster
+        .running_ids()
+        .iter()
+        .filter_map(|&id| cluster.job(id))
+        .filter_map(|j| {
+            let rate = j.rate();
+            let left = j.remaining_work()?;
+            (rate > 0.0).then(|| if is_done(j) { now } else { now + left / rate })
+        })
+        .min_by(f64::total_cmp)
+}
+
+fn progress_bar(enabled: bool, len: usize) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} replaying [{bar:40}] {pos}/{len} jobs ({eta} left)")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}

@@ -1,0 +1,309 @@
+//! Showing a replay's results: a table for the terminal, JSON and CSV for
+//! scripts, and an SVG plot for people (JCT CDF and utilisation over time),
+//! written by hand so the output is byte-for-byte stable and needs no
+//! plotting stack.
+
+use super::metrics::{JobRecord, SimResult};
+use anyhow::Context;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// A two-column, human-readable summary of a replay.
+pub struct Table<'a>(pub &'a SimResult);
+
+impl std::fmt::Display for Table<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.0.summary;
+        let t = &self.0.timing;
+        let policy = if s.final_policy == s.policy {
+            s.policy.clone()
+        } else {
+            format!("{} (ended as {})", s.policy, s.final_policy)
+        };
+        let rows: Vec<(&str, String)> = vec![
+            ("policy", policy),
+            (
+                "jobs (completed / refused)",
+                format!("{} ({} / {})", s.jobs, s.completed, s.refused_at_submission),
+            ),
+            ("GPUs", s.gpus.to_string()),
+            ("JCT mean", secs(s.jct.mean)),
+            ("JCT median", secs(s.jct.median)),
+            ("JCT p95", secs(s.jct.p95)),
+            ("JCT p99", secs(s.jct.p99)),
+            ("queueing delay mean", secs(s.queueing_delay.mean)),
+            ("makespan", secs(s.makespan)),
+            ("GPU utilisation", format!("{:.1} %", s.utilisation * 100.0)),
+            (
+                "preemptions / migrations",
+                format!("{} / {}", s.preemptions, s.migrations),
+            ),
+            (
+                "fairness rho max / mean",
+                format!("{:.2} / {:.2}", s.fairness.rho_max, s.fairness.rho_mean),
+            ),
+            ("jobs with rho > 2", format!("{:.1} %", s.fairness.rho_over_2 * 100.0)),
+            ("Jain's index (1/rho)", format!("{:.3}", s.fairness.jain_index)),
+            ("policy calls", s.policy_calls.to_string()),
+            (
+                "policy time per call p50 / p99",
+                format!("{:.1} µs / {:.1} µs", t.call_p50_us, t.call_p99_us),
+            ),
+            (
+                "actions applied / rejected",
+                format!("{} / {}", s.actions_applied, s.actions_rejected),
+            ),
+            (
+                "strikes / ejections / swaps",
+                format!("{} / {} / {}", s.strikes, s.ejections, s.swaps),
+            ),
+            ("replay wall time", format!("{:.2} s", t.wall_seconds)),
+        ];
+        let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+        for (k, v) in rows {
+            writeln!(f, "{k:<width$}  {v}")?;
+        }
+        for fault in &s.faults {
+            writeln!(f, "fault: {fault}")?;
+        }
+        for swap in &s.swap_log {
+            writeln!(f, "swap: {swap}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Seconds, with hours or days alongside when large.
+fn secs(v: f64) -> String {
+    if v >= 2.0 * 86_400.0 {
+        format!("{v:.1} s ({:.1} d)", v / 86_400.0)
+    } else if v >= 2.0 * 3600.0 {
+        format!("{v:.1} s ({:.1} h)", v / 3600.0)
+    } else {
+        format!("{v:.1} s")
+    }
+}
+
+/// Write `summary.json` (deterministic), `timing.json` (wall clock),
+/// `jobs.csv` (one row per trace job) and `plot.svg` into `dir`.
+pub fn write_outputs(dir: &Path, result: &SimResult) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output directory {}", dir.display()))?;
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))
+    };
+    write("summary.json", &serde_json::to_vec_pretty(&result.summary)?)?;
+    write("timing.json", &serde_json::to_vec_pretty(&result.timing)?)?;
+    write("jobs.csv", jobs_csv(&result.jobs).as_bytes())?;
+    write("plot.svg", plot_svg(result).as_bytes())?;
+    Ok(())
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_default()
+}
+
+fn jobs_csv(jobs: &[JobRecord]) -> String {
+    let mut out = String::from(
+        "id,line,tenant,gpus,submit,duration,start,finish,jct,queueing_delay,state,preemptions,migrations\n",
+    );
+    for j in jobs {
+        let jct = j.finish.map(|f| f - j.submit);
+        let queued = j.start.map(|s| s - j.submit);
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            j.id.map(|i| i.to_string()).unwrap_or_default(),
+            j.line,
+            j.tenant.replace([',', '\n'], " "),
+            j.gpus,
+            j.submit,
+            j.duration,
+            opt(j.start),
+            opt(j.finish),
+            opt(jct),
+            opt(queued),
+            j.state,
+            j.preemptions,
+            j.migrations
+        );
+    }
+    out
+}
+
+const W: f64 = 480.0;
+const H: f64 = 360.0;
+const PAD_L: f64 = 64.0;
+const PAD_R: f64 = 20.0;
+const PAD_T: f64 = 40.0;
+const PAD_B: f64 = 52.0;
+
+/// One panel's frame, title, axis labels and ticks, opening a group that
+/// [`polyline`] closes.
+fn panel(
+    svg: &mut String,
+    x0: f64,
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    xticks: &[(f64, String)],
+    yticks: &[(f64, String)],
+) {
+    let (pw, ph) = (W - PAD_L - PAD_R, H - PAD_T - PAD_B);
+    let _ = write!(
+        svg,
+        r##"<g transform="translate({x0},0)"><text x="{}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{title}</text><rect x="{PAD_L}" y="{PAD_T}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>"##,
+        W / 2.0
+    );
+    for (fx, label) in xticks {
+        let x = PAD_L + fx * pw;
+        let _ = write!(
+            svg,
+            r##"<line x1="{x:.1}" y1="{PAD_T}" x2="{x:.1}" y2="{}" stroke="#ddd"/><text x="{x:.1}" y="{}" text-anchor="middle" font-size="11">{label}</text>"##,
+            PAD_T + ph,
+            PAD_T + ph + 16.0
+        );
+    }
+    for (fy, label) in yticks {
+        let y = PAD_T + ph - fy * ph;
+        let _ = write!(
+            svg,
+            r##"<line x1="{PAD_L}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end" font-size="11">{label}</text>"##,
+            PAD_L + pw,
+            PAD_L - 6.0,
+            y + 4.0
+        );
+    }
+    let _ = write!(
+        svg,
+        r##"<text x="{}" y="{}" text-anchor="middle" font-size="12">{xlabel}</text><text transform="translate(16,{}) rotate(-90)" text-anchor="middle" font-size="12">{ylabel}</text>"##,
+        PAD_L + pw / 2.0,
+        H - 12.0,
+        PAD_T + ph / 2.0
+    );
+}
+
+fn polyline(svg: &mut String, points: &[(f64, f64)], color: &str) {
+    let (pw, ph) = (W - PAD_L - PAD_R, H - PAD_T - PAD_B);
+    let mut d = String::new();
+    for (i, (fx, fy)) in points.iter().enumerate() {
+        let _ = write!(
+            d,
+            "{}{:.1},{:.1}",
+            if i == 0 { "M" } else { " L" },
+            PAD_L + fx * pw,
+            PAD_T + ph - fy * ph
+        );
+    }
+    let _ = write!(
+        svg,
+        r##"<path d="{d}" fill="none" stroke="{color}" stroke-width="2"/></g>"##
+    );
+}
+
+fn plot_svg(result: &SimResult) -> String {
+    let s = &result.summary;
+    let mut svg = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>"##,
+        2.0 * W,
+        H + 24.0
+    );
+    let _ = write!(
+        svg,
+        r##"<text x="{}" y="{}" text-anchor="middle" font-size="12" fill="#555">{} on {} GPUs: {} jobs, mean JCT {:.0} s, p99 {:.0} s, utilisation {:.1} %</text>"##,
+        W,
+        H + 14.0,
+        s.policy,
+        s.gpus,
+        s.completed,
+        s.jct.mean,
+        s.jct.p99,
+        s.utilisation * 100.0
+    );
+
+    // JCT CDF on a log axis: JCTs span seconds to months.
+    let mut jcts: Vec<f64> = result
+        .jobs
+        .iter()
+        .filter_map(|j| j.finish.map(|f| (f - j.submit).max(1.0)))
+        .collect();
+    jcts.sort_by(f64::total_cmp);
+    let lo = jcts.first().copied().unwrap_or(1.0).log10().floor();
+    let hi = jcts.last().copied().unwrap_or(10.0).log10().ceil().max(lo + 1.0);
+    let fx = |v: f64| (v.log10() - lo) / (hi - lo);
+    let xticks: Vec<(f64, String)> = (lo as i32..=hi as i32)
+        .map(|e| (fx(10f64.powi(e)), format!("1e{e}")))
+        .collect();
+    let yticks: Vec<(f64, String)> = (0..=4).map(|i| (i as f64 / 4.0, format!("{}%", i * 25))).collect();
+    panel(
+        &mut svg,
+        0.0,
+        "Job completion time (CDF)",
+        "JCT, seconds (log scale)",
+        "jobs",
+        &xticks,
+        &yticks,
+    );
+    let n = jcts.len().max(1) as f64;
+    let step = (jcts.len() / 800).max(1);
+    let mut points: Vec<(f64, f64)> = jcts
+        .iter()
+        .enumerate()
+        .step_by(step)
+        .map(|(i, &v)| (fx(v), (i + 1) as f64 / n))
+        .collect();
+    if let Some(&last) = jcts.last() {
+        points.push((fx(last), 1.0));
+    }
+    polyline(&mut svg, &points, "#1f77b4");
+
+    // Utilisation, time-averaged into buckets so a long trace stays legible.
+    let end = s.makespan.max(1.0);
+    let buckets = 400usize;
+    let width = end / buckets as f64;
+    let mut area = vec![0.0; buckets];
+    let series = &result.utilisation;
+    for (i, &(t, share)) in series.iter().enumerate() {
+        let t_next = series.get(i + 1).map(|p| p.0).unwrap_or(end).min(end);
+        let mut a = t;
+        while a < t_next {
+            let b = ((a / width).floor() as usize).min(buckets - 1);
+            let b_end = ((b + 1) as f64 * width).min(t_next);
+            area[b] += (b_end - a).max(0.0) * share;
+            if b_end <= a {
+                break;
+            }
+            a = b_end;
+        }
+    }
+    let gpus = s.gpus.max(1) as f64;
+    let (unit, scale) = if end > 2.0 * 86_400.0 {
+        ("days", 86_400.0)
+    } else if end > 2.0 * 3600.0 {
+        ("hours", 3600.0)
+    } else {
+        ("seconds", 1.0)
+    };
+    let xticks: Vec<(f64, String)> = (0..=5)
+        .map(|i| (i as f64 / 5.0, format!("{:.0}", end * i as f64 / 5.0 / scale)))
+        .collect();
+    let mut right = String::new();
+    panel(
+        &mut right,
+        W,
+        "GPU utilisation over time",
+        &format!("time since first submission, {unit}"),
+        "allocated GPUs",
+        &xticks,
+        &yticks,
+    );
+    let points: Vec<(f64, f64)> = area
+        .iter()
+        .enumerate()
+        .map(|(i, a)| ((i as f64 + 0.5) / buckets as f64, (a / width / gpus).clamp(0.0, 1.0)))
+        .collect();
+    polyline(&mut right, &points, "#d62728");
+    svg.push_str(&right);
+    svg.push_str("</svg>\n");
+    svg
+}

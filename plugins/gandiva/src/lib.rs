@@ -1,0 +1,444 @@
+//! Gandiva-style packing, time-slicing and migration.
+//!
+//! From Xiao et al., "Gandiva: Introspective Cluster Scheduling for Deep
+//! Learning" (OSDI'18). Gandiva treats GPUs as a resource to be shared and
+//! rearranged rather than handed out once: when the cluster is full, new
+//! jobs still get to run by time-slicing a GPU with another job (here a
+//! `share` of the GPU, at most `max_share` jobs per GPU), and when GPUs
+//! come free the packed jobs are spread out again and scattered gangs are
+//! pulled together onto one node with `migrate`. Letting jobs start early
+//! (so users get early feedback) at the cost of some slowdown, and fixing
+//! placement as the cluster changes, is what defines it.
+//!
+//! Each decision, in order:
+//! 1. start waiting jobs exclusively on free GPUs, FIFO, node-local gangs
+//!    where possible (a gang that does not fit is skipped);
+//! 2. with no GPU left free, pack waiting 1-GPU jobs onto GPUs held by
+//!    running 1-GPU jobs: first shrink the residents' shares, then place
+//!    the newcomer (`share`), e.g. 1.0 -> 0.5 + 0.5;
+//! 3. with GPUs still free, un-pack: `migrate` one member of a packed GPU
+//!    to a free GPU, then give it and the ones left their larger shares;
+//! 4. with GPUs still free, consolidate: a multi-GPU job spread over
+//!    several nodes moves onto one node that has room for it.
+//!
+//! Config: `pack=true|false` (default true), `max_share=2` (jobs per GPU,
+//! >= 1; 1 disables packing).
+
+use std::collections::{BTreeMap, HashMap};
+use wsched_sdk::*;
+
+const EPS: f64 = 1e-6;
+
+/// A job waiting for GPUs.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    gpus: u32,
+    state: JobState,
+    memory: u64,
+}
+
+/// The Gandiva policy.
+#[derive(Debug)]
+pub struct Gandiva {
+    pack: bool,
+    max_share: u32,
+    waiting: BTreeMap<JobId, Waiting>,
+    topology: Option<Topology>,
+}
+
+fn parse_config(config: &str) -> Result<(bool, u32), String> {
+    let (mut pack, mut max_share) = (true, 2);
+    for pair in config.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(format!("gandiva: `{pair}` is not key=value"));
+        };
+        let value = value.trim();
+        match key.trim() {
+            "pack" => {
+                pack = value
+                    .parse()
+                    .map_err(|_| format!("gandiva: pack: `{value}` is not true or false"))?;
+            }
+            "max_share" => {
+                max_share = value
+                    .parse()
+                    .ok()
+                    .filter(|&m| m >= 1)
+                    .ok_or_else(|| format!("gandiva: max_share: `{value}` is not a whole number >= 1"))?;
+            }
+            other => {
+                return Err(format!(
+                    "gandiva: unknown config key `{other}` (known: pack, max_share)"
+                ));
+            }
+        }
+    }
+    Ok((pack, max_share))
+}
+
+impl Gandiva {
+    fn note(&mut self, job: &JobInfo) {
+        match job.state {
+            JobState::Pending | JobState::Suspended => {
+                let w = Waiting {
+                    gpus: job.gpus_requested,
+                    state: job.state,
+                    memory: job.memory_per_gpu,
+                };
+                self.waiting.insert(job.id, w);
+            }
+            _ => {
+                self.waiting.remove(&job.id);
+            }
+        }
+    }
+}
+
+/// Whether every resident of `gpu` is a running job that holds this GPU only.
+fn single_gpu_residents(gpu: &GpuInfo, running: &HashMap<JobId, RunningJob>) -> bool {
+    !gpu.residents.is_empty()
+        && gpu
+            .residents
+            .iter()
+            .all(|r| running.get(&r.job).is_some_and(|j| j.gpus == 1))
+}
+
+impl Policy for Gandiva {
+    fn init(config: &str) -> Result<(Self, PolicyInfo), String> {
+        let (pack, max_share) = parse_config(config)?;
+        let policy = Gandiva {
+            pack,
+            max_share,
+            waiting: BTreeMap::new(),
+            topology: None,
+        };
+        Ok((
+            policy,
+            PolicyInfo {
+                name: "gandiva".into(),
+                tick_interval: None,
+            },
+        ))
+    }
+
+    fn decide(&mut self, view: &impl View, events: Vec<Event>) -> Decision {
+        let mut resync = false;
+        for event in events {
+            match event {
+                Event::JobArrived(job) => self.note(&job),
+                Event::JobFinished(id) | Event::JobFailed((id, _)) => {
+                    self.waiting.remove(&id);
+                }
+                Event::GpuChanged(_) => {
+                    self.topology = None;
+                    resync = true;
+                }
+                Event::ActionRejected(r) => {
+                    log(Level::Warn, &format!("gandiva: action rejected: {}", r.reason));
+                    match view.job(r.job) {
+                        Some(job) => self.note(&job),
+                        None => {
+                            self.waiting.remove(&r.job);
+                        }
+                    }
+                }
+                Event::Tick => {}
+            }
+        }
+        if resync {
+            for id in view.jobs(JobState::Suspended) {
+                if !self.waiting.contains_key(&id)
+                    && let Some(job) = view.job(id)
+                {
+                    self.note(&job);
+                }
+            }
+        }
+        let mut actions = Vec::new();
+        if self.waiting.is_empty() && view.stats().free_gpus == 0 {
+            return Decision { actions, wakeup: None };
+        }
+        let gpus = view.gpus();
+        let topology = self.topology.get_or_insert_with(|| Topology::new(&gpus)).clone();
+        let running: HashMap<JobId, RunningJob> = view.running().into_iter().map(|r| (r.id, r)).collect();
+        let mut free: Vec<GpuId> = gpus
+            .iter()
+            .filter(|g| g.online && g.residents.is_empty())
+            .map(|g| g.id)
+            .collect();
+
+        // 1. Exclusive starts, FIFO, skipping gangs that do not fit.
+        let mut placed = Vec::new();
+        for (&id, w) in &self.waiting {
+            if free.is_empty() {
+                break;
+            }
+            let Some(gang) = topology.take_gang(&mut free, w.gpus) else {
+                continue;
+            };
+            let placement = Placement { job: id, gpus: gang };
+            actions.push(match w.state {
+                JobState::Suspended => Action::Resume(placement),
+                _ => Action::Start(placement),
+            });
+            placed.push(id);
+        }
+        for id in placed.drain(..) {
+            self.waiting.remove(&id);
+        }
+
+        // 2. Full cluster: pack 1-GPU jobs by time-slicing busy GPUs.
+        if free.is_empty() && self.pack && self.max_share >= 2 {
+            let mut hosts: Vec<(usize, GpuId, Vec<JobId>, u64, u64)> = gpus
+                .iter()
+                .filter(|g| {
+                    g.online && g.residents.len() < self.max_share as usize && single_gpu_residents(g, &running)
+                })
+                .map(|g| {
+                    let jobs = g.residents.iter().map(|r| r.job).collect();
+                    (g.residents.len(), g.id, jobs, g.memory_used, g.memory_total)
+                })
+                .collect();
+            hosts.sort_by_key(|h| (h.0, h.1));
+            for (&id, w) in &self.waiting {
+                if w.gpus != 1 {
+                    continue;
+                }
+                let Some(h) = hosts
+                    .iter_mut()
+                    .find(|h| h.0 < self.max_share as usize && h.3.saturating_add(w.memory) <= h.4)
+                else {
+                    continue;
+                };
+                let fraction = 1.0 / (h.2.len() + 1) as f64;
+                for &resident in &h.2 {
+                    actions.push(Action::Share(SharedPlacement {
+                        job: resident,
+                        gpus: vec![h.1],
+                        fraction,
+                    }));
+                }
+                actions.push(Action::Share(SharedPlacement {
+                    job: id,
+                    gpus: vec![h.1],
+                    fraction,
+                }));
+                h.0 += 1;
+                h.2.push(id);
+                h.3 += w.memory;
+                placed.push(id);
+            }
+            for id in placed.drain(..) {
+                self.waiting.remove(&id);
+            }
+        }
+
+        // 3. Free GPUs and packed ones: spread the packed jobs out again.
+        if !free.is_empty() {
+            for g in &gpus {
+                if free.is_empty() {
+                    break;
+                }
+                if !(g.online && g.residents.len() >= 2 && single_gpu_residents(g, &running)) {
+                    continue;
+                }
+                let mut stay: Vec<JobId> = g.residents.iter().map(|r| r.job).collect();
+                stay.sort_unstable();
+                let Some(mover) = stay.pop() else { continue };
+                // Prefer a free GPU on the same node (cheaper move).
+                let node = topology.node(g.id);
+                let pos = free.iter().position(|&f| topology.node(f) == node).unwrap_or(0);
+                let target = free.remove(pos);
+                actions.push(Action::Migrate(Placement {
+                    job: mover,
+                    gpus: vec![target],
+                }));
+                actions.push(Action::Share(SharedPlacement {
+                    job: mover,
+                    gpus: vec![target],
+                    fraction: 1.0,
+                }));
+                let fraction = 1.0 / stay.len() as f64;
+                for job in stay {
+                    actions.push(Action::Share(SharedPlacement {
+                        job,
+                        gpus: vec![g.id],
+                        fraction,
+                    }));
+                }
+            }
+        }
+
+        // 4. Free GPUs: pull scattered gangs onto one node.
+        if !free.is_empty() {
+            let mut node_size: BTreeMap<u32, u32> = BTreeMap::new();
+            for g in gpus.iter().filter(|g| g.online) {
+                *node_size.entry(topology.node(g.id)).or_default() += 1;
+            }
+            let mut spread: Vec<&RunningJob> = running
+                .values()
+                .filter(|r| r.gpus > 1 && r.fraction >= 1.0 - EPS)
+                .filter(|r| node_size.values().any(|&n| n >= r.gpus))
+                .collect();
+            spread.sort_by_key(|r| r.id);
+            for r in spread {
+                if free.is_empty() {
+                    break;
+                }
+                let Some(job) = view.job(r.id) else { continue };
+                let held = &job.placement;
+                if held.len() != r.gpus as usize || topology.nodes_spanned(held) <= 1 {
+                    continue;
+                }
+                // The node needing the fewest moves that can hold the gang.
+                let mut best: Option<(usize, u32)> = None;
+                for (&node, &size) in &node_size {
+                    if (size as usize) < held.len() {
+                        continue;
+                    }
+                    let own = held.iter().filter(|&&g| topology.node(g) == node).count();
+                    let spare = free.iter().filter(|&&g| topology.node(g) == node).count();
+                    if own + spare >= held.len() && best.is_none_or(|(b, _)| own > b) {
+                        best = Some((own, node));
+                    }
+                }
+                let Some((own, node)) = best else { continue };
+                let mut target: Vec<GpuId> = held.iter().copied().filter(|&g| topology.node(g) == node).collect();
+                let mut need = held.len() - own;
+                free.retain(|&g| {
+                    if need > 0 && topology.node(g) == node {
+                        target.push(g);
+                        need -= 1;
+                        false
+                    } else {
+                        true
+                    }
+                });
+                target.sort_unstable();
+                free.extend(held.iter().copied().filter(|g| !target.contains(g)));
+                free.sort_unstable();
+                actions.push(Action::Migrate(Placement {
+                    job: r.id,
+                    gpus: target,
+                }));
+            }
+        }
+        Decision { actions, wakeup: None }
+    }
+}
+
+export_policy!(Gandiva);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wsched_sdk::testing::FakeView;
+
+    fn share(job: JobId, gpu: GpuId, fraction: f64) -> Action {
+        Action::Share(SharedPlacement {
+            job,
+            gpus: vec![gpu],
+            fraction,
+        })
+    }
+
+    fn dbg(actions: &[Action]) -> String {
+        format!("{actions:?}")
+    }
+
+    /// Two GPUs, each held by a running 1-GPU job.
+    fn full_cluster() -> FakeView {
+        let mut view = FakeView::new(2, 2);
+        for g in 0..2 {
+            let id = view.add_job(1).id;
+            view.place(id, &[g], 1.0);
+        }
+        view
+    }
+
+    #[test]
+    fn packs_with_share_when_full() {
+        let mut view = full_cluster();
+        let newcomer = view.add_job(1);
+        let mut p = Gandiva::init("").unwrap().0;
+        let d = p.decide(&view, vec![Event::JobArrived(newcomer.clone())]);
+        assert_eq!(dbg(&d.actions), dbg(&[share(0, 0, 0.5), share(newcomer.id, 0, 0.5)]));
+        // A second and third newcomer: one more fits (GPU 1), then none (max 2 per GPU).
+        view.place(0, &[0], 0.5);
+        view.gpus[0].residents.push(Resident {
+            job: newcomer.id,
+            fraction: 0.5,
+        });
+        view.job_mut(newcomer.id).state = JobState::Running;
+        view.job_mut(newcomer.id).placement = vec![0];
+        view.job_mut(newcomer.id).fraction = 0.5;
+        let (a, b) = (view.add_job(1), view.add_job(1));
+        let d = p.decide(&view, vec![Event::JobArrived(a.clone()), Event::JobArrived(b)]);
+        assert_eq!(dbg(&d.actions), dbg(&[share(1, 1, 0.5), share(a.id, 1, 0.5)]));
+    }
+
+    #[test]
+    fn pack_false_only_waits() {
+        let mut view = full_cluster();
+        let newcomer = view.add_job(1);
+        let mut p = Gandiva::init("pack=false").unwrap().0;
+        assert!(p.decide(&view, vec![Event::JobArrived(newcomer)]).actions.is_empty());
+    }
+
+    #[test]
+    fn unpacks_onto_a_freed_gpu() {
+        // GPU 0 holds jobs 0 and 2 at 0.5 each; job 1 on GPU 1 finishes.
+        let mut view = full_cluster();
+        let packed = view.add_job(1).id;
+        view.place(0, &[0], 0.5);
+        view.gpus[0].residents.push(Resident {
+            job: packed,
+            fraction: 0.5,
+        });
+        view.job_mut(packed).state = JobState::Running;
+        view.job_mut(packed).placement = vec![0];
+        view.job_mut(packed).fraction = 0.5;
+        view.finish(1);
+        let mut p = Gandiva::init("").unwrap().0;
+        let d = p.decide(&view, vec![Event::JobFinished(1)]);
+        let migrate = Action::Migrate(Placement {
+            job: packed,
+            gpus: vec![1],
+        });
+        assert_eq!(
+            dbg(&d.actions),
+            dbg(&[migrate, share(packed, 1, 1.0), share(0, 0, 1.0)])
+        );
+    }
+
+    #[test]
+    fn starts_exclusive_node_local_then_consolidates() {
+        // Two nodes of 4. Job 0 spans both nodes on [2, 3, 4, 5].
+        let mut view = FakeView::new(8, 4);
+        let spread = view.add_job(4).id;
+        view.place(spread, &[2, 3, 4, 5], 1.0);
+        let mut p = Gandiva::init("").unwrap().0;
+        let d = p.decide(&view, vec![Event::JobArrived(view.job(spread).unwrap())]);
+        // Node 0 has its 2 GPUs + 2 free: fewest moves ties with node 1; the first wins.
+        assert_eq!(
+            dbg(&d.actions),
+            dbg(&[Action::Migrate(Placement {
+                job: spread,
+                gpus: vec![0, 1, 2, 3]
+            })])
+        );
+
+        // A newcomer gets a node-local gang before any consolidation.
+        let newcomer = view.add_job(2);
+        let d = p.decide(&view, vec![Event::JobArrived(newcomer.clone())]);
+        assert!(matches!(&d.actions[0], Action::Start(pl) if pl.job == newcomer.id && pl.gpus == vec![0, 1]));
+    }
+
+    #[test]
+    fn config_keys_are_checked() {
+        assert!(Gandiva::init("pack=false;max_share=3").is_ok());
+        for bad in ["pack=maybe", "max_share=0", "max_share=x", "share=2"] {
+            assert!(Gandiva::init(bad).err().unwrap().starts_with("gandiva:"), "{bad}");
+        }
+    }
+}

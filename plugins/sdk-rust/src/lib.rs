@@ -1,0 +1,197 @@
+//! Write a wsched scheduling policy in Rust.
+//!
+//! The contract lives in `wit/policy.wit`; this crate generates its Rust
+//! types with `wit-bindgen` and hides the export boilerplate, so that a
+//! policy is one type implementing [`Policy`] plus one
+//! [`export_policy!`] line.
+//!
+//! Policies are written against the [`View`] trait rather than the
+//! generated `cluster-view` resource directly. Inside a Wasm component the
+//! two are the same thing; natively, a host can implement [`View`] over its
+//! own state, which is how the benchmarks run the very same policy code
+//! natively and in Wasm.
+//!
+//! ```ignore
+//! use wsched_sdk::*;
+//!
+//! #[derive(Default)]
+//! struct Greedy;
+//!
+//! impl Policy for Greedy {
+//!     fn init(_config: &str) -> Result<(Self, PolicyInfo), String> {
+//!         Ok((Greedy, PolicyInfo { name: "greedy".into(), tick_interval: None }))
+//!     }
+//!     fn decide(&mut self, view: &impl View, _events: Vec<Event>) -> Decision {
+//!         let mut free = view.free_gpus();
+//!         let mut actions = Vec::new();
+//!         for id in view.jobs(JobState::Pending) {
+//!             let Some(job) = view.job(id) else { continue };
+//!             if let Some(gpus) = take_gpus(&mut free, job.gpus_requested) {
+//!                 actions.push(Action::Start(Placement { job: id, gpus }));
+//!             }
+//!         }
+//!         Decision { actions, wakeup: None }
+//!     }
+//! }
+//!
+//! export_policy!(Greedy);
+//! ```
+
+mod helpers;
+pub mod testing;
+
+pub use helpers::*;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "scheduler",
+        pub_export_macro: true,
+        default_bindings_module: "wsched_sdk::bindings",
+    });
+}
+
+pub use bindings::wsched::policy::types::{
+    Action, ClusterStats, Decision, Event, GpuId, GpuInfo, JobId, JobInfo, JobState, Level, Placement, PolicyInfo,
+    Rejection, Resident, RunningJob, SharedPlacement,
+};
+
+/// A read-only view of the cluster during one decision.
+///
+/// Inside a component it is the host's `cluster-view` resource; every
+/// method is one call across the Wasm boundary, so read what you need once
+/// per decision rather than in an inner loop.
+pub trait View {
+    /// The host's clock in seconds (virtual in the simulator).
+    fn now(&self) -> f64;
+    /// Cluster-wide counters.
+    fn stats(&self) -> ClusterStats;
+    /// One job, or `None` if the id is unknown.
+    fn job(&self, id: JobId) -> Option<JobInfo>;
+    /// Ids of the jobs in one state, oldest submission first.
+    fn jobs(&self, state: JobState) -> Vec<JobId>;
+    /// The jobs holding GPUs now, in compact form.
+    fn running(&self) -> Vec<RunningJob>;
+    /// Every GPU.
+    fn gpus(&self) -> Vec<GpuInfo>;
+    /// One GPU, or `None` if the id is unknown.
+    fn gpu(&self, id: GpuId) -> Option<GpuInfo>;
+    /// Online GPUs with no resident, lowest id first.
+    fn free_gpus(&self) -> Vec<GpuId>;
+}
+
+impl View for bindings::wsched::policy::host::ClusterView {
+    fn now(&self) -> f64 {
+        ClusterView::now(self)
+    }
+    fn stats(&self) -> ClusterStats {
+        ClusterView::stats(self)
+    }
+    fn job(&self, id: JobId) -> Option<JobInfo> {
+        ClusterView::job(self, id)
+    }
+    fn jobs(&self, state: JobState) -> Vec<JobId> {
+        ClusterView::jobs(self, state)
+    }
+    fn running(&self) -> Vec<RunningJob> {
+        ClusterView::running(self)
+    }
+    fn gpus(&self) -> Vec<GpuInfo> {
+        ClusterView::gpus(self)
+    }
+    fn gpu(&self, id: GpuId) -> Option<GpuInfo> {
+        ClusterView::gpu(self, id)
+    }
+    fn free_gpus(&self) -> Vec<GpuId> {
+        ClusterView::free_gpus(self)
+    }
+}
+
+use bindings::wsched::policy::host::ClusterView;
+
+/// A scheduling policy. Only [`Policy::init`] and [`Policy::decide`] are
+/// required; like sched_ext's callbacks, the rest have sensible defaults.
+pub trait Policy: Sized {
+    /// Build the policy from its configuration string (empty when none was
+    /// given). An error refuses the load and is shown to the operator.
+    fn init(config: &str) -> Result<(Self, PolicyInfo), String>;
+
+    /// Decide what to do about `events` (everything since the last call).
+    fn decide(&mut self, view: &impl View, events: Vec<Event>) -> Decision;
+
+    /// State to hand to the next policy on a hot swap; `None` by default.
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Take over state from [`Policy::snapshot`]; refuses by default, in
+    /// which case the policy rebuilds its model from the `job-arrived`
+    /// events that the host replays on every takeover.
+    fn restore(&mut self, _state: &[u8]) -> Result<(), String> {
+        Err("this policy does not restore state".to_string())
+    }
+}
+
+/// Write to the host's log at `level` (dropped cheaply when the host
+/// would not keep it). Natively, outside a component, does nothing.
+pub fn log(level: Level, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    if bindings::wsched::policy::host::log_enabled(level) {
+        bindings::wsched::policy::host::log(level, message);
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    let _ = (level, message);
+}
+
+/// Export a [`Policy`] implementation as the component's `policy` interface.
+///
+/// Use once, at the top level of a `cdylib` crate built for `wasm32-wasip2`.
+#[macro_export]
+macro_rules! export_policy {
+    ($policy:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        mod __wsched_export {
+            use super::*;
+            use $crate::bindings::exports::wsched::policy::policy::Guest;
+            use $crate::bindings::wsched::policy::host::ClusterView;
+            use $crate::{Decision, Event, PolicyInfo};
+
+            thread_local! {
+                static STATE: ::core::cell::RefCell<Option<$policy>> =
+                    const { ::core::cell::RefCell::new(None) };
+            }
+
+            struct Export;
+
+            impl Guest for Export {
+                fn init(config: String) -> Result<PolicyInfo, String> {
+                    let (policy, info) = <$policy as $crate::Policy>::init(&config)?;
+                    STATE.with(|s| *s.borrow_mut() = Some(policy));
+                    Ok(info)
+                }
+
+                fn decide(view: &ClusterView, events: Vec<Event>) -> Decision {
+                    STATE.with(|s| match s.borrow_mut().as_mut() {
+                        Some(policy) => $crate::Policy::decide(policy, view, events),
+                        // The host always calls init first; answer nothing rather than trap.
+                        None => Decision { actions: Vec::new(), wakeup: None },
+                    })
+                }
+
+                fn snapshot() -> Option<Vec<u8>> {
+                    STATE.with(|s| s.borrow().as_ref().and_then($crate::Policy::snapshot))
+                }
+
+                fn restore(state: Vec<u8>) -> Result<(), String> {
+                    STATE.with(|s| match s.borrow_mut().as_mut() {
+                        Some(policy) => $crate::Policy::restore(policy, &state),
+                        None => Err("restore called before init".to_string()),
+                    })
+                }
+            }
+
+            $crate::bindings::export!(Export with_types_in $crate::bindings);
+        }
+    };
+}

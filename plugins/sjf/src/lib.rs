@@ -1,0 +1,213 @@
+//! Shortest-job-first, non-preemptive, with backfilling.
+//!
+//! Waiting jobs are ordered by the duration their submitter expects
+//! (`expected-duration`); jobs without one sort last, ties go to the older
+//! job (lower id). SJF minimises average completion time when durations
+//! are known, which makes it the classic yardstick for duration-aware
+//! policies. Once started a job runs to completion (no preemption), so a
+//! wrong estimate costs only ordering, never wasted work. Unlike strict
+//! FIFO it is work-conserving: a job that does not fit the free GPUs is
+//! skipped and smaller ones behind it may start. Suspended jobs (left by a
+//! previous policy after a hot swap) are resumed in the same order.
+//!
+//! Config: none (the empty string).
+
+use std::collections::{BTreeMap, HashMap};
+use wsched_sdk::*;
+
+/// A sort key for an expected duration: known ones first, shortest first
+/// (in `f64::total_cmp` order), then unknown ones.
+type DurationKey = (bool, i64);
+
+fn duration_key(expected: Option<f64>) -> DurationKey {
+    match expected {
+        Some(d) => {
+            let bits = d.to_bits() as i64;
+            // Same order as f64::total_cmp.
+            (false, bits ^ ((((bits >> 63) as u64) >> 1) as i64))
+        }
+        None => (true, 0),
+    }
+}
+
+/// The SJF policy: waiting jobs keyed by (duration, id).
+#[derive(Debug, Default)]
+pub struct Sjf {
+    waiting: BTreeMap<(DurationKey, JobId), (u32, JobState)>,
+    key_of: HashMap<JobId, DurationKey>,
+    topology: Option<Topology>,
+}
+
+impl Sjf {
+    fn forget(&mut self, id: JobId) {
+        if let Some(k) = self.key_of.remove(&id) {
+            self.waiting.remove(&(k, id));
+        }
+    }
+
+    fn note(&mut self, job: &JobInfo) {
+        self.forget(job.id);
+        if matches!(job.state, JobState::Pending | JobState::Suspended) {
+            let k = duration_key(job.expected_duration);
+            self.key_of.insert(job.id, k);
+            self.waiting.insert((k, job.id), (job.gpus_requested, job.state));
+        }
+    }
+}
+
+impl Policy for Sjf {
+    fn init(config: &str) -> Result<(Self, PolicyInfo), String> {
+        if let Some(pair) = config.split(';').map(str::trim).find(|p| !p.is_empty()) {
+            let key = pair.split_once('=').map_or(pair, |(k, _)| k).trim();
+            return Err(format!("sjf: unknown config key `{key}` (sjf takes no configuration)"));
+        }
+        Ok((
+            Sjf::default(),
+            PolicyInfo {
+                name: "sjf".into(),
+                tick_interval: None,
+            },
+        ))
+    }
+
+    fn decide(&mut self, view: &impl View, events: Vec<Event>) -> Decision {
+        let mut resync_suspended = false;
+        for event in events {
+            match event {
+                Event::JobArrived(job) => self.note(&job),
+                Event::JobFinished(id) | Event::JobFailed((id, _)) => self.forget(id),
+                Event::GpuChanged(_) => {
+                    self.topology = None;
+                    resync_suspended = true;
+                }
+                Event::ActionRejected(r) => {
+                    log(Level::Warn, &format!("sjf: action rejected: {}", r.reason));
+                    match view.job(r.job) {
+                        Some(job) => self.note(&job),
+                        None => self.forget(r.job),
+                    }
+                }
+                Event::Tick => {}
+            }
+        }
+        if resync_suspended {
+            for id in view.jobs(JobState::Suspended) {
+                if !self.key_of.contains_key(&id)
+                    && let Some(job) = view.job(id)
+                {
+                    self.note(&job);
+                }
+            }
+        }
+        let mut actions = Vec::new();
+        if self.waiting.is_empty() {
+            return Decision { actions, wakeup: None };
+        }
+        let mut free = view.free_gpus();
+        if free.is_empty() {
+            return Decision { actions, wakeup: None };
+        }
+        let topology = self.topology.get_or_insert_with(|| Topology::new(&view.gpus()));
+        let mut placed = Vec::new();
+        for (&(_, id), &(gpus, state)) in &self.waiting {
+            if free.is_empty() {
+                break;
+            }
+            // Backfilling: a job that does not fit is skipped, not waited for.
+            let Some(gpus) = topology.take_gang(&mut free, gpus) else {
+                continue;
+            };
+            let placement = Placement { job: id, gpus };
+            actions.push(match state {
+                JobState::Suspended => Action::Resume(placement),
+                _ => Action::Start(placement),
+            });
+            placed.push(id);
+        }
+        for id in placed {
+            self.forget(id);
+        }
+        Decision { actions, wakeup: None }
+    }
+}
+
+export_policy!(Sjf);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wsched_sdk::testing::FakeView;
+
+    fn arrive(view: &mut FakeView, gpus: u32, duration: Option<f64>) -> Event {
+        let id = view.add_job(gpus).id;
+        view.job_mut(id).expected_duration = duration;
+        Event::JobArrived(view.job(id).unwrap())
+    }
+
+    fn started(d: &Decision) -> Vec<JobId> {
+        d.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start(p) | Action::Resume(p) => Some(p.job),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn starts_shortest_first_unknown_last() {
+        let mut view = FakeView::new(2, 2);
+        let events = vec![
+            arrive(&mut view, 1, None),
+            arrive(&mut view, 1, Some(500.0)),
+            arrive(&mut view, 1, Some(10.0)),
+            arrive(&mut view, 1, Some(10.0)),
+        ];
+        let mut p = Sjf::init("").unwrap().0;
+        let d = p.decide(&view, events);
+        assert_eq!(started(&d), vec![2, 3], "shortest first, ties by id");
+        // Two GPUs free up: the 500 s job, then the one with no estimate.
+        view.place(2, &[0], 1.0);
+        view.place(3, &[1], 1.0);
+        view.finish(2);
+        view.finish(3);
+        let d = p.decide(&view, vec![Event::JobFinished(2), Event::JobFinished(3)]);
+        assert_eq!(started(&d), vec![1, 0]);
+    }
+
+    #[test]
+    fn skips_a_job_that_does_not_fit() {
+        let mut view = FakeView::new(4, 4);
+        let busy = view.add_job(2).id;
+        view.place(busy, &[0, 1], 1.0);
+        let events = vec![arrive(&mut view, 4, Some(1.0)), arrive(&mut view, 2, Some(100.0))];
+        let mut p = Sjf::init("").unwrap().0;
+        let d = p.decide(&view, events);
+        assert_eq!(
+            started(&d),
+            vec![2],
+            "the shorter 4-GPU job cannot fit; the 2-GPU one backfills"
+        );
+        assert!(matches!(&d.actions[0], Action::Start(pl) if pl.gpus == vec![2, 3]));
+    }
+
+    #[test]
+    fn resumes_suspended_in_the_same_order() {
+        let mut view = FakeView::new(1, 1);
+        let long = view.add_job(1).id;
+        let short = view.add_job(1).id;
+        view.job_mut(long).expected_duration = Some(100.0);
+        view.job_mut(short).expected_duration = Some(1.0);
+        view.job_mut(short).state = JobState::Suspended;
+        let events = view.jobs.iter().cloned().map(Event::JobArrived).collect();
+        let d = Sjf::init("").unwrap().0.decide(&view, events);
+        assert!(matches!(&d.actions[..], [Action::Resume(p)] if p.job == short));
+    }
+
+    #[test]
+    fn rejects_any_config() {
+        let err = Sjf::init("order=desc").err().unwrap();
+        assert!(err.starts_with("sjf:") && err.contains("order"), "{err}");
+        assert!(Sjf::init(" ").is_ok());
+    }
+}
