@@ -52,7 +52,11 @@ fn bundled_trace_fifo_matches_published_reference() {
     for policy in [None, Some(choice(&engine, "fifo", ""))] {
         let r = run(&engine, policy.as_ref(), &jobs, &cluster(64, 8));
         assert_eq!(r.summary.completed, 16_091);
-        assert!((r.summary.jct.mean - 9151.7).abs() < 0.05, "mean JCT {}", r.summary.jct.mean);
+        assert!(
+            (r.summary.jct.mean - 9151.7).abs() < 0.05,
+            "mean JCT {}",
+            r.summary.jct.mean
+        );
         assert_eq!(r.summary.makespan, 7_668_079.0);
     }
 }
@@ -81,16 +85,29 @@ fn hot_swap_mid_replay_loses_and_duplicates_nothing() {
     let engine = engine();
     let fifo = choice(&engine, "fifo", "");
     let swaps = [
-        ScheduledSwap { at: 200_000.0, policy: choice(&engine, "tiresias", "") },
-        ScheduledSwap { at: 400_000.0, policy: choice(&engine, "gavel", "") },
-        ScheduledSwap { at: 600_000.0, policy: choice(&engine, "gavel", "round=600") },
+        ScheduledSwap {
+            at: 200_000.0,
+            policy: choice(&engine, "tiresias", ""),
+        },
+        ScheduledSwap {
+            at: 400_000.0,
+            policy: choice(&engine, "gavel", ""),
+        },
+        ScheduledSwap {
+            at: 600_000.0,
+            policy: choice(&engine, "gavel", "round=600"),
+        },
     ];
     let r = run_with_swaps(&engine, Some(&fifo), &swaps, &jobs, &cluster(16, 8));
     let s = &r.summary;
     assert_eq!(s.swaps, 3, "{:?}", s.swap_log);
     assert_eq!(s.final_policy, "gavel");
     assert!(s.swap_log[2].contains("state handed over: true"), "{:?}", s.swap_log);
-    assert_eq!(s.completed, jobs.len() - s.refused_at_submission, "every accepted job finishes");
+    assert_eq!(
+        s.completed,
+        jobs.len() - s.refused_at_submission,
+        "every accepted job finishes"
+    );
     assert!(r.jobs.iter().all(|j| j.state == "finished" || j.state == "refused"));
     assert_eq!((s.strikes, s.actions_rejected, s.ejections), (0, 0, 0));
     assert!(s.preemptions > 0, "tiresias and gavel preempt after the swap");
@@ -102,8 +119,14 @@ fn swap_to_a_plugin_that_fails_init_keeps_the_old_one() {
     let engine = engine();
     let fifo = choice(&engine, "fifo", "");
     let swaps = [
-        ScheduledSwap { at: 50.0, policy: choice(&engine, "hostile", "mode=init-fail") },
-        ScheduledSwap { at: 60.0, policy: choice(&engine, "tiresias", "thresholds=oops") },
+        ScheduledSwap {
+            at: 50.0,
+            policy: choice(&engine, "hostile", "mode=init-fail"),
+        },
+        ScheduledSwap {
+            at: 60.0,
+            policy: choice(&engine, "tiresias", "thresholds=oops"),
+        },
     ];
     let r = run_with_swaps(&engine, Some(&fifo), &swaps, &jobs, &cluster(1, 1));
     let s = &r.summary;

@@ -15,16 +15,25 @@ pub fn root() -> PathBuf {
 
 /// Path of an example plugin component, e.g. `plugin_path("tiresias")`.
 pub fn plugin_path(name: &str) -> PathBuf {
-    let dir = std::env::var_os("WSCHED_PLUGIN_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target/plugins"));
+    let dir = std::env::var_os("WSCHED_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/plugins"));
     let path = dir.join(format!("{name}.wasm"));
-    assert!(path.exists(), "{} is missing: run scripts/build-plugins.sh first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-plugins.sh first",
+        path.display()
+    );
     path
 }
 
 /// An engine with the default limits but a short deadline, so tests of
 /// runaway plugins finish quickly.
 pub fn engine() -> Engine {
-    engine_with(Limits { deadline: Duration::from_millis(50), ..Limits::default() })
+    engine_with(Limits {
+        deadline: Duration::from_millis(50),
+        ..Limits::default()
+    })
 }
 
 /// An engine with the given limits.
@@ -34,17 +43,24 @@ pub fn engine_with(limits: Limits) -> Engine {
 
 /// Compile an example plugin.
 pub fn load(engine: &Engine, name: &str) -> Plugin {
-    engine.load_file(&plugin_path(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    engine
+        .load_file(&plugin_path(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 /// A policy choice for `simulate`.
 pub fn choice(engine: &Engine, name: &str, config: &str) -> PolicyChoice {
-    PolicyChoice { plugin: load(engine, name), config: config.to_string() }
+    PolicyChoice {
+        plugin: load(engine, name),
+        config: config.to_string(),
+    }
 }
 
 /// Parse an inline trace: header `timestamp,duration,num_gpus`.
 pub fn trace(rows: &str) -> Vec<TraceJob> {
-    PhillyCsv.parse("inline", &format!("timestamp,duration,num_gpus\n{rows}")).expect("trace")
+    PhillyCsv
+        .parse("inline", &format!("timestamp,duration,num_gpus\n{rows}"))
+        .expect("trace")
 }
 
 /// The bundled Philly trace.
@@ -54,7 +70,11 @@ pub fn philly() -> Vec<TraceJob> {
 
 /// A cluster of `gpus` GPUs, `per_node` to a node.
 pub fn cluster(gpus: u32, per_node: u32) -> SimConfig {
-    SimConfig { gpus, gpus_per_node: per_node, ..SimConfig::default() }
+    SimConfig {
+        gpus,
+        gpus_per_node: per_node,
+        ..SimConfig::default()
+    }
 }
 
 /// Replay `jobs` through `policy` (None = built-in FIFO).
@@ -75,6 +95,10 @@ pub fn run_with_swaps(
 
 /// (start, finish) of the job on trace line `line`.
 pub fn times(result: &SimResult, line: usize) -> (f64, f64) {
-    let j = result.jobs.iter().find(|j| j.line == line).unwrap_or_else(|| panic!("no job on line {line}"));
+    let j = result
+        .jobs
+        .iter()
+        .find(|j| j.line == line)
+        .unwrap_or_else(|| panic!("no job on line {line}"));
     (j.start.expect("started"), j.finish.expect("finished"))
 }

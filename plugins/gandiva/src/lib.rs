@@ -169,6 +169,9 @@ impl Policy for Gandiva {
 
         // 1. Exclusive starts, FIFO, skipping gangs that do not fit.
         let mut placed = Vec::new();
+        // One-GPU jobs started in this batch: they can host a packed job
+        // right away, as GPUs held from earlier calls can.
+        let mut fresh: Vec<(GpuId, JobId, u64)> = Vec::new();
         for (&id, w) in &self.waiting {
             if free.is_empty() {
                 break;
@@ -176,6 +179,9 @@ impl Policy for Gandiva {
             let Some(gang) = topology.take_gang(&mut free, w.gpus) else {
                 continue;
             };
+            if let [gpu] = gang[..] {
+                fresh.push((gpu, id, w.memory));
+            }
             let placement = Placement { job: id, gpus: gang };
             actions.push(match w.state {
                 JobState::Suspended => Action::Resume(placement),
@@ -199,6 +205,11 @@ impl Policy for Gandiva {
                     (g.residents.len(), g.id, jobs, g.memory_used, g.memory_total)
                 })
                 .collect();
+            for &(gpu, job, memory) in &fresh {
+                if let Some(g) = gpus.iter().find(|g| g.id == gpu) {
+                    hosts.push((1, gpu, vec![job], g.memory_used.saturating_add(memory), g.memory_total));
+                }
+            }
             hosts.sort_by_key(|h| (h.0, h.1));
             for (&id, w) in &self.waiting {
                 if w.gpus != 1 {

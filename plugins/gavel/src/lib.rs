@@ -191,6 +191,19 @@ impl Policy for Gavel {
             }
         }
 
+        if tick {
+            // Close the round that just ended before choosing the next one:
+            // every live job was active in it, and the jobs holding GPUs at
+            // its end ran in it (however they got their GPUs: at a tick or
+            // between ticks), so no job's service goes uncounted.
+            for &id in self.jobs.keys() {
+                self.counters.entry(id).or_default().active += 1;
+            }
+            for id in running_gpus.keys() {
+                self.counters.entry(*id).or_default().received += 1;
+            }
+        }
+
         let mut actions = Vec::new();
         let order = self.by_priority();
         let mut free = view.free_gpus();
@@ -224,13 +237,11 @@ impl Policy for Gavel {
             }
             free.sort_unstable();
             picked = order.iter().copied().filter(|id| chosen.contains(id)).collect();
-        } else {
-            picked.extend(running_gpus.keys().copied());
         }
         let Some(topology) = self.topology.as_ref() else {
             return Decision { actions, wakeup: None };
         };
-        let candidates: Vec<JobId> = if tick { picked.clone() } else { order };
+        let candidates: Vec<JobId> = if tick { picked } else { order };
         for id in candidates {
             if free.is_empty() {
                 break;
@@ -242,9 +253,6 @@ impl Policy for Gavel {
                 continue;
             }
             let Some(placement) = topology.take_gang(&mut free, gpus) else {
-                if tick {
-                    picked.retain(|&p| p != id);
-                }
                 continue;
             };
             let placement = Placement {
@@ -258,20 +266,6 @@ impl Policy for Gavel {
             });
             if let Some(j) = self.jobs.get_mut(&id) {
                 j.1 = JobState::Running;
-            }
-            if !tick {
-                picked.push(id);
-            }
-        }
-        if tick {
-            // Close the round: every live job was active, the picked ones ran.
-            for &id in self.jobs.keys() {
-                self.counters.entry(id).or_default().active += 1;
-            }
-            for id in picked {
-                if let Some(c) = self.counters.get_mut(&id) {
-                    c.received += 1;
-                }
             }
         }
         Decision { actions, wakeup: None }
@@ -379,10 +373,8 @@ mod tests {
         let b = view.add_job(1);
         let d = p.decide(&view, vec![Event::JobArrived(b)]);
         assert!(d.actions.is_empty(), "{:?}", d.actions);
-        // First round: neither has a round to its name; tie, older a keeps it.
-        let d = p.decide(&view, vec![Event::Tick]);
-        assert!(d.actions.is_empty(), "{:?}", d.actions);
-        // Second round: a got 1 of 1 rounds, b 0 of 1: b outranks a.
+        // The first round closes: a ran in it (1 of 1), b did not (0 of 1),
+        // so b outranks a for the next one.
         let d = p.decide(&view, vec![Event::Tick]);
         assert!(matches!(&d.actions[..], [Action::Preempt(0), Action::Start(pl)] if pl.job == 1));
     }

@@ -9,7 +9,7 @@
 //! plugin turning bad mid-run (`after=N`).
 //!
 //! Config (`key=value;...`):
-//! - `mode=ok|loop|oom|escape|trap|invalid|init-fail|loop-init|bad-wakeup`
+//! - `mode=ok|loop|oom|escape|idle|trap|invalid|init-fail|loop-init|bad-wakeup`
 //!   (default `ok`):
 //!   - `ok`: strict FIFO;
 //!   - `loop`: spins forever in `decide`;
@@ -17,6 +17,7 @@
 //!     bound (the allocator aborts when the host's cap refuses memory);
 //!   - `escape`: tries to read files, the environment, the network and
 //!     the real clock, and traps naming any that worked; else FIFO;
+//!   - `idle`: never starts anything (jobs would wait forever);
 //!   - `trap`: panics in `decide` (a Wasm trap);
 //!   - `invalid`: answers with a batch of invalid actions (unknown job, more
 //!     GPUs than exist, starting a running job, a partial gang, a GPU held
@@ -47,6 +48,8 @@ pub enum Mode {
     Oom,
     /// Try to reach files, environment, network and the real clock.
     Escape,
+    /// Never start anything.
+    Idle,
     /// Panic in decide.
     Trap,
     /// Invalid actions, then valid FIFO ones.
@@ -82,6 +85,7 @@ fn parse_config(config: &str) -> Result<(Mode, u64), String> {
                     "loop" => Mode::Loop,
                     "oom" => Mode::Oom,
                     "escape" => Mode::Escape,
+                    "idle" => Mode::Idle,
                     "trap" => Mode::Trap,
                     "invalid" => Mode::Invalid,
                     "init-fail" => Mode::InitFail,
@@ -236,6 +240,10 @@ impl Policy for Hostile {
         match mode {
             Mode::Loop => spin(),
             Mode::Oom => exhaust_memory(),
+            Mode::Idle => Decision {
+                actions: Vec::new(),
+                wakeup: None,
+            },
             Mode::Escape => {
                 try_escape(view);
                 self.fifo.decide(view, events)

@@ -1,0 +1,119 @@
+//! The `wsched` binary as a user meets it: the main job on the bundled
+//! trace, and bad input that must end in one clear line and a non-zero exit.
+
+mod common;
+use common::*;
+use std::process::{Command, Output};
+
+fn wsched(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wsched"))
+        .args(args)
+        .output()
+        .expect("run wsched")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_string()
+}
+
+fn write_temp(dir: &std::path::Path, name: &str, bytes: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn sim_on_the_bundled_trace_writes_table_json_csv_and_plot() {
+    let out = tempfile::tempdir().unwrap();
+    let trace = root().join("examples/traces/philly-11cb48.csv");
+    let policy = plugin_path("tiresias");
+    let o = wsched(&[
+        "sim",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--gpus",
+        "64",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--out",
+        out.path().to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    for row in [
+        "JCT mean",
+        "JCT p99",
+        "makespan",
+        "GPU utilisation",
+        "fairness rho max",
+        "policy time per call",
+    ] {
+        assert!(table.contains(row), "table lacks {row}:\n{table}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["completed"], 16_091);
+    assert_eq!(summary["policy"], "tiresias");
+    let csv = std::fs::read_to_string(out.path().join("jobs.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 16_092);
+    let svg = std::fs::read_to_string(out.path().join("plot.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("Job completion time") && svg.contains("utilisation"));
+    assert!(out.path().join("timing.json").exists());
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_a_failing_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = plugin_path("fifo");
+    let fifo = fifo.to_str().unwrap();
+    let good_trace = write_temp(dir.path(), "ok.csv", b"timestamp,duration,num_gpus\n0,10,1\n");
+    let bad_row = write_temp(dir.path(), "bad.csv", b"timestamp,duration,num_gpus\n0,10,1\n5,ten,1\n");
+    let core = write_temp(dir.path(), "core.wasm", b"\0asm\x01\0\0\0");
+    let other_world = write_temp(dir.path(), "other.wasm", b"(component)");
+    let text = write_temp(dir.path(), "notes.txt", b"not a plugin");
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["--trace", &bad_row, "--policy", fifo],
+            format!("{bad_row}:3: column `duration`: `ten` is not a number"),
+        ),
+        (
+            vec!["--trace", "/nonexistent.csv", "--policy", fifo],
+            "cannot read trace /nonexistent.csv".into(),
+        ),
+        (
+            vec!["--trace", &good_trace, "--policy", "/nonexistent.wasm"],
+            "/nonexistent.wasm: No such file".into(),
+        ),
+        (
+            vec!["--trace", &good_trace, "--policy", &core],
+            format!("{core}: is a core WebAssembly module"),
+        ),
+        (
+            vec!["--trace", &good_trace, "--policy", &other_world],
+            "does not export `wsched:policy/policy@0.1.0`".into(),
+        ),
+        (
+            vec!["--trace", &good_trace, "--policy", &text],
+            format!("{text}: is not a WebAssembly component"),
+        ),
+        (
+            vec!["--trace", &good_trace, "--policy", fifo, "--config", "x=1"],
+            "fifo takes no configuration".into(),
+        ),
+        (
+            vec!["--trace", &good_trace, "--policy", fifo, "--swap", "soon=x.wasm"],
+            "is not a time in seconds".into(),
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut full = vec!["sim", "--gpus", "4", "-q"];
+        full.extend(args);
+        let o = wsched(&full);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{full:?} should fail");
+        assert!(err.contains(&expected), "{full:?}: stderr `{err}` lacks `{expected}`");
+        assert_eq!(err.lines().count(), 1, "{full:?}: one line, got:\n{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

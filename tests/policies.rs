@@ -1,0 +1,128 @@
+//! Each example policy, run as a Wasm component through the simulator,
+//! showing the behaviour that defines it on a trace small enough to check
+//! by hand.
+
+mod common;
+use common::*;
+
+#[test]
+fn fifo_head_of_line_blocks_a_job_that_would_fit() {
+    // 4 GPUs: A takes 3; B needs 2 and waits; C needs 1 and would fit now,
+    // but strict FIFO keeps it behind B until A ends.
+    let jobs = trace("0,100,3\n1,100,2\n2,10,1\n");
+    let engine = engine();
+    let r = run(&engine, Some(&choice(&engine, "fifo", "")), &jobs, &cluster(4, 4));
+    assert_eq!(times(&r, 4), (100.0, 110.0));
+    // SJF on the same trace backfills C at once.
+    let r = run(&engine, Some(&choice(&engine, "sjf", "")), &jobs, &cluster(4, 4));
+    assert_eq!(times(&r, 4), (2.0, 12.0));
+}
+
+#[test]
+fn sjf_runs_the_shortest_waiting_job_first() {
+    let jobs = trace("0,100,1\n1,50,1\n2,10,1\n");
+    let engine = engine();
+    let r = run(&engine, Some(&choice(&engine, "sjf", "")), &jobs, &cluster(1, 1));
+    assert_eq!(
+        times(&r, 2),
+        (0.0, 100.0),
+        "non-preemptive: the running job keeps its GPU"
+    );
+    assert_eq!(times(&r, 4), (100.0, 110.0), "shortest next");
+    assert_eq!(times(&r, 3), (110.0, 160.0));
+}
+
+#[test]
+fn tiresias_las_preempts_a_long_running_job_for_a_new_one() {
+    // One GPU. A runs alone and passes the 3600 GPU-second threshold into
+    // the second queue; B arrives at t=4000 in the first queue and preempts
+    // it. A keeps its progress: 4000 s done, 6000 s left after B.
+    let jobs = trace("0,10000,1\n4000,100,1\n");
+    let engine = engine();
+    let r = run(&engine, Some(&choice(&engine, "tiresias", "")), &jobs, &cluster(1, 1));
+    assert_eq!(times(&r, 3), (4000.0, 4100.0));
+    assert_eq!(times(&r, 2), (0.0, 10_100.0));
+    assert_eq!(r.jobs[0].preemptions, 1);
+    // Below the threshold a newcomer waits (same queue, FIFO within it) and
+    // the policy asks to be woken exactly when A crosses it.
+    let jobs = trace("0,10000,1\n1000,100,1\n");
+    let r = run(&engine, Some(&choice(&engine, "tiresias", "")), &jobs, &cluster(1, 1));
+    assert_eq!(times(&r, 3), (3600.0, 3700.0));
+}
+
+#[test]
+fn gandiva_packs_a_waiting_job_and_migrates_to_unpack() {
+    // 2 GPUs. A and B take one each; C arrives with no GPU free and is
+    // packed onto A's GPU (both at half share) instead of waiting. When B
+    // ends, one of the pair migrates to the freed GPU and both run whole.
+    let jobs = trace("0,1000,1\n0,100,1\n0,1000,1\n");
+    let engine = engine();
+    let r = run(&engine, Some(&choice(&engine, "gandiva", "")), &jobs, &cluster(2, 2));
+    assert_eq!(r.jobs[2].start, Some(0.0), "C starts at once, packed");
+    assert_eq!(r.summary.migrations, 1);
+    // A and C ran at half speed for 100 s (50 s of work each), then alone:
+    // both finish at 100 + 950.
+    assert_eq!(times(&r, 2).1, 1050.0);
+    assert_eq!(times(&r, 4).1, 1050.0);
+    assert_eq!(r.summary.actions_rejected, 0);
+    // Without packing C waits for B.
+    let r = run(
+        &engine,
+        Some(&choice(&engine, "gandiva", "pack=false")),
+        &jobs,
+        &cluster(2, 2),
+    );
+    assert_eq!(r.jobs[2].start, Some(100.0));
+}
+
+#[test]
+fn gavel_shares_time_fairly_over_rounds() {
+    // One GPU, two equal jobs: FIFO finishes one at 3600 and the other at
+    // 7200; Gavel's rounds alternate them so both end near 7200 and each
+    // is preempted along the way.
+    let jobs = trace("0,3600,1\n0,3600,1\n");
+    let engine = engine();
+    let r = run(
+        &engine,
+        Some(&choice(&engine, "gavel", "round=360")),
+        &jobs,
+        &cluster(1, 1),
+    );
+    let (a, b) = (times(&r, 2).1, times(&r, 3).1);
+    assert!((a - b).abs() <= 360.0, "finishes {a} and {b} should be within a round");
+    assert!(a.max(b) == 7200.0);
+    assert!(r.jobs.iter().all(|j| j.preemptions >= 1));
+    // Both jobs are slowed about equally (Jain's index near 1), where FIFO
+    // slows only the second (1/rho of 1 and 0.5: Jain 0.9).
+    let fifo = run(&engine, Some(&choice(&engine, "fifo", "")), &jobs, &cluster(1, 1));
+    assert!((fifo.summary.fairness.jain_index - 0.9).abs() < 1e-9);
+    assert!(
+        r.summary.fairness.jain_index > 0.99,
+        "{}",
+        r.summary.fairness.jain_index
+    );
+}
+
+#[test]
+fn every_example_policy_replays_the_bundled_trace_cleanly() {
+    let jobs = philly();
+    let engine = engine();
+    for (name, config) in [
+        ("fifo", ""),
+        ("sjf", ""),
+        ("tiresias", ""),
+        ("gandiva", ""),
+        ("gavel", ""),
+    ] {
+        let r = run(&engine, Some(&choice(&engine, name, config)), &jobs, &cluster(64, 8));
+        let s = &r.summary;
+        assert_eq!(s.completed, 16_091, "{name}");
+        assert_eq!(
+            (s.strikes, s.actions_rejected, s.ejections),
+            (0, 0, 0),
+            "{name}: {:?}",
+            s.faults
+        );
+        assert_eq!(s.final_policy, name);
+    }
+}
