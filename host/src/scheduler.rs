@@ -120,6 +120,13 @@ impl PolicyHost {
         host
     }
 
+    /// A host over `cluster` decided by a policy built into the host.
+    pub fn with_native(engine: Engine, cluster: Cluster, policy: Box<dyn NativePolicy>) -> Self {
+        let mut host = PolicyHost::new(engine, cluster);
+        host.active = ActivePolicy::Native(policy);
+        host
+    }
+
     /// The cluster model (read-only: change it through the host so the
     /// policy hears about it).
     pub fn cluster(&self) -> &Cluster {

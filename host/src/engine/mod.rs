@@ -337,7 +337,7 @@ fn check_header(bytes: &[u8]) -> Result<(), String> {
         }
         return Ok(());
     }
-    let text = bytes.iter().skip_while(|b| b.is_ascii_whitespace()).next();
+    let text = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if text == Some(&b'(') {
         return Ok(()); // WebAssembly text; the compiler says if it is wrong
     }
