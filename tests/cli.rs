@@ -117,3 +117,44 @@ fn bad_input_gets_one_clear_line_and_a_failing_exit() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn several_policies_are_compared_side_by_side() {
+    let out = tempfile::tempdir().unwrap();
+    let trace = root().join("examples/traces/philly-11cb48.csv");
+    let gavel = format!("{}@round=600", plugin_path("gavel").display());
+    let tiresias = plugin_path("tiresias");
+    let o = wsched(&[
+        "sim",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--gpus",
+        "64",
+        "--policy",
+        "builtin-fifo",
+        "--policy",
+        tiresias.to_str().unwrap(),
+        "--policy",
+        &gavel,
+        "--out",
+        out.path().to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.contains("builtin-fifo") && header.contains("tiresias") && header.contains("gavel"),
+        "{table}"
+    );
+    let mean = table
+        .lines()
+        .find(|l| l.starts_with("JCT mean vs builtin-fifo"))
+        .unwrap();
+    assert!(mean.contains("1.00x") && mean.contains("0.39x"), "{mean}");
+    for sub in ["builtin-fifo", "tiresias", "gavel"] {
+        assert!(out.path().join(sub).join("summary.json").exists(), "{sub}");
+    }
+    let svg = std::fs::read_to_string(out.path().join("compare.svg")).unwrap();
+    assert!(svg.contains(">gavel<") && svg.contains(">tiresias<"));
+}

@@ -278,3 +278,30 @@ fn wat_bytes(text: &str) -> Vec<u8> {
     assert_eq!(text, "(module)");
     b"\0asm\x01\0\0\0".to_vec()
 }
+
+#[test]
+fn the_next_policy_is_prepared_on_another_thread_while_decisions_go_on() {
+    let engine = engine();
+    let fifo = engine.instantiate(&load(&engine, "fifo"), "", 0.0).unwrap();
+    let mut host = PolicyHost::with_plugin(engine.clone(), Cluster::homogeneous(2, 2, "t", 1 << 30), fifo);
+    let (plugin, worker_engine) = (load(&engine, "tiresias"), engine.clone());
+    let preparing = std::thread::spawn(move || worker_engine.instantiate(&plugin, "", 0.0));
+    // Decisions continue on this thread meanwhile.
+    for _ in 0..3 {
+        host.submit(JobSpec::new("u", 1, 100.0)).unwrap();
+        host.decide();
+    }
+    let next = preparing.join().unwrap().unwrap();
+    let report = host.swap(next).unwrap();
+    assert_eq!((report.from.as_str(), report.to.as_str()), ("fifo", "tiresias"));
+    // The new policy is told about every live job at its first call.
+    host.advance(100.0);
+    for id in [0, 1] {
+        host.finish(id);
+    }
+    host.decide();
+    assert_eq!(
+        host.cluster().running_ids().iter().copied().collect::<Vec<_>>(),
+        vec![2]
+    );
+}

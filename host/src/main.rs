@@ -34,13 +34,15 @@ struct SimArgs {
     /// GPUs per node.
     #[arg(long, default_value_t = 8)]
     gpus_per_node: u32,
-    /// Policy plugin (.wasm component), or `builtin-fifo`.
+    /// Policy plugin (.wasm component), or `builtin-fifo`. Repeat to compare
+    /// policies side by side; give each its own config as PLUGIN@CONFIG.
+    #[arg(long = "policy", value_name = "PLUGIN[@CONFIG]", required = true)]
+    policies: Vec<String>,
+    /// Configuration string passed to the plugin's init (single policy).
     #[arg(long)]
-    policy: String,
-    /// Configuration string passed to the plugin's init.
-    #[arg(long, default_value = "")]
-    config: String,
-    /// Directory for summary.json, timing.json, jobs.csv and plot.svg.
+    config: Option<String>,
+    /// Directory for summary.json, timing.json, jobs.csv and plot.svg (one
+    /// subdirectory per policy, plus compare.svg, when comparing).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Hot-swap to another plugin during the replay:
@@ -129,7 +131,20 @@ fn run_sim(args: SimArgs) -> anyhow::Result<()> {
     };
     let engine = Engine::new(limits)?;
     let trace = wsched::trace::read(&args.trace)?;
-    let policy = load_policy(&engine, &args.policy, &args.config)?;
+    if args.config.is_some() && args.policies.len() > 1 {
+        bail!("--config applies to a single policy; with several, write each as PLUGIN@CONFIG");
+    }
+    let policies = args
+        .policies
+        .iter()
+        .map(|spec| match &args.config {
+            Some(config) => load_policy(&engine, spec, config),
+            None => {
+                let (path, config) = spec.split_once('@').unwrap_or((spec, ""));
+                load_policy(&engine, path, config)
+            }
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut swaps = args
         .swaps
         .iter()
@@ -143,14 +158,28 @@ fn run_sim(args: SimArgs) -> anyhow::Result<()> {
         progress: !args.quiet,
         ..SimConfig::default()
     };
-    let result = sim::simulate(&engine, policy.as_ref(), &swaps, &trace, &config)?;
+    let results = policies
+        .iter()
+        .map(|policy| sim::simulate(&engine, policy.as_ref(), &swaps, &trace, &config))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let refs: Vec<&sim::SimResult> = results.iter().collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result.summary)?);
+        let summaries: Vec<_> = results.iter().map(|r| &r.summary).collect();
+        match &summaries[..] {
+            [one] => println!("{}", serde_json::to_string_pretty(one)?),
+            many => println!("{}", serde_json::to_string_pretty(many)?),
+        }
+    } else if let [one] = &refs[..] {
+        print!("{}", sim::Table(one));
     } else {
-        print!("{}", sim::Table(&result));
+        print!("{}", sim::Comparison(&refs));
     }
     if let Some(dir) = &args.out {
-        sim::write_outputs(dir, &result).context("writing results")?;
+        match &refs[..] {
+            [one] => sim::write_outputs(dir, one),
+            many => sim::write_comparison(dir, many),
+        }
+        .context("writing results")?;
         if !args.json {
             println!("results written to {}", dir.display());
         }

@@ -23,7 +23,7 @@ mod metrics;
 mod report;
 
 pub use metrics::{Distribution, Fairness, JobRecord, SimResult, Summary, Timing};
-pub use report::{Table, write_outputs};
+pub use report::{Comparison, Table, labels, write_comparison, write_outputs};
 
 use crate::cluster::{Cluster, JobSpec};
 use crate::engine::{Engine, Fault, Plugin};

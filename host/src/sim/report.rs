@@ -73,6 +73,94 @@ impl std::fmt::Display for Table<'_> {
     }
 }
 
+/// Replays of one trace under several policies, side by side, with each
+/// policy's mean and p99 JCT relative to the first.
+pub struct Comparison<'a>(pub &'a [&'a SimResult]);
+
+impl std::fmt::Display for Comparison<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let results = self.0;
+        let Some(first) = results.first() else { return Ok(()) };
+        let rel = |v: f64, base: f64| {
+            if base > 0.0 {
+                format!("{:.2}x", v / base)
+            } else {
+                "-".to_string()
+            }
+        };
+        type Row = (&'static str, fn(&SimResult) -> String);
+        let rows: [Row; 14] = [
+            ("jobs completed", |r| r.summary.completed.to_string()),
+            ("JCT mean (s)", |r| format!("{:.1}", r.summary.jct.mean)),
+            ("JCT median (s)", |r| format!("{:.1}", r.summary.jct.median)),
+            ("JCT p95 (s)", |r| format!("{:.1}", r.summary.jct.p95)),
+            ("JCT p99 (s)", |r| format!("{:.1}", r.summary.jct.p99)),
+            ("queueing mean (s)", |r| format!("{:.1}", r.summary.queueing_delay.mean)),
+            ("makespan (s)", |r| format!("{:.0}", r.summary.makespan)),
+            ("utilisation", |r| format!("{:.1} %", r.summary.utilisation * 100.0)),
+            ("preemptions", |r| r.summary.preemptions.to_string()),
+            ("migrations", |r| r.summary.migrations.to_string()),
+            ("rho max / mean", |r| {
+                format!("{:.1} / {:.2}", r.summary.fairness.rho_max, r.summary.fairness.rho_mean)
+            }),
+            ("Jain's index", |r| format!("{:.3}", r.summary.fairness.jain_index)),
+            ("call p50 / p99 (µs)", |r| {
+                format!("{:.1} / {:.1}", r.timing.call_p50_us, r.timing.call_p99_us)
+            }),
+            ("strikes / ejections", |r| {
+                format!("{} / {}", r.summary.strikes, r.summary.ejections)
+            }),
+        ];
+        let mut table: Vec<Vec<String>> = vec![std::iter::once("policy".to_string()).chain(labels(results)).collect()];
+        for (name, cell) in rows {
+            table.push(
+                std::iter::once(name.to_string())
+                    .chain(results.iter().map(|r| cell(r)))
+                    .collect(),
+            );
+        }
+        table.push(
+            std::iter::once(format!("JCT mean vs {}", first.summary.policy))
+                .chain(results.iter().map(|r| rel(r.summary.jct.mean, first.summary.jct.mean)))
+                .collect(),
+        );
+        table.push(
+            std::iter::once(format!("JCT p99 vs {}", first.summary.policy))
+                .chain(results.iter().map(|r| rel(r.summary.jct.p99, first.summary.jct.p99)))
+                .collect(),
+        );
+        let widths: Vec<usize> = (0..table[0].len())
+            .map(|c| table.iter().map(|row| row[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        for row in &table {
+            let line: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(c, (cell, w))| {
+                    if c == 0 {
+                        format!("{cell:<w$}")
+                    } else {
+                        format!("{cell:>w$}")
+                    }
+                })
+                .collect();
+            writeln!(f, "{}", line.join("  ").trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// Write each replay's outputs into `dir/LABEL/` and the overlaid plot
+/// into `dir/compare.svg`.
+pub fn write_comparison(dir: &Path, results: &[&SimResult]) -> anyhow::Result<()> {
+    for (r, label) in results.iter().zip(labels(results)) {
+        write_outputs(&dir.join(label), r)?;
+    }
+    let path = dir.join("compare.svg");
+    std::fs::write(&path, plot_svg(results)).with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// Seconds, with hours or days alongside when large.
 fn secs(v: f64) -> String {
     if v >= 2.0 * 86_400.0 {
@@ -95,7 +183,7 @@ pub fn write_outputs(dir: &Path, result: &SimResult) -> anyhow::Result<()> {
     write("summary.json", &serde_json::to_vec_pretty(&result.summary)?)?;
     write("timing.json", &serde_json::to_vec_pretty(&result.timing)?)?;
     write("jobs.csv", jobs_csv(&result.jobs).as_bytes())?;
-    write("plot.svg", plot_svg(result).as_bytes())?;
+    write("plot.svg", plot_svg(&[result]).as_bytes())?;
     Ok(())
 }
 
@@ -139,7 +227,7 @@ const PAD_T: f64 = 40.0;
 const PAD_B: f64 = 52.0;
 
 /// One panel's frame, title, axis labels and ticks, opening a group that
-/// [`polyline`] closes.
+/// the caller closes after drawing its series.
 fn panel(
     svg: &mut String,
     x0: f64,
@@ -197,39 +285,82 @@ fn polyline(svg: &mut String, points: &[(f64, f64)], color: &str) {
     }
     let _ = write!(
         svg,
-        r##"<path d="{d}" fill="none" stroke="{color}" stroke-width="2"/></g>"##
+        r##"<path d="{d}" fill="none" stroke="{color}" stroke-width="2" stroke-opacity="0.85"/>"##
     );
 }
 
-fn plot_svg(result: &SimResult) -> String {
-    let s = &result.summary;
+/// Series colours (Tableau 10), one per policy.
+const COLORS: [&str; 10] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+];
+
+/// Label of each result: its policy, numbered when two share a name.
+pub fn labels(results: &[&SimResult]) -> Vec<String> {
+    let mut labels: Vec<String> = Vec::new();
+    for r in results {
+        let base = r.summary.policy.clone();
+        let n = labels
+            .iter()
+            .filter(|l| **l == base || l.starts_with(&format!("{base}#")))
+            .count();
+        labels.push(if n == 0 { base } else { format!("{base}#{}", n + 1) });
+    }
+    labels
+}
+
+/// JCT CDFs and utilisation over time of one or more replays of the same
+/// trace, overlaid, with a legend when there are several.
+fn plot_svg(results: &[&SimResult]) -> String {
+    let labels = labels(results);
     let mut svg = format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>"##,
         2.0 * W,
         H + 24.0
     );
+    let caption = match results {
+        [r] => {
+            let s = &r.summary;
+            format!(
+                "{} on {} GPUs: {} jobs, mean JCT {:.0} s, p99 {:.0} s, utilisation {:.1} %",
+                s.policy,
+                s.gpus,
+                s.completed,
+                s.jct.mean,
+                s.jct.p99,
+                s.utilisation * 100.0
+            )
+        }
+        _ => results
+            .iter()
+            .zip(&labels)
+            .map(|(r, l)| format!("{l}: mean JCT {:.0} s", r.summary.jct.mean))
+            .collect::<Vec<_>>()
+            .join(" | "),
+    };
     let _ = write!(
         svg,
-        r##"<text x="{}" y="{}" text-anchor="middle" font-size="12" fill="#555">{} on {} GPUs: {} jobs, mean JCT {:.0} s, p99 {:.0} s, utilisation {:.1} %</text>"##,
+        r##"<text x="{}" y="{}" text-anchor="middle" font-size="12" fill="#555">{}</text>"##,
         W,
         H + 14.0,
-        s.policy,
-        s.gpus,
-        s.completed,
-        s.jct.mean,
-        s.jct.p99,
-        s.utilisation * 100.0
+        xml_escape(&caption)
     );
 
     // JCT CDF on a log axis: JCTs span seconds to months.
-    let mut jcts: Vec<f64> = result
-        .jobs
+    let jcts: Vec<Vec<f64>> = results
         .iter()
-        .filter_map(|j| j.finish.map(|f| (f - j.submit).max(1.0)))
+        .map(|r| {
+            let mut v: Vec<f64> = r
+                .jobs
+                .iter()
+                .filter_map(|j| j.finish.map(|f| (f - j.submit).max(1.0)))
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v
+        })
         .collect();
-    jcts.sort_by(f64::total_cmp);
-    let lo = jcts.first().copied().unwrap_or(1.0).log10().floor();
-    let hi = jcts.last().copied().unwrap_or(10.0).log10().ceil().max(lo + 1.0);
+    let all = || jcts.iter().flatten().copied();
+    let lo = all().fold(f64::INFINITY, f64::min).min(1e9).max(1.0).log10().floor();
+    let hi = all().fold(10.0, f64::max).log10().ceil().max(lo + 1.0);
     let fx = |v: f64| (v.log10() - lo) / (hi - lo);
     let xticks: Vec<(f64, String)> = (lo as i32..=hi as i32)
         .map(|e| (fx(10f64.powi(e)), format!("1e{e}")))
@@ -244,27 +375,76 @@ fn plot_svg(result: &SimResult) -> String {
         &xticks,
         &yticks,
     );
-    let n = jcts.len().max(1) as f64;
-    let step = (jcts.len() / 800).max(1);
-    let mut points: Vec<(f64, f64)> = jcts
-        .iter()
-        .enumerate()
-        .step_by(step)
-        .map(|(i, &v)| (fx(v), (i + 1) as f64 / n))
-        .collect();
-    if let Some(&last) = jcts.last() {
-        points.push((fx(last), 1.0));
+    for (k, v) in jcts.iter().enumerate() {
+        let n = v.len().max(1) as f64;
+        let step = (v.len() / 800).max(1);
+        let mut points: Vec<(f64, f64)> = v
+            .iter()
+            .enumerate()
+            .step_by(step)
+            .map(|(i, &x)| (fx(x), (i + 1) as f64 / n))
+            .collect();
+        if let Some(&last) = v.last() {
+            points.push((fx(last), 1.0));
+        }
+        polyline(&mut svg, &points, COLORS[k % COLORS.len()]);
     }
-    polyline(&mut svg, &points, "#1f77b4");
+    if results.len() > 1 {
+        for (k, label) in labels.iter().enumerate() {
+            // Bottom right: below the curves, which reach the top early.
+            let y = H - PAD_B - 10.0 - 16.0 * (labels.len() - 1 - k) as f64;
+            let _ = write!(
+                svg,
+                r##"<rect x="{}" y="{}" width="12" height="4" fill="{}"/><text x="{}" y="{}" font-size="11">{}</text>"##,
+                W - PAD_R - 150.0,
+                y - 4.0,
+                COLORS[k % COLORS.len()],
+                W - PAD_R - 134.0,
+                y,
+                xml_escape(label)
+            );
+        }
+    }
+    svg.push_str("</g>");
 
     // Utilisation, time-averaged into buckets so a long trace stays legible.
-    let end = s.makespan.max(1.0);
+    let end = results.iter().map(|r| r.summary.makespan).fold(1.0, f64::max);
+    let (unit, scale) = if end > 2.0 * 86_400.0 {
+        ("days", 86_400.0)
+    } else if end > 2.0 * 3600.0 {
+        ("hours", 3600.0)
+    } else {
+        ("seconds", 1.0)
+    };
+    let xticks: Vec<(f64, String)> = (0..=5)
+        .map(|i| (i as f64 / 5.0, format!("{:.0}", end * i as f64 / 5.0 / scale)))
+        .collect();
+    panel(
+        &mut svg,
+        W,
+        "GPU utilisation over time",
+        &format!("time since first submission, {unit}"),
+        "allocated GPUs",
+        &xticks,
+        &yticks,
+    );
+    for (k, r) in results.iter().enumerate() {
+        polyline(&mut svg, &utilisation_points(r, end), COLORS[k % COLORS.len()]);
+    }
+    svg.push_str("</g></svg>\n");
+    svg
+}
+
+/// The utilisation series averaged into 400 buckets over `[0, end]`, as
+/// (x, y) fractions of the panel.
+fn utilisation_points(result: &SimResult, end: f64) -> Vec<(f64, f64)> {
     let buckets = 400usize;
     let width = end / buckets as f64;
     let mut area = vec![0.0; buckets];
     let series = &result.utilisation;
+    let stop = result.summary.makespan.min(end);
     for (i, &(t, share)) in series.iter().enumerate() {
-        let t_next = series.get(i + 1).map(|p| p.0).unwrap_or(end).min(end);
+        let t_next = series.get(i + 1).map(|p| p.0).unwrap_or(stop).min(stop);
         let mut a = t;
         while a < t_next {
             let b = ((a / width).floor() as usize).min(buckets - 1);
@@ -276,34 +456,13 @@ fn plot_svg(result: &SimResult) -> String {
             a = b_end;
         }
     }
-    let gpus = s.gpus.max(1) as f64;
-    let (unit, scale) = if end > 2.0 * 86_400.0 {
-        ("days", 86_400.0)
-    } else if end > 2.0 * 3600.0 {
-        ("hours", 3600.0)
-    } else {
-        ("seconds", 1.0)
-    };
-    let xticks: Vec<(f64, String)> = (0..=5)
-        .map(|i| (i as f64 / 5.0, format!("{:.0}", end * i as f64 / 5.0 / scale)))
-        .collect();
-    let mut right = String::new();
-    panel(
-        &mut right,
-        W,
-        "GPU utilisation over time",
-        &format!("time since first submission, {unit}"),
-        "allocated GPUs",
-        &xticks,
-        &yticks,
-    );
-    let points: Vec<(f64, f64)> = area
-        .iter()
+    let gpus = result.summary.gpus.max(1) as f64;
+    area.iter()
         .enumerate()
         .map(|(i, a)| ((i as f64 + 0.5) / buckets as f64, (a / width / gpus).clamp(0.0, 1.0)))
-        .collect();
-    polyline(&mut right, &points, "#d62728");
-    svg.push_str(&right);
-    svg.push_str("</svg>\n");
-    svg
+        .collect()
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
