@@ -359,7 +359,7 @@ fn plot_svg(results: &[&SimResult]) -> String {
         })
         .collect();
     let all = || jcts.iter().flatten().copied();
-    let lo = all().fold(f64::INFINITY, f64::min).min(1e9).max(1.0).log10().floor();
+    let lo = all().fold(f64::INFINITY, f64::min).clamp(1.0, 1e9).log10().floor();
     let hi = all().fold(10.0, f64::max).log10().ceil().max(lo + 1.0);
     let fx = |v: f64| (v.log10() - lo) / (hi - lo);
     let xticks: Vec<(f64, String)> = (lo as i32..=hi as i32)
