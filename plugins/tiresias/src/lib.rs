@@ -16,9 +16,18 @@
 //! (waiting jobs attain nothing), the policy asks for no periodic tick:
 //! it returns a `wakeup` at the earliest crossing instead.
 //!
-//! Cost per decision: one `running()` read, a sort of the running set, and
-//! a walk over the waiting jobs (kept in the policy's own ordered set, fed
-//! by events) that stops as soon as the cluster's capacity is used up.
+//! Cost per decision: proportional to what changed, not to the cluster.
+//! The policy keeps its own model of the running jobs (fed by events and by
+//! its own actions; attained service grows at `gpus * fraction` per second,
+//! so it is computed, not read), ordered by (queue, id), plus the waiting
+//! jobs ordered the same way. A decision re-keys only the running jobs whose
+//! queue changed (the earliest crossing is kept in an ordered set, so even
+//! that check is one comparison when nothing crossed). When the best
+//! waiting job ranks below every running one, nothing can be preempted and
+//! the decision only fills free GPUs from the head of the waiting queue;
+//! otherwise it walks running and waiting jobs merged in priority order,
+//! stopping as soon as the cluster's capacity is used up. The whole running
+//! set is read from the host only when a GPU goes offline or comes back.
 //!
 //! The [`Tiresias`] type is public and implements [`Policy`], so a native
 //! benchmark can drive exactly the code that runs in the component.
@@ -27,12 +36,18 @@
 //! give `n + 1` queues; an empty list gives one queue, i.e. FIFO with
 //! preemption only by age).
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use wsched_sdk::*;
 
 /// Slack when comparing attained service with a threshold, so that a job
 /// woken up exactly at its crossing is seen in its new queue.
 const EPS: f64 = 1e-6;
+
+/// How far ahead of `now` (seconds) a running job's predicted queue change
+/// is checked, so that rounding in the prediction never delays a re-key.
+/// A job within it whose queue has not changed yet is simply checked again.
+const REKEY_SLACK: f64 = 1e-3;
 
 /// A job waiting for GPUs (pending or suspended), as the policy keeps it.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +55,65 @@ struct Waiting {
     gpus: u32,
     state: JobState,
     attained: f64,
+}
+
+/// A running job, as the policy keeps it.
+#[derive(Debug, Clone, Copy)]
+struct Running {
+    /// GPUs held.
+    gpus: u32,
+    /// Share of each held GPU.
+    fraction: f64,
+    /// Attained GPU-seconds at `since`.
+    attained: f64,
+    /// When the job (re)started or was last observed.
+    since: f64,
+    /// Its queue, as of the last re-key.
+    queue: u32,
+    /// When its attained service reaches the next queue (with [`EPS`]): its key in `due`.
+    due: Option<Time>,
+    /// When it crosses its queue's threshold exactly: its key in `wake`.
+    wake: Option<Time>,
+}
+
+impl Running {
+    /// GPU-seconds gained per second.
+    fn rate(&self) -> f64 {
+        self.gpus as f64 * self.fraction
+    }
+
+    /// Attained GPU-seconds at `now`.
+    fn attained_at(&self, now: f64) -> f64 {
+        let rate = self.rate();
+        if rate.is_nan() || rate <= 0.0 {
+            return self.attained;
+        }
+        self.attained + rate * (now - self.since).max(0.0)
+    }
+}
+
+/// An `f64` time, totally ordered, to key ordered sets.
+#[derive(Debug, Clone, Copy)]
+struct Time(f64);
+
+impl PartialEq for Time {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Time {}
+
+impl PartialOrd for Time {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Time {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
 }
 
 /// The Tiresias policy.
@@ -51,6 +125,16 @@ pub struct Tiresias {
     waiting: BTreeMap<(u32, JobId), Waiting>,
     /// Queue of each waiting job, to find it in `waiting`.
     queue_of: HashMap<JobId, u32>,
+    /// Running jobs.
+    running: HashMap<JobId, Running>,
+    /// Running jobs in priority order: (queue, id).
+    run_order: BTreeSet<(u32, JobId)>,
+    /// Running jobs by the time their queue changes next, earliest first.
+    due: BTreeSet<(Time, JobId)>,
+    /// Running jobs by the time they cross their queue's threshold, earliest first.
+    wake: BTreeSet<(Time, JobId)>,
+    /// GPUs held by the running jobs, all together.
+    running_gpus: u64,
     /// GPU to node, rebuilt when a GPU changes.
     topology: Option<Topology>,
     /// Online GPUs.
@@ -68,10 +152,31 @@ impl Tiresias {
         self.waiting.len()
     }
 
-    fn forget(&mut self, id: JobId) {
+    /// Drop a job from the waiting set.
+    fn unwait(&mut self, id: JobId) {
         if let Some(q) = self.queue_of.remove(&id) {
             self.waiting.remove(&(q, id));
         }
+    }
+
+    /// Drop a job from the running model, returning what it held.
+    fn unrun(&mut self, id: JobId) -> Option<Running> {
+        let r = self.running.remove(&id)?;
+        self.run_order.remove(&(r.queue, id));
+        if let Some(t) = r.due {
+            self.due.remove(&(t, id));
+        }
+        if let Some(t) = r.wake {
+            self.wake.remove(&(t, id));
+        }
+        self.running_gpus = self.running_gpus.saturating_sub(u64::from(r.gpus));
+        Some(r)
+    }
+
+    /// Drop a job from the model altogether.
+    fn forget(&mut self, id: JobId) {
+        self.unwait(id);
+        self.unrun(id);
     }
 
     fn wait(&mut self, id: JobId, w: Waiting) {
@@ -81,8 +186,78 @@ impl Tiresias {
         self.waiting.insert((q, id), w);
     }
 
-    /// Bring the model in line with a job's record (idempotent).
-    fn note(&mut self, job: &JobInfo) {
+    /// Record a job as running on `gpus` GPUs (`fraction` of each), with
+    /// `attained` GPU-seconds at time `since`.
+    fn run(&mut self, id: JobId, gpus: u32, fraction: f64, attained: f64, since: f64) {
+        self.forget(id);
+        let mut r = Running {
+            gpus,
+            fraction,
+            attained,
+            since,
+            queue: self.queue(attained),
+            due: None,
+            wake: None,
+        };
+        self.schedule(id, &mut r);
+        self.run_order.insert((r.queue, id));
+        self.running_gpus += u64::from(gpus);
+        self.running.insert(id, r);
+    }
+
+    /// Set (and index) when a running job in `r.queue` changes queue and
+    /// crosses the queue's threshold; never in the last queue or at no rate.
+    fn schedule(&mut self, id: JobId, r: &mut Running) {
+        r.due = None;
+        r.wake = None;
+        let Some(&threshold) = self.thresholds.get(r.queue as usize) else {
+            return;
+        };
+        let rate = r.rate();
+        if rate.is_nan() || rate <= 0.0 {
+            return;
+        }
+        let due = Time(r.since + (threshold - EPS - r.attained) / rate);
+        let wake = Time(r.since + (threshold - r.attained) / rate);
+        self.due.insert((due, id));
+        self.wake.insert((wake, id));
+        r.due = Some(due);
+        r.wake = Some(wake);
+    }
+
+    /// Move the running jobs whose attained service reached another queue
+    /// by `now` to that queue.
+    fn rekey(&mut self, now: f64) {
+        let limit = Time(now + REKEY_SLACK);
+        if self.due.first().is_none_or(|&(t, _)| t > limit) {
+            return;
+        }
+        let ids: Vec<JobId> = self.due.range(..=(limit, JobId::MAX)).map(|&(_, id)| id).collect();
+        for id in ids {
+            let Some(mut r) = self.running.get(&id).copied() else {
+                continue;
+            };
+            let queue = self.queue(r.attained_at(now));
+            if queue == r.queue {
+                continue; // within the slack, not there yet: look again next time
+            }
+            if let Some(t) = r.due {
+                self.due.remove(&(t, id));
+            }
+            if let Some(t) = r.wake {
+                self.wake.remove(&(t, id));
+            }
+            self.run_order.remove(&(r.queue, id));
+            r.queue = queue;
+            self.schedule(id, &mut r);
+            self.run_order.insert((queue, id));
+            self.running.insert(id, r);
+        }
+    }
+
+    /// Bring the model in line with a job's record (idempotent); `now` is
+    /// the time the record describes.
+    fn note(&mut self, job: &JobInfo, now: f64) {
         match job.state {
             JobState::Pending | JobState::Suspended => self.wait(
                 job.id,
@@ -92,7 +267,34 @@ impl Tiresias {
                     attained: job.attained_gpu_seconds,
                 },
             ),
-            _ => self.forget(job.id),
+            JobState::Running => self.run(
+                job.id,
+                job.placement.len() as u32,
+                job.fraction,
+                job.attained_gpu_seconds,
+                now,
+            ),
+            JobState::Finished | JobState::Failed => self.forget(job.id),
+        }
+    }
+
+    /// Rebuild the model of running and suspended jobs from the host (after
+    /// a GPU change, which may suspend jobs without a per-job event).
+    fn resync(&mut self, view: &impl View, now: f64) {
+        self.running.clear();
+        self.run_order.clear();
+        self.due.clear();
+        self.wake.clear();
+        self.running_gpus = 0;
+        for r in view.running() {
+            self.run(r.id, r.gpus, r.fraction, r.attained_gpu_seconds, now);
+        }
+        for id in view.jobs(JobState::Suspended) {
+            if !self.queue_of.contains_key(&id)
+                && let Some(job) = view.job(id)
+            {
+                self.note(&job, now);
+            }
         }
     }
 
@@ -105,6 +307,22 @@ impl Tiresias {
         }
         let t = now + (threshold - attained).max(0.0) / rate;
         Some(if t > now { t } else { now + 1e-6 })
+    }
+
+    /// When a running job crosses into its next queue, seen from `now`.
+    fn crossing_of(&self, now: f64, id: JobId) -> Option<f64> {
+        let r = self.running.get(&id)?;
+        self.crossing(now, r.queue, r.attained_at(now), r.rate())
+    }
+
+    /// The earliest time a running job crosses into a lower-priority
+    /// queue, when anything is waiting to take advantage.
+    fn next_crossing(&self, now: f64) -> Option<f64> {
+        if self.waiting.is_empty() {
+            return None;
+        }
+        let &(_, id) = self.wake.first()?;
+        self.crossing_of(now, id)
     }
 }
 
@@ -203,15 +421,6 @@ impl FreePool {
     }
 }
 
-/// A running job as one decision sees it.
-struct Run {
-    queue: u32,
-    id: JobId,
-    gpus: u32,
-    fraction: f64,
-    attained: f64,
-}
-
 impl Policy for Tiresias {
     fn init(config: &str) -> Result<(Self, PolicyInfo), String> {
         let thresholds = parse_config(config)?;
@@ -219,6 +428,11 @@ impl Policy for Tiresias {
             thresholds,
             waiting: BTreeMap::new(),
             queue_of: HashMap::new(),
+            running: HashMap::new(),
+            run_order: BTreeSet::new(),
+            due: BTreeSet::new(),
+            wake: BTreeSet::new(),
+            running_gpus: 0,
             topology: None,
             capacity: 0,
         };
@@ -232,21 +446,22 @@ impl Policy for Tiresias {
     }
 
     fn decide(&mut self, view: &impl View, events: Vec<Event>) -> Decision {
-        let mut resync_suspended = false;
+        let now = view.now();
+        let mut resync = false;
         for event in events {
             match event {
-                Event::JobArrived(job) => self.note(&job),
+                Event::JobArrived(job) => self.note(&job, now),
                 Event::JobFinished(id) | Event::JobFailed((id, _)) => self.forget(id),
                 Event::GpuChanged(_) => {
                     // The topology or capacity changed, and the host may have
                     // suspended the jobs on that GPU without telling us per job.
                     self.topology = None;
-                    resync_suspended = true;
+                    resync = true;
                 }
                 Event::ActionRejected(r) => {
                     log(Level::Warn, &format!("tiresias: action rejected: {}", r.reason));
                     match view.job(r.job) {
-                        Some(job) => self.note(&job),
+                        Some(job) => self.note(&job, now),
                         None => self.forget(r.job),
                     }
                 }
@@ -258,88 +473,113 @@ impl Policy for Tiresias {
             self.capacity = gpus.iter().filter(|g| g.online).count() as u32;
             self.topology = Some(Topology::new(&gpus));
         }
-        if resync_suspended {
-            for id in view.jobs(JobState::Suspended) {
-                if !self.queue_of.contains_key(&id)
-                    && let Some(job) = view.job(id)
-                {
-                    self.note(&job);
-                }
-            }
+        if resync {
+            self.resync(view, now);
         }
         let mut actions = Vec::new();
         if self.waiting.is_empty() {
             return Decision { actions, wakeup: None };
         }
-        let now = view.now();
-
-        let mut run: Vec<Run> = view
-            .running()
-            .into_iter()
-            .map(|r| Run {
-                queue: self.queue(r.attained_gpu_seconds),
-                id: r.id,
-                gpus: r.gpus,
-                fraction: r.fraction,
-                attained: r.attained_gpu_seconds,
-            })
-            .collect();
-        run.sort_unstable_by_key(|r| (r.queue, r.id));
+        self.rekey(now);
 
         // Walk every active job in priority order, running and waiting
         // merged, keeping those that fit until the capacity is used up.
         let mut cap = self.capacity;
-        let mut keep = vec![false; run.len()];
         let mut admit: Vec<(JobId, Waiting)> = Vec::new();
-        let mut ri = 0;
+        // Running jobs that keep their GPUs, and those that lose them, in
+        // priority order; `None` when all keep them.
+        let mut split: Option<(Vec<JobId>, Vec<JobId>)> = None;
+        let all_fit = self.running_gpus <= u64::from(cap);
+        let all_ahead = match (self.run_order.last(), self.waiting.keys().next()) {
+            (Some(worst_running), Some(best_waiting)) => worst_running < best_waiting,
+            _ => true,
+        };
         let mut wi = self.waiting.iter().peekable();
-        while cap > 0 {
-            let take_run = match (run.get(ri), wi.peek()) {
-                (Some(r), Some(((q, id), _))) => (r.queue, r.id) < (*q, *id),
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => break,
-            };
-            if take_run {
-                let r = &run[ri];
-                if r.gpus <= cap {
-                    keep[ri] = true;
-                    cap -= r.gpus;
+        if all_fit && all_ahead {
+            // Every running job comes first and fits: nothing can be
+            // preempted, so only the capacity left over is handed out.
+            cap -= self.running_gpus as u32;
+        } else {
+            let (mut kept, mut victims) = (Vec::new(), Vec::new());
+            let mut ri = self.run_order.iter().peekable();
+            while cap > 0 {
+                let take_run = match (ri.peek(), wi.peek()) {
+                    (Some(&&r), Some(&(&w, _))) => r < w,
+                    (Some(_), None) => true,
+                    (None, Some(_)) => false,
+                    (None, None) => break,
+                };
+                if take_run {
+                    if let Some(&(_, id)) = ri.next() {
+                        let gpus = self.running.get(&id).map_or(0, |r| r.gpus);
+                        if gpus <= cap {
+                            kept.push(id);
+                            cap -= gpus;
+                        } else {
+                            victims.push(id);
+                        }
+                    }
+                } else if let Some((&(_, id), &w)) = wi.next()
+                    && w.gpus > 0
+                    && w.gpus <= cap
+                {
+                    admit.push((id, w));
+                    cap -= w.gpus;
                 }
-                ri += 1;
-            } else if let Some((&(_, id), &w)) = wi.next()
-                && w.gpus > 0
-                && w.gpus <= cap
-            {
+            }
+            victims.extend(ri.map(|&(_, id)| id));
+            split = Some((kept, victims));
+        }
+        while cap > 0 {
+            let Some((&(_, id), &w)) = wi.next() else { break };
+            if w.gpus > 0 && w.gpus <= cap {
                 admit.push((id, w));
                 cap -= w.gpus;
             }
         }
+        let victims = match split {
+            Some((kept, victims)) if !victims.is_empty() => {
+                if admit.is_empty() {
+                    // Nothing waiting can run: preempting would only waste
+                    // work. Only the jobs that fit count for the wake-up.
+                    let wakeup = kept
+                        .iter()
+                        .filter_map(|&id| self.crossing_of(now, id))
+                        .min_by(f64::total_cmp);
+                    return Decision { actions, wakeup };
+                }
+                victims
+            }
+            _ => Vec::new(),
+        };
         if admit.is_empty() {
-            // Nothing waiting can run: preempting would only waste work.
+            // Nothing waiting can run, and every running job keeps its GPUs.
             return Decision {
                 actions,
-                wakeup: self.next_crossing(now, &run, &keep, &[]),
+                wakeup: self.next_crossing(now),
             };
         }
 
         let mut free = view.free_gpus();
-        for (r, _) in run.iter().zip(&keep).filter(|(_, k)| !**k) {
-            actions.push(Action::Preempt(r.id));
+        for id in victims {
+            actions.push(Action::Preempt(id));
+            let Some(r) = self.unrun(id) else { continue };
             let mut gpus = r.gpus;
-            if let Some(job) = view.job(r.id) {
+            let mut attained = r.attained_at(now);
+            if let Some(job) = view.job(id) {
                 gpus = job.gpus_requested;
+                attained = job.attained_gpu_seconds;
                 // Only an exclusive holder leaves its GPUs free behind it.
                 if r.fraction >= 1.0 - EPS {
                     free.extend_from_slice(&job.placement);
                 }
             }
             self.wait(
-                r.id,
+                id,
                 Waiting {
                     gpus,
                     state: JobState::Suspended,
-                    attained: r.attained,
+                    attained,
                 },
             );
         }
@@ -347,7 +587,7 @@ impl Policy for Tiresias {
             return Decision { actions, wakeup: None };
         };
         let mut pool = FreePool::new(topology, &free);
-        let mut started: Vec<(u32, f64, f64)> = Vec::new();
+        let mut started: Vec<(JobId, Waiting)> = Vec::new();
         for (id, w) in admit {
             let Some(gpus) = pool.take(w.gpus) else {
                 continue; // not actually available (shared GPUs): try next time
@@ -357,30 +597,13 @@ impl Policy for Tiresias {
                 JobState::Suspended => Action::Resume(placement),
                 _ => Action::Start(placement),
             });
-            self.forget(id);
-            started.push((self.queue(w.attained), w.attained, w.gpus as f64));
+            started.push((id, w));
         }
-        let wakeup = self.next_crossing(now, &run, &keep, &started);
+        for (id, w) in started {
+            self.run(id, w.gpus, 1.0, w.attained, now);
+        }
+        let wakeup = self.next_crossing(now);
         Decision { actions, wakeup }
-    }
-}
-
-impl Tiresias {
-    /// The earliest time a job that keeps (or gets) GPUs crosses into a
-    /// lower-priority queue, when anything is waiting to take advantage.
-    fn next_crossing(&self, now: f64, run: &[Run], keep: &[bool], started: &[(u32, f64, f64)]) -> Option<f64> {
-        if self.waiting.is_empty() {
-            return None;
-        }
-        let kept = run
-            .iter()
-            .zip(keep)
-            .filter(|(_, k)| **k)
-            .filter_map(|(r, _)| self.crossing(now, r.queue, r.attained, r.gpus as f64 * r.fraction));
-        let new = started
-            .iter()
-            .filter_map(|&(q, a, rate)| self.crossing(now, q, a, rate));
-        kept.chain(new).min_by(f64::total_cmp)
     }
 }
 
@@ -514,6 +737,182 @@ mod tests {
         for k in [2, 1, 4, 3, 5, 1, 1] {
             assert_eq!(pool.take(k), topo.take_gang(&mut reference, k), "gang of {k}");
         }
+    }
+
+    /// A [`FakeView`] that refuses `running()`: decisions must work from the
+    /// policy's own model, not from a copy of the running set.
+    struct NoRunning(FakeView);
+
+    impl View for NoRunning {
+        fn now(&self) -> f64 {
+            self.0.now()
+        }
+        fn stats(&self) -> ClusterStats {
+            self.0.stats()
+        }
+        fn job(&self, id: JobId) -> Option<JobInfo> {
+            self.0.job(id)
+        }
+        fn jobs(&self, state: JobState) -> Vec<JobId> {
+            self.0.jobs(state)
+        }
+        fn running(&self) -> Vec<RunningJob> {
+            panic!("running() read outside a GPU change")
+        }
+        fn gpus(&self) -> Vec<GpuInfo> {
+            self.0.gpus()
+        }
+        fn gpu(&self, id: GpuId) -> Option<GpuInfo> {
+            self.0.gpu(id)
+        }
+        fn free_gpus(&self) -> Vec<GpuId> {
+            self.0.free_gpus()
+        }
+    }
+
+    #[test]
+    fn follows_its_own_starts_and_preempts_by_computed_service() {
+        let mut view = NoRunning(FakeView::new(2, 2));
+        let a = view.0.add_job(2);
+        let mut p = policy("thresholds=100");
+        let d = p.decide(&view, vec![Event::JobArrived(a.clone())]);
+        assert_eq!(starts(&d), vec![(a.id, vec![0, 1])]);
+        assert_eq!(d.wakeup, None, "nothing waits");
+        view.0.place(a.id, &[0, 1], 1.0);
+
+        // 60 s on 2 GPUs: 120 GPU-seconds, past the threshold of 100.
+        view.0.now = 60.0;
+        view.0.job_mut(a.id).attained_gpu_seconds = 120.0;
+        let b = view.0.add_job(1);
+        let d = p.decide(&view, vec![Event::JobArrived(b.clone())]);
+        assert!(
+            matches!(d.actions[0], Action::Preempt(id) if id == a.id),
+            "{:?}",
+            d.actions
+        );
+        assert_eq!(starts(&d), vec![(b.id, vec![0])]);
+        assert_eq!(d.wakeup, Some(60.0 + 100.0), "b reaches 100 GPU-seconds on 1 GPU");
+        assert_eq!(p.waiting_len(), 1);
+    }
+
+    #[test]
+    fn wakes_at_the_crossing_of_a_job_it_started() {
+        let mut view = NoRunning(FakeView::new(2, 2));
+        let a = view.0.add_job(2);
+        let b = view.0.add_job(2);
+        let mut p = policy("thresholds=100");
+        let d = p.decide(&view, vec![Event::JobArrived(a.clone()), Event::JobArrived(b.clone())]);
+        assert_eq!(starts(&d), vec![(a.id, vec![0, 1])]);
+        assert_eq!(d.wakeup, Some(50.0), "a crosses 100 GPU-seconds on 2 GPUs at 50 s");
+        view.0.place(a.id, &[0, 1], 1.0);
+
+        // Before the crossing nothing changes, and the wake-up stays put.
+        view.0.now = 20.0;
+        view.0.job_mut(a.id).attained_gpu_seconds = 40.0;
+        let d = p.decide(&view, vec![Event::Tick]);
+        assert!(d.actions.is_empty(), "{:?}", d.actions);
+        assert_eq!(d.wakeup, Some(50.0));
+
+        view.0.now = 50.0;
+        view.0.job_mut(a.id).attained_gpu_seconds = 100.0;
+        let d = p.decide(&view, vec![Event::Tick]);
+        assert!(
+            matches!(d.actions[0], Action::Preempt(id) if id == a.id),
+            "{:?}",
+            d.actions
+        );
+        assert_eq!(starts(&d), vec![(b.id, vec![0, 1])]);
+        assert_eq!(d.wakeup, Some(100.0));
+    }
+
+    #[test]
+    fn rejected_start_goes_back_to_waiting() {
+        let mut view = NoRunning(FakeView::new(2, 2));
+        let a = view.0.add_job(2);
+        let mut p = policy("");
+        let d = p.decide(&view, vec![Event::JobArrived(a.clone())]);
+        assert_eq!(starts(&d), vec![(a.id, vec![0, 1])]);
+        assert_eq!(p.waiting_len(), 0);
+
+        // The host refused it: the job is still pending, so start it again.
+        let rejected = Event::ActionRejected(Rejection {
+            index: 0,
+            job: a.id,
+            reason: "test".into(),
+        });
+        let d = p.decide(&view, vec![rejected]);
+        assert_eq!(starts(&d), vec![(a.id, vec![0, 1])]);
+    }
+
+    #[test]
+    fn rejected_preempt_keeps_the_job_running() {
+        let mut view = NoRunning(FakeView::new(2, 2));
+        let a = view.0.add_job(2);
+        view.0.place(a.id, &[0, 1], 1.0);
+        view.0.job_mut(a.id).attained_gpu_seconds = 4000.0;
+        let mut p = policy("");
+        let a = view.0.job(a.id).unwrap();
+        assert!(p.decide(&view, vec![Event::JobArrived(a.clone())]).actions.is_empty());
+        let b = view.0.add_job(2);
+        let d = p.decide(&view, vec![Event::JobArrived(b.clone())]);
+        assert!(matches!(d.actions[0], Action::Preempt(id) if id == a.id));
+
+        // Both refused (the view never changed): a runs, b waits, and b
+        // outranks a, so the policy tries again.
+        let reject = |job| {
+            Event::ActionRejected(Rejection {
+                index: 0,
+                job,
+                reason: "test".into(),
+            })
+        };
+        let d = p.decide(&view, vec![reject(a.id), reject(b.id)]);
+        assert!(
+            matches!(d.actions[0], Action::Preempt(id) if id == a.id),
+            "{:?}",
+            d.actions
+        );
+        assert_eq!(starts(&d), vec![(b.id, vec![0, 1])]);
+        assert_eq!(p.waiting_len(), 1);
+    }
+
+    #[test]
+    fn gpu_change_rebuilds_running_and_suspended_jobs() {
+        let mut view = FakeView::new(4, 2);
+        let a = view.add_job(2);
+        let b = view.add_job(2);
+        let c = view.add_job(2);
+        view.place(a.id, &[0, 1], 1.0);
+        view.place(b.id, &[2, 3], 1.0);
+        let events = view.jobs.iter().cloned().map(Event::JobArrived).collect();
+        let mut p = policy("");
+        assert!(p.decide(&view, events).actions.is_empty(), "older jobs run");
+
+        // GPU 0 goes away; the host suspends a without a per-job event.
+        view.gpus[0].online = false;
+        view.suspend(a.id);
+        let d = p.decide(&view, vec![Event::GpuChanged(0)]);
+        // 3 GPUs left: a (older, same queue) outranks b, which yields its
+        // GPUs to it; c waits.
+        assert!(
+            matches!(d.actions[0], Action::Preempt(id) if id == b.id),
+            "{:?}",
+            d.actions
+        );
+        assert!(matches!(&d.actions[1], Action::Resume(pl) if pl.job == a.id && pl.gpus == vec![2, 3]));
+        assert_eq!(d.actions.len(), 2);
+        assert_eq!(p.waiting_len(), 2);
+        assert_eq!(d.wakeup, Some(1800.0), "a reaches 3600 GPU-seconds on 2 GPUs");
+
+        // Applied by the host: nothing else fits on the one free GPU.
+        view.suspend(b.id);
+        view.place(a.id, &[2, 3], 1.0);
+        view.now = 10.0;
+        view.job_mut(a.id).attained_gpu_seconds = 20.0;
+        let d = p.decide(&view, vec![Event::Tick]);
+        assert!(d.actions.is_empty(), "{:?}", d.actions);
+        assert_eq!(d.wakeup, Some(1800.0));
+        assert_eq!(p.waiting_len(), 2, "b and {} wait", c.id);
     }
 }
 
