@@ -158,3 +158,35 @@ fn several_policies_are_compared_side_by_side() {
     let svg = std::fs::read_to_string(out.path().join("compare.svg")).unwrap();
     assert!(svg.contains(">gavel<") && svg.contains(">tiresias<"));
 }
+
+#[test]
+fn policy_check_passes_every_example_and_names_what_a_bad_plugin_did() {
+    for name in ["fifo", "sjf", "tiresias", "gandiva", "gavel"] {
+        let path = plugin_path(name);
+        let o = wsched(&["policy", "check", path.to_str().unwrap()]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{name}:\n{out}\n{}", stderr(&o));
+        assert!(out.contains("exports   wsched:policy/policy@0.1.0"), "{out}");
+        assert!(out.contains("6 passed, 0 failed"), "{out}");
+        assert!(out.contains("per call  p50"), "{out}");
+    }
+    let hostile = plugin_path("hostile");
+    let o = wsched(&["policy", "check", hostile.to_str().unwrap(), "--config", "mode=invalid"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success());
+    assert!(out.contains("FAIL  arrivals-and-finishes"), "{out}");
+    assert!(
+        out.contains("rejected start(job 18446744073709551615, gpus [0]): unknown job"),
+        "{out}"
+    );
+    assert!(stderr(&o).contains("scenario(s) failed"));
+    let o = wsched(&[
+        "policy",
+        "check",
+        hostile.to_str().unwrap(),
+        "--config",
+        "mode=init-fail",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("init refused on purpose"), "{}", stderr(&o));
+}

@@ -109,7 +109,7 @@ fn invalid_actions_are_rejected_with_reasons_and_valid_ones_apply() {
     host.submit(JobSpec::new("u", 2, 100.0)).unwrap();
     host.submit(JobSpec::new("u", 1, 100.0)).unwrap();
     let outcome = host.decide();
-    let reasons: Vec<&str> = outcome.rejected.iter().map(|r| r.reason.as_str()).collect();
+    let reasons: Vec<&str> = outcome.rejected.iter().map(|(_, r)| r.reason.as_str()).collect();
     let expect = [
         "unknown job 18446744073709551615",
         "was given 1005 GPUs, the cluster has 4",

@@ -11,9 +11,11 @@
 //! - [`scheduler`]: the decision loop, strikes, ejection and hot swap.
 //! - [`trace`]: reading cluster traces.
 //! - [`sim`]: discrete-event trace replay, metrics and reports.
+//! - [`check`]: the conformance check for plugin authors.
 //!
 //! The `wsched` binary is a thin command line over these.
 
+pub mod check;
 pub mod cluster;
 pub mod engine;
 pub mod native;

@@ -21,6 +21,23 @@ enum Command {
     /// Replay a cluster trace through a policy and report JCT, makespan,
     /// utilisation and fairness.
     Sim(SimArgs),
+    /// Work with policy plugins.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check a plugin against the contract before using it: loads it under
+    /// the production limits and runs it through the shipped scenarios.
+    /// Exits non-zero if any scenario fails.
+    Check {
+        /// The plugin (.wasm component).
+        plugin: PathBuf,
+        /// Configuration string passed to the plugin's init.
+        #[arg(long, default_value = "")]
+        config: String,
+    },
 }
 
 #[derive(Args)]
@@ -80,6 +97,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sim(args) => run_sim(args),
+        Command::Policy(PolicyCommand::Check { plugin, config }) => run_check(&plugin, &config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -88,6 +106,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_check(path: &std::path::Path, config: &str) -> anyhow::Result<()> {
+    let engine = Engine::new(Limits::default())?;
+    let plugin = engine.load_file(path).map_err(|e| anyhow!("{e}"))?;
+    let report = wsched::check::check(&engine, &plugin, config)?;
+    print!("{report}");
+    let failed = report.scenarios.iter().filter(|s| !s.passed()).count();
+    if failed > 0 {
+        bail!("{}: {failed} scenario(s) failed", path.display());
+    }
+    Ok(())
 }
 
 fn load_policy(engine: &Engine, spec: &str, config: &str) -> anyhow::Result<Option<PolicyChoice>> {

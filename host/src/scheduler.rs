@@ -70,8 +70,8 @@ pub struct HostStats {
 pub struct Outcome {
     /// Actions carried out on the model, in order, with what each did.
     pub applied: Vec<(Action, Applied)>,
-    /// Actions refused, with the reasons (also sent to the policy).
-    pub rejected: Vec<Rejection>,
+    /// Actions refused, each with its rejection (also sent to the policy).
+    pub rejected: Vec<(Action, Rejection)>,
 }
 
 /// The result of a successful hot swap.
@@ -279,22 +279,28 @@ impl PolicyHost {
                 Ok(applied) => outcome.applied.push((action, applied)),
                 Err(reason) => {
                     tracing::warn!(policy = self.active.name(), action = action.kind(), job = action.job(), %reason, "action rejected");
-                    outcome.rejected.push(Rejection {
+                    let rejection = Rejection {
                         index: index as u32,
                         job: action.job(),
                         reason,
-                    });
+                    };
+                    outcome.rejected.push((action, rejection));
                 }
             }
         }
         self.stats.actions_applied += outcome.applied.len() as u64;
         self.stats.actions_rejected += outcome.rejected.len() as u64;
         self.wakeup = decision.wakeup;
-        if let Some(first) = outcome.rejected.first() {
+        if let Some((action, first)) = outcome.rejected.first() {
             let n = outcome.rejected.len();
-            let fault = Fault::InvalidOutput(format!("{n} action(s) rejected; first: {}", first.reason));
+            let fault = Fault::InvalidOutput(format!(
+                "{n} action(s) rejected; first: {} of job {}: {}",
+                action.kind(),
+                first.job,
+                first.reason
+            ));
             self.events
-                .extend(outcome.rejected.iter().cloned().map(Event::ActionRejected));
+                .extend(outcome.rejected.iter().map(|(_, r)| Event::ActionRejected(r.clone())));
             if matches!(self.active, ActivePolicy::Plugin(_)) {
                 self.strike(fault, false);
             }

@@ -223,12 +223,17 @@ impl Engine {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Invalid(format!("cannot link: {e:#}")))?;
         let pre = wit::SchedulerPre::new(pre).map_err(|_| LoadError::Invalid(self.missing_export(&component)))?;
+        let ty = component.component_type();
+        let imports = ty.imports(&self.inner.engine).map(|(n, _)| n.to_string()).collect();
+        let exports = ty.exports(&self.inner.engine).map(|(n, _)| n.to_string()).collect();
         Ok(Plugin {
             inner: Arc::new(PluginInner {
                 name: name.into(),
                 pre,
                 size: bytes.len(),
                 compile_time,
+                imports,
+                exports,
             }),
         })
     }
@@ -371,6 +376,8 @@ struct PluginInner {
     pre: wit::SchedulerPre<PluginState>,
     size: usize,
     compile_time: Duration,
+    imports: Vec<String>,
+    exports: Vec<String>,
 }
 
 impl Plugin {
@@ -385,6 +392,14 @@ impl Plugin {
     /// How long compiling it took.
     pub fn compile_time(&self) -> Duration {
         self.inner.compile_time
+    }
+    /// The interfaces it imports (`wsched:policy/host@0.1.0`, WASI...).
+    pub fn imports(&self) -> &[String] {
+        &self.inner.imports
+    }
+    /// The interfaces it exports (`wsched:policy/policy@0.1.0`).
+    pub fn exports(&self) -> &[String] {
+        &self.inner.exports
     }
 }
 

@@ -27,7 +27,7 @@ pub use report::{Comparison, Table, labels, write_comparison, write_outputs};
 
 use crate::cluster::{Cluster, JobSpec};
 use crate::engine::{Engine, Fault, Plugin};
-use crate::scheduler::PolicyHost;
+use crate::scheduler::{Outcome, PolicyHost};
 use crate::trace::TraceJob;
 use crate::wit::{JobId, JobState};
 use std::time::Instant;
@@ -98,6 +98,19 @@ pub fn simulate(
     trace: &[TraceJob],
     config: &SimConfig,
 ) -> anyhow::Result<SimResult> {
+    simulate_observed(engine, policy, swaps, trace, config, &mut |_, _| {})
+}
+
+/// [`simulate`], calling `observe(time, outcome)` after every decision
+/// (the conformance check uses it to report each rejected action).
+pub fn simulate_observed(
+    engine: &Engine,
+    policy: Option<&PolicyChoice>,
+    swaps: &[ScheduledSwap],
+    trace: &[TraceJob],
+    config: &SimConfig,
+    observe: &mut dyn FnMut(f64, &Outcome),
+) -> anyhow::Result<SimResult> {
     let started = Instant::now();
     let cluster = Cluster::homogeneous(config.gpus, config.gpus_per_node, &config.gpu_kind, config.gpu_memory);
     let mut host = match policy {
@@ -152,7 +165,8 @@ pub fn simulate(
                 host.eject(Fault::Stall(format!(
                     "{waiting} job(s) waiting at t={now}s with no job running, nothing left to arrive and no wake-up asked"
                 )));
-                host.decide();
+                let outcome = host.decide();
+                observe(now, &outcome);
                 if next_completion(host.cluster()).is_none() {
                     anyhow::bail!(
                         "simulation stuck at t={now}s: {waiting} job(s) cannot be placed even by the built-in FIFO"
@@ -224,7 +238,8 @@ pub fn simulate(
         }
 
         if host.has_events() {
-            host.decide();
+            let outcome = host.decide();
+            observe(t, &outcome);
             let stalled = host.cluster().running_ids().is_empty()
                 && host.cluster().live_jobs() > 0
                 && next_arrival == order.len();
@@ -233,7 +248,8 @@ pub fn simulate(
                 host.eject(Fault::Stall(format!(
                     "{IDLE_DECISIONS_BEFORE_STALL} decisions in a row left every waiting job waiting on idle GPUs"
                 )));
-                host.decide();
+                let outcome = host.decide();
+                observe(t, &outcome);
                 idle_decisions = 0;
             }
         }
