@@ -277,6 +277,7 @@ fn event(e: &host::Event) -> sdk::Event {
         host::Event::JobFinished(id) => sdk::Event::JobFinished(*id),
         host::Event::JobFailed((id, why)) => sdk::Event::JobFailed((*id, why.clone())),
         host::Event::Tick => sdk::Event::Tick,
+        host::Event::JobPreempted(id) => sdk::Event::JobPreempted(*id),
         host::Event::GpuChanged(g) => sdk::Event::GpuChanged(*g),
         host::Event::ActionRejected(r) => sdk::Event::ActionRejected(sdk::Rejection {
             index: r.index,

@@ -319,11 +319,11 @@ fn gpu_goes_away(engine: &Engine, plugin: &Plugin, config: &str) -> ScenarioRepo
     outcomes.push(host.decide());
     drain(&mut host, &mut outcomes, 20);
     let mut problems = host_problems(&host, &outcomes);
-    if host.cluster().gpus()[victim_gpu as usize]
-        .residents
-        .iter()
-        .next()
-        .is_some()
+    if host
+        .cluster()
+        .gpus()
+        .get(victim_gpu as usize)
+        .is_some_and(|g| !g.residents.is_empty())
     {
         problems.push(format!("a job was placed on offline gpu {victim_gpu}"));
     }

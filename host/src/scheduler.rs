@@ -189,9 +189,11 @@ impl PolicyHost {
         }
     }
 
-    /// A GPU went away or came back; its jobs are suspended.
+    /// A GPU went away or came back; the jobs it held are suspended and the
+    /// policy hears of each (`job-preempted`), then of the GPU.
     pub fn set_gpu_online(&mut self, gpu: GpuId, online: bool) -> Vec<JobId> {
         let suspended = self.cluster.set_gpu_online(gpu, online);
+        self.events.extend(suspended.iter().map(|&id| Event::JobPreempted(id)));
         self.events.push(Event::GpuChanged(gpu));
         suspended
     }

@@ -46,6 +46,11 @@ impl Policy for Fifo {
                 Event::ActionRejected(r) => {
                     log(Level::Warn, &format!("fifo: action rejected: {}", r.reason));
                 }
+                Event::JobPreempted(id) => {
+                    if let Some(job) = view.job(id) {
+                        self.waiting.insert(job.id, (job.gpus_requested, job.state));
+                    }
+                }
                 Event::Tick | Event::GpuChanged(_) => {}
             }
         }

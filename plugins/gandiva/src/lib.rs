@@ -122,17 +122,18 @@ impl Policy for Gandiva {
     }
 
     fn decide(&mut self, view: &impl View, events: Vec<Event>) -> Decision {
-        let mut resync = false;
         for event in events {
             match event {
                 Event::JobArrived(job) => self.note(&job),
                 Event::JobFinished(id) | Event::JobFailed((id, _)) => {
                     self.waiting.remove(&id);
                 }
-                Event::GpuChanged(_) => {
-                    self.topology = None;
-                    resync = true;
+                Event::JobPreempted(id) => {
+                    if let Some(job) = view.job(id) {
+                        self.note(&job);
+                    }
                 }
+                Event::GpuChanged(_) => self.topology = None,
                 Event::ActionRejected(r) => {
                     log(Level::Warn, &format!("gandiva: action rejected: {}", r.reason));
                     match view.job(r.job) {
@@ -143,15 +144,6 @@ impl Policy for Gandiva {
                     }
                 }
                 Event::Tick => {}
-            }
-        }
-        if resync {
-            for id in view.jobs(JobState::Suspended) {
-                if !self.waiting.contains_key(&id)
-                    && let Some(job) = view.job(id)
-                {
-                    self.note(&job);
-                }
             }
         }
         let mut actions = Vec::new();

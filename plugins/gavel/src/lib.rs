@@ -145,16 +145,17 @@ impl Policy for Gavel {
 
     fn decide(&mut self, view: &impl View, events: Vec<Event>) -> Decision {
         let mut tick = false;
-        let mut resync = false;
         for event in events {
             match event {
                 Event::JobArrived(job) => self.note(&job),
                 Event::JobFinished(id) | Event::JobFailed((id, _)) => self.forget(id),
                 Event::Tick => tick = true,
-                Event::GpuChanged(_) => {
-                    self.topology = None;
-                    resync = true;
+                Event::JobPreempted(id) => {
+                    if let Some(job) = view.job(id) {
+                        self.note(&job);
+                    }
                 }
+                Event::GpuChanged(_) => self.topology = None,
                 Event::ActionRejected(r) => {
                     log(Level::Warn, &format!("gavel: action rejected: {}", r.reason));
                     match view.job(r.job) {
@@ -169,7 +170,7 @@ impl Policy for Gavel {
             self.capacity = gpus.iter().filter(|g| g.online).count() as u32;
             self.topology = Some(Topology::new(&gpus));
         }
-        // The true states: who runs now (a GPU failure suspends silently).
+        // The true states: who runs now.
         let running = view.running();
         for state in self.jobs.values_mut() {
             if state.1 == JobState::Running {
@@ -180,15 +181,6 @@ impl Policy for Gavel {
         for r in &running {
             running_gpus.insert(r.id, (r.gpus, r.fraction));
             self.jobs.entry(r.id).or_insert((r.gpus, JobState::Running)).1 = JobState::Running;
-        }
-        if resync {
-            for id in view.jobs(JobState::Suspended) {
-                if !self.jobs.contains_key(&id)
-                    && let Some(job) = view.job(id)
-                {
-                    self.note(&job);
-                }
-            }
         }
 
         if tick {

@@ -71,15 +71,16 @@ impl Policy for Sjf {
     }
 
     fn decide(&mut self, view: &impl View, events: Vec<Event>) -> Decision {
-        let mut resync_suspended = false;
         for event in events {
             match event {
                 Event::JobArrived(job) => self.note(&job),
                 Event::JobFinished(id) | Event::JobFailed((id, _)) => self.forget(id),
-                Event::GpuChanged(_) => {
-                    self.topology = None;
-                    resync_suspended = true;
+                Event::JobPreempted(id) => {
+                    if let Some(job) = view.job(id) {
+                        self.note(&job);
+                    }
                 }
+                Event::GpuChanged(_) => self.topology = None,
                 Event::ActionRejected(r) => {
                     log(Level::Warn, &format!("sjf: action rejected: {}", r.reason));
                     match view.job(r.job) {
@@ -88,15 +89,6 @@ impl Policy for Sjf {
                     }
                 }
                 Event::Tick => {}
-            }
-        }
-        if resync_suspended {
-            for id in view.jobs(JobState::Suspended) {
-                if !self.key_of.contains_key(&id)
-                    && let Some(job) = view.job(id)
-                {
-                    self.note(&job);
-                }
             }
         }
         let mut actions = Vec::new();

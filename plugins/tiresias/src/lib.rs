@@ -452,9 +452,14 @@ impl Policy for Tiresias {
             match event {
                 Event::JobArrived(job) => self.note(&job, now),
                 Event::JobFinished(id) | Event::JobFailed((id, _)) => self.forget(id),
+                Event::JobPreempted(id) => {
+                    if let Some(job) = view.job(id) {
+                        self.note(&job, now);
+                    }
+                }
                 Event::GpuChanged(_) => {
-                    // The topology or capacity changed, and the host may have
-                    // suspended the jobs on that GPU without telling us per job.
+                    // The topology and capacity changed; rebuild the model of
+                    // running jobs from the host as a safety net (rare event).
                     self.topology = None;
                     resync = true;
                 }
