@@ -305,3 +305,44 @@ fn the_next_policy_is_prepared_on_another_thread_while_decisions_go_on() {
         vec![2]
     );
 }
+
+#[test]
+fn compiled_plugins_are_cached_on_disk_and_a_bad_entry_is_recompiled() {
+    use wsched::engine::CompileCache;
+    let dir = tempfile::tempdir().unwrap();
+    let cached_engine = || engine_with_cache(dir.path());
+    let first = load(&cached_engine(), "tiresias");
+    assert!(!first.from_cache());
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1);
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&entries[0]).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let engine = cached_engine();
+    let second = load(&engine, "tiresias");
+    assert!(second.from_cache());
+    let r = run(
+        &engine,
+        Some(&wsched::sim::PolicyChoice {
+            plugin: second,
+            config: String::new(),
+        }),
+        &trace("0,10,1\n"),
+        &cluster(1, 1),
+    );
+    assert_eq!(r.summary.completed, 1);
+    // A truncated entry is ignored and replaced.
+    std::fs::write(&entries[0], b"garbage").unwrap();
+    let third = load(&cached_engine(), "tiresias");
+    assert!(!third.from_cache());
+    assert!(load(&cached_engine(), "tiresias").from_cache());
+    // Refused plugins are never cached.
+    assert!(cached_engine().load_bytes("p", b"(component)").is_err());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    let _ = CompileCache::default_dir();
+}

@@ -81,6 +81,35 @@ fn main() -> anyhow::Result<()> {
     }
 
     println!();
+    println!("Tiresias, first decision after taking over (hot swap or start-up): learns every job, starts {GPUS}");
+    println!(
+        "{:>8} | {:>12} {:>12} | {:>11}",
+        "pending", "wasm p50", "native p50", "wasm/native"
+    );
+    println!("{}", "-".repeat(54));
+    for pending in [100usize, 1_000, 10_000] {
+        let wasm = takeover(pending, || {
+            let instance = engine.instantiate(&plugin, "", 0.0).expect("instantiate");
+            PolicyHost::with_plugin(
+                engine.clone(),
+                Cluster::homogeneous(GPUS, 8, "H100", 80 << 30),
+                instance,
+            )
+        });
+        let native = takeover(pending, || {
+            let (policy, _) = wsched_tiresias::Tiresias::init("").expect("init");
+            PolicyHost::with_native(
+                engine.clone(),
+                Cluster::homogeneous(GPUS, 8, "H100", 80 << 30),
+                Box::new(SdkNative(policy)),
+            )
+        });
+        let (w50, _) = percentiles(&wasm);
+        let (n50, _) = percentiles(&native);
+        println!("{pending:>8} | {:>9.1} µs {:>9.1} µs | {:>10.2}x", w50, n50, w50 / n50);
+    }
+
+    println!();
     let trace = wsched::trace::read(&root.join("examples/traces/philly-11cb48.csv"))?;
     println!("Replay of the bundled Philly trace ({} jobs) on 64 GPUs", trace.len());
     println!(
@@ -142,6 +171,23 @@ fn steady_state(mut host: PolicyHost, pending: usize) -> Vec<u64> {
     assert_eq!(host.cluster().stats().pending as usize, pending);
     timings.drain(..20); // warm-up
     timings
+}
+
+/// Time the takeover decision (every live job arrives at once; the
+/// policy fills the cluster), over fresh hosts from `make`.
+fn takeover(pending: usize, make: impl Fn() -> PolicyHost) -> Vec<u64> {
+    (0..15)
+        .map(|_| {
+            let mut host = make();
+            for _ in 0..GPUS as usize + pending {
+                host.submit(JobSpec::new("bench", 1, 1e9)).expect("submit");
+            }
+            host.decide();
+            assert_eq!(host.cluster().running_ids().len(), GPUS as usize);
+            host.stats().call_nanos[0]
+        })
+        .skip(3)
+        .collect()
 }
 
 fn percentiles(nanos: &[u64]) -> (f64, f64) {

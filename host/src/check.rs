@@ -50,8 +50,10 @@ pub struct CheckReport {
     pub imports: Vec<String>,
     /// Component size in bytes.
     pub size: usize,
-    /// Compile time in milliseconds.
+    /// Compile time (or cache load time) in milliseconds.
     pub compile_ms: f64,
+    /// Whether the compiled code came from the compile cache.
+    pub from_cache: bool,
     /// One entry per scenario.
     pub scenarios: Vec<ScenarioReport>,
     /// Median time per decision call on a steady replay, microseconds.
@@ -72,11 +74,12 @@ impl std::fmt::Display for CheckReport {
         writeln!(f, "plugin    {} (policy `{}`)", self.plugin, self.policy)?;
         writeln!(f, "exports   {}", self.exports.join(", "))?;
         writeln!(f, "imports   {}", self.imports.join(", "))?;
-        writeln!(
-            f,
-            "size      {} bytes, compiled in {:.1} ms",
-            self.size, self.compile_ms
-        )?;
+        let how = if self.from_cache {
+            "loaded from the compile cache"
+        } else {
+            "compiled"
+        };
+        writeln!(f, "size      {} bytes, {how} in {:.1} ms", self.size, self.compile_ms)?;
         writeln!(
             f,
             "per call  p50 {:.1} µs, p99 {:.1} µs",
@@ -195,6 +198,7 @@ pub fn check(engine: &Engine, plugin: &Plugin, config: &str) -> anyhow::Result<C
         imports: plugin.imports().to_vec(),
         size: plugin.size(),
         compile_ms: plugin.compile_time().as_secs_f64() * 1000.0,
+        from_cache: plugin.from_cache(),
         scenarios,
         call_p50_us: timing.call_p50_us,
         call_p99_us: timing.call_p99_us,

@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use wsched::engine::{Engine, Limits};
+use wsched::engine::{CompileCache, Engine, Limits};
 use wsched::sim::{self, PolicyChoice, ScheduledSwap, SimConfig};
 
 /// GPU cluster scheduling with policies as sandboxed WebAssembly plugins.
@@ -14,6 +14,8 @@ use wsched::sim::{self, PolicyChoice, ScheduledSwap, SimConfig};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 #[derive(Subcommand)]
@@ -38,6 +40,29 @@ enum PolicyCommand {
         #[arg(long, default_value = "")]
         config: String,
     },
+}
+
+/// Where compiled plugins are cached.
+#[derive(Args)]
+struct CacheArgs {
+    /// Directory for compiled plugins [default: $XDG_CACHE_HOME/wsched or ~/.cache/wsched].
+    #[arg(long, global = true)]
+    cache_dir: Option<PathBuf>,
+    /// Compile every plugin, without reading or writing the cache.
+    #[arg(long, global = true)]
+    no_cache: bool,
+}
+
+impl CacheArgs {
+    fn cache(&self) -> Option<CompileCache> {
+        if self.no_cache {
+            return None;
+        }
+        self.cache_dir
+            .clone()
+            .or_else(CompileCache::default_dir)
+            .map(CompileCache::new)
+    }
 }
 
 #[derive(Args)]
@@ -96,8 +121,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Sim(args) => run_sim(args),
-        Command::Policy(PolicyCommand::Check { plugin, config }) => run_check(&plugin, &config),
+        Command::Sim(args) => run_sim(args, cli.cache.cache()),
+        Command::Policy(PolicyCommand::Check { plugin, config }) => run_check(&plugin, &config, cli.cache.cache()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -108,8 +133,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_check(path: &std::path::Path, config: &str) -> anyhow::Result<()> {
-    let engine = Engine::new(Limits::default())?;
+fn run_check(path: &std::path::Path, config: &str, cache: Option<CompileCache>) -> anyhow::Result<()> {
+    let engine = Engine::with_cache(Limits::default(), cache)?;
     let plugin = engine.load_file(path).map_err(|e| anyhow!("{e}"))?;
     let report = wsched::check::check(&engine, &plugin, config)?;
     print!("{report}");
@@ -149,7 +174,7 @@ fn parse_swap(engine: &Engine, spec: &str) -> anyhow::Result<ScheduledSwap> {
     Ok(ScheduledSwap { at, policy })
 }
 
-fn run_sim(args: SimArgs) -> anyhow::Result<()> {
+fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
     if args.gpus == 0 {
         bail!("--gpus must be at least 1");
     }
@@ -159,7 +184,7 @@ fn run_sim(args: SimArgs) -> anyhow::Result<()> {
         max_strikes: args.max_strikes.max(1),
         ..Limits::default()
     };
-    let engine = Engine::new(limits)?;
+    let engine = Engine::with_cache(limits, cache)?;
     let trace = wsched::trace::read(&args.trace)?;
     if args.config.is_some() && args.policies.len() > 1 {
         bail!("--config applies to a single policy; with several, write each as PLUGIN@CONFIG");

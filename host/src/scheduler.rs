@@ -23,6 +23,9 @@ use crate::wit::{Action, Decision, Event, GpuId, JobId, Rejection};
 use serde::Serialize;
 use std::time::Instant;
 
+/// The soonest a policy can ask to be woken, in seconds after now.
+pub const MIN_WAKEUP_DELAY: f64 = 1e-3;
+
 /// The policy making decisions now.
 pub enum ActivePolicy {
     /// A Wasm plugin.
@@ -269,6 +272,10 @@ impl PolicyHost {
                 );
             } else if w <= self.cluster.now() {
                 d.wakeup = None; // already due: the policy is being called now
+            } else {
+                // A wake-up a hair after now, asked again and again, would
+                // stall the clock; none comes sooner than MIN_WAKEUP_DELAY.
+                d.wakeup = Some(w.max(self.cluster.now() + MIN_WAKEUP_DELAY));
             }
         }
         Ok(d)

@@ -41,6 +41,11 @@ pub fn engine_with(limits: Limits) -> Engine {
     Engine::new(limits).expect("engine")
 }
 
+/// An engine with default limits that caches compiled plugins in `dir`.
+pub fn engine_with_cache(dir: &std::path::Path) -> Engine {
+    Engine::with_cache(Limits::default(), Some(wsched::engine::CompileCache::new(dir))).expect("engine")
+}
+
 /// Compile an example plugin.
 pub fn load(engine: &Engine, name: &str) -> Plugin {
     engine

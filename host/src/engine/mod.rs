@@ -14,7 +14,10 @@
 //! past the cap. Both come back as a [`Fault`] that names the limit, never
 //! as a hang or a host crash.
 
+mod cache;
 mod sandbox;
+
+pub use cache::CompileCache;
 
 use crate::cluster::Cluster;
 use crate::wit::{self, Decision, Event, PolicyInfo, ViewToken};
@@ -126,6 +129,7 @@ pub struct Engine {
 
 struct EngineInner {
     engine: wasmtime::Engine,
+    cache: Option<CompileCache>,
     linker: Linker<PluginState>,
     limits: Limits,
     stop_ticker: Arc<AtomicBool>,
@@ -138,8 +142,15 @@ impl Drop for EngineInner {
 }
 
 impl Engine {
-    /// An engine whose plugins run under `limits`.
+    /// An engine whose plugins run under `limits`, compiling every plugin
+    /// it loads.
     pub fn new(limits: Limits) -> anyhow::Result<Self> {
+        Engine::with_cache(limits, None)
+    }
+
+    /// An engine that keeps compiled plugins in `cache`, so loading the
+    /// same component again skips compilation.
+    pub fn with_cache(limits: Limits, cache: Option<CompileCache>) -> anyhow::Result<Self> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         let engine = wasmtime::Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -166,6 +177,7 @@ impl Engine {
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 engine,
+                cache,
                 linker,
                 limits,
                 stop_ticker: stop,
@@ -213,8 +225,14 @@ impl Engine {
         }
         check_header(bytes).map_err(LoadError::Invalid)?;
         let started = Instant::now();
-        let component = Component::new(&self.inner.engine, bytes)
-            .map_err(|e| LoadError::Invalid(format!("not a valid component: {e:#}")))?;
+        let engine = &self.inner.engine;
+        let cached = self.inner.cache.as_ref().and_then(|c| c.get(engine, bytes));
+        let from_cache = cached.is_some();
+        let component = match cached {
+            Some(c) => c,
+            None => Component::new(engine, bytes)
+                .map_err(|e| LoadError::Invalid(format!("not a valid component: {e:#}")))?,
+        };
         let compile_time = started.elapsed();
         self.check_imports(&component)?;
         let pre = self
@@ -223,6 +241,10 @@ impl Engine {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Invalid(format!("cannot link: {e:#}")))?;
         let pre = wit::SchedulerPre::new(pre).map_err(|_| LoadError::Invalid(self.missing_export(&component)))?;
+        // Cache only what passed every check: nothing refused is kept.
+        if !from_cache && let Some(cache) = &self.inner.cache {
+            cache.put(engine, bytes, &component);
+        }
         let ty = component.component_type();
         let imports = ty.imports(&self.inner.engine).map(|(n, _)| n.to_string()).collect();
         let exports = ty.exports(&self.inner.engine).map(|(n, _)| n.to_string()).collect();
@@ -232,6 +254,7 @@ impl Engine {
                 pre,
                 size: bytes.len(),
                 compile_time,
+                from_cache,
                 imports,
                 exports,
             }),
@@ -376,6 +399,7 @@ struct PluginInner {
     pre: wit::SchedulerPre<PluginState>,
     size: usize,
     compile_time: Duration,
+    from_cache: bool,
     imports: Vec<String>,
     exports: Vec<String>,
 }
@@ -389,9 +413,13 @@ impl Plugin {
     pub fn size(&self) -> usize {
         self.inner.size
     }
-    /// How long compiling it took.
+    /// How long compiling it took (or loading it, when it came from the cache).
     pub fn compile_time(&self) -> Duration {
         self.inner.compile_time
+    }
+    /// Whether it was loaded from the compile cache instead of compiled.
+    pub fn from_cache(&self) -> bool {
+        self.inner.from_cache
     }
     /// The interfaces it imports (`wsched:policy/host@0.1.0`, WASI...).
     pub fn imports(&self) -> &[String] {
