@@ -25,7 +25,7 @@ use wsched_sdk as sdk;
 use wsched_sdk::Policy as _;
 
 const GPUS: u32 = 1024;
-const MEASURED: usize = 300;
+const MEASURED: usize = 2000;
 
 fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -48,26 +48,21 @@ fn main() -> anyhow::Result<()> {
     );
     println!("{}", "-".repeat(86));
     for pending in [100usize, 1_000, 10_000] {
-        let wasm = {
-            let instance = engine
-                .instantiate(&plugin, "", 0.0)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let host = PolicyHost::with_plugin(
-                engine.clone(),
-                Cluster::homogeneous(GPUS, 8, "H100", 80 << 30),
-                instance,
-            );
-            steady_state(host, pending)
-        };
-        let native = {
-            let (policy, _) = wsched_tiresias::Tiresias::init("").map_err(|e| anyhow::anyhow!(e))?;
-            let host = PolicyHost::with_native(
-                engine.clone(),
-                Cluster::homogeneous(GPUS, 8, "H100", 80 << 30),
-                Box::new(SdkNative(policy)),
-            );
-            steady_state(host, pending)
-        };
+        let instance = engine
+            .instantiate(&plugin, "", 0.0)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let wasm = PolicyHost::with_plugin(
+            engine.clone(),
+            Cluster::homogeneous(GPUS, 8, "H100", 80 << 30),
+            instance,
+        );
+        let (policy, _) = wsched_tiresias::Tiresias::init("").map_err(|e| anyhow::anyhow!(e))?;
+        let native = PolicyHost::with_native(
+            engine.clone(),
+            Cluster::homogeneous(GPUS, 8, "H100", 80 << 30),
+            Box::new(SdkNative(policy)),
+        );
+        let (wasm, native) = steady_state(wasm, native, pending);
         let (w50, w99) = percentiles(&wasm);
         let (n50, n99) = percentiles(&native);
         println!(
@@ -150,26 +145,35 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fill the cluster, queue `pending` jobs, then time `MEASURED` steady-state
-/// decisions (one finish + one arrival each). Returns per-call nanoseconds.
-fn steady_state(mut host: PolicyHost, pending: usize) -> Vec<u64> {
-    for _ in 0..GPUS as usize + pending {
-        host.submit(JobSpec::new("bench", 1, 1e9)).expect("submit");
+/// Fill each cluster, queue `pending` jobs, then time `MEASURED`
+/// steady-state decisions (one finish + one arrival each) on both hosts,
+/// alternating between them so that drift on a shared machine hits both
+/// alike. Returns per-call nanoseconds for each.
+fn steady_state(mut wasm: PolicyHost, mut native: PolicyHost, pending: usize) -> (Vec<u64>, Vec<u64>) {
+    for host in [&mut wasm, &mut native] {
+        for _ in 0..GPUS as usize + pending {
+            host.submit(JobSpec::new("bench", 1, 1e9)).expect("submit");
+        }
+        host.decide(); // takeover: the policy learns all jobs and fills the cluster
+        assert_eq!(host.cluster().running_ids().len(), GPUS as usize);
     }
-    host.decide(); // takeover: the policy learns all jobs and fills the cluster
-    assert_eq!(host.cluster().running_ids().len(), GPUS as usize);
-    let mut timings = Vec::with_capacity(MEASURED);
-    for _ in 0..MEASURED + 20 {
-        let oldest = *host.cluster().running_ids().iter().next().expect("running job");
-        host.finish(oldest);
-        host.submit(JobSpec::new("bench", 1, 1e9)).expect("submit");
-        let before = host.stats().call_nanos.len();
-        let outcome = host.decide();
-        assert_eq!(outcome.applied.len(), 1, "one start per decision");
-        timings.extend_from_slice(&host.stats().call_nanos[before..]);
+    let mut timings = (Vec::with_capacity(MEASURED), Vec::with_capacity(MEASURED));
+    for i in 0..MEASURED + 50 {
+        for (host, out) in [(&mut wasm, &mut timings.0), (&mut native, &mut timings.1)] {
+            let oldest = *host.cluster().running_ids().iter().next().expect("running job");
+            host.finish(oldest);
+            host.submit(JobSpec::new("bench", 1, 1e9)).expect("submit");
+            let before = host.stats().call_nanos.len();
+            let outcome = host.decide();
+            assert_eq!(outcome.applied.len(), 1, "one start per decision");
+            if i >= 50 {
+                out.extend_from_slice(&host.stats().call_nanos[before..]); // after warm-up
+            }
+        }
     }
-    assert_eq!(host.cluster().stats().pending as usize, pending);
-    timings.drain(..20); // warm-up
+    for host in [&wasm, &native] {
+        assert_eq!(host.cluster().stats().pending as usize, pending);
+    }
     timings
 }
 
