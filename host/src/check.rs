@@ -14,8 +14,7 @@ use crate::engine::{Engine, Plugin};
 use crate::scheduler::{ActivePolicy, Outcome, PolicyHost};
 use crate::sim::{self, PolicyChoice, SimConfig};
 use crate::trace::TraceJob;
-use crate::wit::{Action, JobState};
-use std::fmt::Write as _;
+use crate::wit::{Action, Event, JobState};
 
 /// How one scenario went.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +30,24 @@ pub struct ScenarioReport {
 }
 
 impl ScenarioReport {
+    fn failed(name: &'static str, what: &'static str, problem: String) -> Self {
+        ScenarioReport {
+            name,
+            what,
+            problems: vec![problem],
+            calls: 0,
+        }
+    }
+
+    fn of_host(name: &'static str, what: &'static str, problems: Vec<String>, host: &PolicyHost) -> Self {
+        ScenarioReport {
+            name,
+            what,
+            problems,
+            calls: host.stats().calls,
+        }
+    }
+
     /// Whether the plugin passed.
     pub fn passed(&self) -> bool {
         self.problems.is_empty()
@@ -163,12 +180,7 @@ pub fn check(engine: &Engine, plugin: &Plugin, config: &str) -> anyhow::Result<C
                     calls: s.policy_calls,
                 }
             }
-            Err(e) => ScenarioReport {
-                name,
-                what,
-                problems: vec![format!("{e:#}")],
-                calls: 0,
-            },
+            Err(e) => ScenarioReport::failed(name, what, format!("{e:#}")),
         };
         scenarios.push(report);
     }
@@ -298,14 +310,7 @@ fn gpu_goes_away(engine: &Engine, plugin: &Plugin, config: &str) -> ScenarioRepo
     let mut outcomes = Vec::new();
     let instance = match engine.instantiate(plugin, config, 0.0) {
         Ok(i) => i,
-        Err(e) => {
-            return ScenarioReport {
-                name,
-                what,
-                problems: vec![e.to_string()],
-                calls: 0,
-            };
-        }
+        Err(e) => return ScenarioReport::failed(name, what, e.to_string()),
     };
     let mut host = PolicyHost::with_plugin(engine.clone(), Cluster::homogeneous(4, 2, "test", 16 << 30), instance);
     for _ in 0..6 {
@@ -335,12 +340,7 @@ fn gpu_goes_away(engine: &Engine, plugin: &Plugin, config: &str) -> ScenarioRepo
     if stuck > 0 {
         problems.push(format!("{stuck} job(s) still waiting after 20 rounds with 3 GPUs free"));
     }
-    ScenarioReport {
-        name,
-        what,
-        problems,
-        calls: host.stats().calls,
-    }
+    ScenarioReport::of_host(name, what, problems, &host)
 }
 
 fn takeover(engine: &Engine, plugin: &Plugin, config: &str) -> ScenarioReport {
@@ -357,17 +357,9 @@ fn takeover(engine: &Engine, plugin: &Plugin, config: &str) -> ScenarioReport {
     // Leave a job suspended, as a preempting policy would have.
     host.set_gpu_online(0, false);
     host.set_gpu_online(0, true);
-    host.decide();
     let next = match engine.instantiate(plugin, config, host.cluster().now()) {
         Ok(i) => i,
-        Err(e) => {
-            return ScenarioReport {
-                name,
-                what,
-                problems: vec![e.to_string()],
-                calls: 0,
-            };
-        }
+        Err(e) => return ScenarioReport::failed(name, what, e.to_string()),
     };
     let mut problems = Vec::new();
     if let Err(e) = host.swap(next) {
@@ -380,31 +372,67 @@ fn takeover(engine: &Engine, plugin: &Plugin, config: &str) -> ScenarioReport {
     if waiting > 0 {
         problems.push(format!("{waiting} job(s) never started after the takeover"));
     }
-    ScenarioReport {
-        name,
-        what,
-        problems,
-        calls: host.stats().calls,
-    }
+    ScenarioReport::of_host(name, what, problems, &host)
 }
 
 fn snapshot_round_trip(engine: &Engine, plugin: &Plugin, config: &str) -> ScenarioReport {
-    let (name, what) = (
-        "snapshot-restore",
-        "hand state to a fresh instance of itself on a hot swap",
-    );
+    let name = "snapshot-restore";
+    let mut what = "hand its state to a fresh instance of itself on a hot swap";
+    let fail = |p: String| ScenarioReport::failed(name, what, p);
+    let mut problems = Vec::new();
+
+    // The round trip itself: a snapshot taken with jobs known and some
+    // service given must be accepted by a fresh instance of the same plugin.
+    let (mut first, mut second) = match (
+        engine.instantiate(plugin, config, 0.0),
+        engine.instantiate(plugin, config, 0.0),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return fail(e.to_string()),
+    };
+    let mut cluster = Cluster::homogeneous(2, 2, "test", 16 << 30);
+    let ids: Vec<u64> = (0..4)
+        .filter_map(|_| cluster.submit(JobSpec::new("t", 1, 500.0)).ok())
+        .collect();
+    let arrivals: Vec<Event> = ids
+        .iter()
+        .filter_map(|&id| cluster.job_info(id))
+        .map(Event::JobArrived)
+        .collect();
+    let rounds = [arrivals, vec![Event::Tick]];
+    for (i, events) in rounds.iter().enumerate() {
+        match first.decide(&mut cluster, events) {
+            Ok(decision) => {
+                for action in &decision.actions {
+                    if let Err(reason) = cluster.apply(action) {
+                        problems.push(format!("rejected {}: {reason}", describe(action)));
+                    }
+                }
+            }
+            Err(fault) => problems.push(format!("call {}: {fault}", i + 1)),
+        }
+        cluster.advance(cluster.now() + 400.0);
+    }
+    match first.snapshot(cluster.now()) {
+        Ok(Some(state)) => match second.restore(&state, cluster.now()) {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => problems.push(format!("refused its own snapshot: {why}")),
+            Err(fault) => problems.push(format!("faulted restoring its own snapshot: {fault}")),
+        },
+        Ok(None) => what = "hand state over on a hot swap (it keeps none)",
+        Err(fault) => problems.push(format!("faulted taking a snapshot: {fault}")),
+    }
+
+    // And through the host: swap mid-run, then finish the work.
+    let (a, b) = match (
+        engine.instantiate(plugin, config, 0.0),
+        engine.instantiate(plugin, config, 0.0),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return fail(e.to_string()),
+    };
     let mut outcomes = Vec::new();
-    let fail = |p: String| ScenarioReport {
-        name,
-        what,
-        problems: vec![p],
-        calls: 0,
-    };
-    let instance = match engine.instantiate(plugin, config, 0.0) {
-        Ok(i) => i,
-        Err(e) => return fail(e.to_string()),
-    };
-    let mut host = PolicyHost::with_plugin(engine.clone(), Cluster::homogeneous(2, 2, "test", 16 << 30), instance);
+    let mut host = PolicyHost::with_plugin(engine.clone(), Cluster::homogeneous(2, 2, "test", 16 << 30), a);
     for _ in 0..4 {
         let _ = host.submit(JobSpec::new("t", 1, 500.0));
     }
@@ -412,33 +440,8 @@ fn snapshot_round_trip(engine: &Engine, plugin: &Plugin, config: &str) -> Scenar
     host.advance(400.0);
     host.tick();
     outcomes.push(host.decide());
-    let mut problems = Vec::new();
-    let mut note = String::new();
-    let mut second = match engine.instantiate(plugin, config, host.cluster().now()) {
-        Ok(i) => i,
-        Err(e) => return fail(e.to_string()),
-    };
-    if let ActivePolicy::Plugin(_) = host.active() {
-        // Check the round trip directly, then through the host's swap.
-        let mut first = match engine.instantiate(plugin, config, 0.0) {
-            Ok(i) => i,
-            Err(e) => return fail(e.to_string()),
-        };
-        match first.snapshot(host.cluster().now()) {
-            Ok(Some(state)) => match second.restore(&state, host.cluster().now()) {
-                Ok(Ok(())) => {}
-                Ok(Err(why)) => problems.push(format!("refused its own snapshot: {why}")),
-                Err(fault) => problems.push(format!("faulted restoring its own snapshot: {fault}")),
-            },
-            Ok(None) => {
-                let _ = write!(note, "keeps no state to hand over");
-            }
-            Err(fault) => problems.push(format!("faulted taking a snapshot: {fault}")),
-        }
-    }
-    match host.swap(second) {
-        Ok(_) => {}
-        Err(e) => problems.push(e),
+    if let Err(e) = host.swap(b) {
+        problems.push(e);
     }
     outcomes.push(host.decide());
     drain(&mut host, &mut outcomes, 20);
@@ -449,15 +452,5 @@ fn snapshot_round_trip(engine: &Engine, plugin: &Plugin, config: &str) -> Scenar
             host.cluster().live_jobs()
         ));
     }
-    let what = if note.is_empty() {
-        what
-    } else {
-        "hand state over on a hot swap (it keeps none)"
-    };
-    ScenarioReport {
-        name,
-        what,
-        problems,
-        calls: host.stats().calls,
-    }
+    ScenarioReport::of_host(name, what, problems, &host)
 }
