@@ -135,3 +135,61 @@ fn swap_to_a_plugin_that_fails_init_keeps_the_old_one() {
     assert!(s.swap_log[1].contains("thresholds"), "{:?}", s.swap_log);
     assert_eq!(times(&r, 3), (100.0, 200.0));
 }
+
+#[test]
+fn a_gpu_outage_suspends_its_job_which_keeps_its_progress() {
+    use wsched::sim::GpuOutage;
+    let engine = engine();
+    let jobs = trace("0,100,1\n");
+    for policy in ["fifo", "tiresias", "sjf", "gandiva", "gavel"] {
+        let choice = choice(&engine, policy, "");
+        // Two GPUs: at t=50 GPU 0 fails and the job moves on to GPU 1 at once.
+        let mut config = cluster(2, 2);
+        config.outages = vec![GpuOutage {
+            gpu: 0,
+            from: 50.0,
+            until: None,
+        }];
+        let r = run(&engine, Some(&choice), &jobs, &config);
+        assert_eq!(times(&r, 2), (0.0, 100.0), "{policy}: nothing lost but the move");
+        assert_eq!(
+            (r.jobs[0].preemptions, r.summary.strikes, r.summary.actions_rejected),
+            (1, 0, 0),
+            "{policy}"
+        );
+        // One GPU, down from 50 to 80: the job waits and resumes where it was.
+        let mut config = cluster(1, 1);
+        config.outages = vec![GpuOutage {
+            gpu: 0,
+            from: 50.0,
+            until: Some(80.0),
+        }];
+        let r = run(&engine, Some(&choice), &jobs, &config);
+        assert_eq!(times(&r, 2).1, 130.0, "{policy}");
+        assert_eq!(r.summary.ejections, 0, "{policy}: {:?}", r.summary.faults);
+    }
+    // Gone for good on a 1-GPU cluster: the job is reported unfinished.
+    let mut config = cluster(1, 1);
+    config.outages = vec![GpuOutage {
+        gpu: 0,
+        from: 50.0,
+        until: None,
+    }];
+    let r = run(&engine, Some(&choice(&engine, "fifo", "")), &jobs, &config);
+    assert_eq!((r.summary.completed, r.jobs[0].state.as_str()), (0, "suspended"));
+    assert_eq!(
+        r.summary.ejections, 0,
+        "waiting for GPUs that are gone is not the policy's fault"
+    );
+    let mut config = cluster(1, 1);
+    config.outages = vec![GpuOutage {
+        gpu: 5,
+        from: 1.0,
+        until: None,
+    }];
+    let err = wsched::sim::simulate(&engine, None, &[], &jobs, &config).unwrap_err();
+    assert!(
+        err.to_string().contains("outage of gpu 5: the cluster has 1 GPUs"),
+        "{err}"
+    );
+}

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use wsched::engine::{CompileCache, Engine, Limits};
-use wsched::sim::{self, PolicyChoice, ScheduledSwap, SimConfig};
+use wsched::sim::{self, GpuOutage, PolicyChoice, ScheduledSwap, SimConfig};
 
 /// GPU cluster scheduling with policies as sandboxed WebAssembly plugins.
 #[derive(Parser)]
@@ -91,6 +91,10 @@ struct SimArgs {
     /// SECONDS=PLUGIN.wasm[@CONFIG] (seconds after the first submission). Repeatable.
     #[arg(long = "swap", value_name = "AT=PLUGIN[@CONFIG]")]
     swaps: Vec<String>,
+    /// Take a GPU offline during the replay: GPU@FROM[-UNTIL] (seconds after
+    /// the first submission; without UNTIL it never comes back). Repeatable.
+    #[arg(long = "gpu-outage", value_name = "GPU@FROM[-UNTIL]")]
+    outages: Vec<String>,
     /// Do not tell policies each job's duration (no oracle for SJF).
     #[arg(long)]
     hide_durations: bool,
@@ -174,6 +178,29 @@ fn parse_swap(engine: &Engine, spec: &str) -> anyhow::Result<ScheduledSwap> {
     Ok(ScheduledSwap { at, policy })
 }
 
+fn parse_outage(spec: &str) -> anyhow::Result<GpuOutage> {
+    let bad = || anyhow!("--gpu-outage `{spec}`: expected GPU@FROM[-UNTIL], e.g. 3@3600-7200");
+    let (gpu, window) = spec.split_once('@').ok_or_else(bad)?;
+    let gpu: u32 = gpu.trim().parse().map_err(|_| bad())?;
+    let (from, until) = match window.split_once('-') {
+        Some((f, u)) => (f, Some(u)),
+        None => (window, None),
+    };
+    let time = |v: &str| {
+        v.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|t| t.is_finite() && *t >= 0.0)
+            .ok_or_else(bad)
+    };
+    let from = time(from)?;
+    let until = until.map(time).transpose()?;
+    if until.is_some_and(|u| u <= from) {
+        bail!("--gpu-outage `{spec}`: the GPU must come back after it goes away");
+    }
+    Ok(GpuOutage { gpu, from, until })
+}
+
 fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
     if args.gpus == 0 {
         bail!("--gpus must be at least 1");
@@ -211,6 +238,11 @@ fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
         gpus_per_node: args.gpus_per_node.max(1),
         reveal_durations: !args.hide_durations,
         progress: !args.quiet,
+        outages: args
+            .outages
+            .iter()
+            .map(|o| parse_outage(o))
+            .collect::<anyhow::Result<_>>()?,
         ..SimConfig::default()
     };
     let results = policies

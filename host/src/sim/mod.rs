@@ -27,7 +27,7 @@ pub use report::{Comparison, Table, labels, write_comparison, write_outputs};
 
 use crate::cluster::{Cluster, JobSpec};
 use crate::engine::{Engine, Fault, Plugin};
-use crate::scheduler::{Outcome, PolicyHost};
+use crate::scheduler::{ActivePolicy, Outcome, PolicyHost};
 use crate::trace::TraceJob;
 use crate::wit::{JobId, JobState};
 use std::time::Instant;
@@ -56,6 +56,21 @@ pub struct SimConfig {
     pub reveal_durations: bool,
     /// Show a progress bar on stderr (hidden anyway when not a terminal).
     pub progress: bool,
+    /// GPUs that go offline during the replay (failures, maintenance).
+    pub outages: Vec<GpuOutage>,
+}
+
+/// A GPU offline from `from` until `until` (for good when `None`), in
+/// seconds after the first submission. Its jobs are suspended, keeping
+/// their progress, and the policy hears `job-preempted` and `gpu-changed`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuOutage {
+    /// The GPU.
+    pub gpu: u32,
+    /// When it goes offline.
+    pub from: f64,
+    /// When it comes back, if it does.
+    pub until: Option<f64>,
 }
 
 impl Default for SimConfig {
@@ -67,6 +82,7 @@ impl Default for SimConfig {
             gpu_memory: 16 << 30,
             reveal_durations: true,
             progress: false,
+            outages: Vec::new(),
         }
     }
 }
@@ -112,6 +128,22 @@ pub fn simulate_observed(
     observe: &mut dyn FnMut(f64, &Outcome),
 ) -> anyhow::Result<SimResult> {
     let started = Instant::now();
+    // GPU state changes, in time order: (time, gpu, online).
+    let mut gpu_changes: Vec<(f64, u32, bool)> = Vec::new();
+    for o in &config.outages {
+        if o.gpu >= config.gpus {
+            anyhow::bail!(
+                "outage of gpu {}: the cluster has {} GPUs (ids 0..{})",
+                o.gpu,
+                config.gpus,
+                config.gpus
+            );
+        }
+        gpu_changes.push((o.from, o.gpu, false));
+        gpu_changes.extend(o.until.map(|u| (u, o.gpu, true)));
+    }
+    gpu_changes.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut next_change = 0;
     let cluster = Cluster::homogeneous(config.gpus, config.gpus_per_node, &config.gpu_kind, config.gpu_memory);
     let mut host = match policy {
         Some(p) => {
@@ -144,6 +176,7 @@ pub fn simulate_observed(
         let arrival = order.get(next_arrival).map(|&i| trace[i].submit - origin);
         let completion = next_completion(host.cluster());
         let swap = swaps.get(next_swap).map(|s| s.at.max(now));
+        let change = gpu_changes.get(next_change).map(|c| c.0.max(now));
         let live = host.cluster().live_jobs() > 0;
         if let Some(interval) = host.tick_interval() {
             if live && next_tick.is_none() {
@@ -154,26 +187,33 @@ pub fn simulate_observed(
         }
         let tick = next_tick.filter(|_| live);
         let wakeup = host.wakeup().filter(|_| live);
-        let Some(t) = [arrival, completion, swap, tick, wakeup]
+        let Some(t) = [arrival, completion, swap, tick, wakeup, change]
             .into_iter()
             .flatten()
             .min_by(f64::total_cmp)
         else {
-            if live {
+            let waiting = host.cluster().live_jobs();
+            if waiting == 0 {
+                break;
+            }
+            if !matches!(host.active(), ActivePolicy::Native(_)) && any_waiting_job_fits(host.cluster()) {
                 // Nothing will ever call the policy again, yet work waits.
-                let waiting = host.cluster().live_jobs();
                 host.eject(Fault::Stall(format!(
                     "{waiting} job(s) waiting at t={now}s with no job running, nothing left to arrive and no wake-up asked"
                 )));
                 let outcome = host.decide();
                 observe(now, &outcome);
-                if next_completion(host.cluster()).is_none() {
-                    anyhow::bail!(
-                        "simulation stuck at t={now}s: {waiting} job(s) cannot be placed even by the built-in FIFO"
-                    );
+                if next_completion(host.cluster()).is_some() {
+                    continue;
                 }
-                continue;
             }
+            // Not even the built-in FIFO can place them (GPUs went offline
+            // for good): report them as unfinished rather than spin.
+            tracing::warn!(
+                at = now,
+                waiting,
+                "jobs left unfinished: not enough GPUs online to run them"
+            );
             break;
         };
         host.advance(t);
@@ -212,6 +252,15 @@ pub fn simulate_observed(
                     bar.inc(1);
                 }
             }
+        }
+
+        while let Some(&(at, gpu, online)) = gpu_changes.get(next_change) {
+            if at > t {
+                break;
+            }
+            next_change += 1;
+            let suspended = host.set_gpu_online(gpu, online);
+            tracing::debug!(at = t, gpu, online, ?suspended, "gpu state change");
         }
 
         while let Some(s) = swaps.get(next_swap) {
@@ -273,6 +322,17 @@ pub fn simulate_observed(
         config,
         wall,
     }))
+}
+
+/// Whether some waiting job would fit on the GPUs free now: if none does,
+/// jobs wait for lack of GPUs, not because the policy stalled.
+fn any_waiting_job_fits(cluster: &Cluster) -> bool {
+    let free = cluster.stats().free_gpus;
+    [JobState::Pending, JobState::Suspended]
+        .into_iter()
+        .flat_map(|s| cluster.ids_in(s))
+        .filter_map(|id| cluster.job(id))
+        .any(|j| j.spec.gpus <= free)
 }
 
 fn is_done(job: &crate::cluster::Job) -> bool {
