@@ -6,7 +6,7 @@
 # one line totalling every test binary: "N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/build-plugins.sh
+./scripts/build-plugins.sh --all
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
