@@ -12,9 +12,12 @@
 //! - [`trace`]: reading cluster traces.
 //! - [`sim`]: discrete-event trace replay, metrics and reports.
 //! - [`check`]: the conformance check for plugin authors.
+//! - [`backend`]: running work for real (so far: process jobs, their logs
+//!   and their suspension).
 //!
 //! The `wsched` binary is a thin command line over these.
 
+pub mod backend;
 pub mod check;
 pub mod cluster;
 pub mod engine;
