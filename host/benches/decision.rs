@@ -163,11 +163,10 @@ fn steady_state(mut wasm: PolicyHost, mut native: PolicyHost, pending: usize) ->
             let oldest = *host.cluster().running_ids().iter().next().expect("running job");
             host.finish(oldest);
             host.submit(JobSpec::new("bench", 1, 1e9)).expect("submit");
-            let before = host.stats().call_nanos.len();
             let outcome = host.decide();
             assert_eq!(outcome.applied.len(), 1, "one start per decision");
             if i >= 50 {
-                out.extend_from_slice(&host.stats().call_nanos[before..]); // after warm-up
+                out.extend(host.stats().call_times.last()); // after warm-up
             }
         }
     }
@@ -188,7 +187,7 @@ fn takeover(pending: usize, make: impl Fn() -> PolicyHost) -> Vec<u64> {
             }
             host.decide();
             assert_eq!(host.cluster().running_ids().len(), GPUS as usize);
-            host.stats().call_nanos[0]
+            host.stats().call_times.last().expect("one call")
         })
         .skip(3)
         .collect()

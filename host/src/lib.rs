@@ -7,6 +7,7 @@
 //! - [`wit`]: the plugin contract, generated from `wit/policy.wit`.
 //! - [`cluster`]: the model of jobs and GPUs, and validation of actions.
 //! - [`engine`]: compiling, sandboxing, limiting and calling Wasm plugins.
+//! - [`latency`]: call-time distributions in constant memory.
 //! - [`native`]: policies built into the host (the FIFO fallback).
 //! - [`scheduler`]: the decision loop, strikes, ejection and hot swap.
 //! - [`trace`]: reading cluster traces.
@@ -21,6 +22,7 @@ pub mod backend;
 pub mod check;
 pub mod cluster;
 pub mod engine;
+pub mod latency;
 pub mod native;
 pub mod scheduler;
 pub mod sim;

@@ -18,6 +18,7 @@
 
 use crate::cluster::{Applied, Cluster, JobSpec};
 use crate::engine::{Engine, Fault, LoadError, PluginInstance};
+use crate::latency::Latencies;
 use crate::native::{Fifo, NativePolicy};
 use crate::wit::{Action, Decision, Event, GpuId, JobId, Rejection};
 use serde::Serialize;
@@ -63,9 +64,9 @@ pub struct HostStats {
     pub state_handovers: u64,
     /// Each fault, in order: "policy: fault".
     pub faults: Vec<String>,
-    /// Wall time of each decision call, in nanoseconds.
+    /// Wall time of the decision calls.
     #[serde(skip)]
-    pub call_nanos: Vec<u64>,
+    pub call_times: Latencies,
 }
 
 /// What one decision changed.
@@ -228,7 +229,9 @@ impl PolicyHost {
                 ActivePolicy::Native(p) => Ok(p.decide(&self.cluster, &events)),
                 ActivePolicy::Plugin(p) => p.decide(&mut self.cluster, &events),
             };
-            self.stats.call_nanos.push(started.elapsed().as_nanos() as u64);
+            self.stats
+                .call_times
+                .record(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
             self.stats.calls += 1;
             match result.and_then(|d| self.check_output(d)) {
                 Ok(d) => break d,

@@ -268,13 +268,12 @@ pub(super) fn collect(input: Inputs<'_>) -> SimResult {
             })
             .collect(),
     };
-    let calls: Vec<f64> = stats.call_nanos.iter().map(|&n| n as f64 / 1000.0).collect();
-    let call_stats = Distribution::of(calls);
+    let times = &stats.call_times;
     let timing = Timing {
-        calls: stats.call_nanos.len() as u64,
-        call_p50_us: call_stats.median,
-        call_p99_us: call_stats.p99,
-        call_mean_us: call_stats.mean,
+        calls: times.count(),
+        call_p50_us: times.quantile(0.5) / 1000.0,
+        call_p99_us: times.quantile(0.99) / 1000.0,
+        call_mean_us: times.mean() / 1000.0,
         wall_seconds: input.wall.as_secs_f64(),
     };
     SimResult {
