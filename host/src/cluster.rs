@@ -114,6 +114,18 @@ impl Job {
     }
 }
 
+/// Relative slack under which a job's remaining work counts as done:
+/// progress accrues in floating point, and a job that finishes at exactly
+/// its predicted time must not be left with 1e-12 s of work to do.
+const DONE_EPSILON: f64 = 1e-9;
+
+fn work_done(job: &Job) -> bool {
+    job.state == JobState::Running
+        && job
+            .remaining_work()
+            .is_some_and(|r| r <= DONE_EPSILON * job.spec.work.unwrap_or(0.0).max(1.0))
+}
+
 /// Hardware description of one GPU.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuSpec {
@@ -235,6 +247,31 @@ impl Cluster {
             }
         }
         self.now = t;
+    }
+
+    /// Running jobs whose known work is done by now (to within rounding):
+    /// what a model-driven backend (the simulator, emulated GPUs) reports
+    /// as finished. Jobs whose work is unknown never appear.
+    pub fn work_completed(&self) -> Vec<JobId> {
+        self.running
+            .iter()
+            .copied()
+            .filter(|id| self.jobs.get(id).is_some_and(work_done))
+            .collect()
+    }
+
+    /// When the next running job's known work completes, if any is making
+    /// progress (now, for one already done).
+    pub fn next_completion(&self) -> Option<f64> {
+        self.running
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+            .filter_map(|j| {
+                let rate = j.rate();
+                let left = j.remaining_work()?;
+                (rate > 0.0).then(|| if work_done(j) { self.now } else { self.now + left / rate })
+            })
+            .min_by(f64::total_cmp)
     }
 
     /// Number of GPUs, online or not.
@@ -448,6 +485,21 @@ impl Cluster {
         if let Some(job) = self.jobs.get_mut(&id) {
             job.end_time = Some(self.now);
             job.failure = failure;
+        }
+        true
+    }
+
+    /// Record what a backend measured about a live job (the policy reads it
+    /// in the job's record). Returns false if the job is not live.
+    pub fn report_progress(&mut self, id: JobId, iterations: Option<u64>, iteration_time: Option<f64>) -> bool {
+        let Some(job) = self.jobs.get_mut(&id).filter(|j| !j.is_done()) else {
+            return false;
+        };
+        if iterations.is_some() {
+            job.iterations_done = iterations;
+        }
+        if iteration_time.is_some_and(|t| t.is_finite() && t >= 0.0) {
+            job.iteration_time = iteration_time;
         }
         true
     }

@@ -13,8 +13,9 @@
 //! - [`trace`]: reading cluster traces.
 //! - [`sim`]: discrete-event trace replay, metrics and reports.
 //! - [`check`]: the conformance check for plugin authors.
-//! - [`backend`]: running work for real (so far: process jobs, their logs
-//!   and their suspension).
+//! - [`backend`]: carrying out decisions on work that runs (emulated GPUs,
+//!   local processes), behind one trait.
+//! - [`runtime`]: the real-time decision loop over a backend.
 //!
 //! The `wsched` binary is a thin command line over these.
 
@@ -24,6 +25,7 @@ pub mod cluster;
 pub mod engine;
 pub mod latency;
 pub mod native;
+pub mod runtime;
 pub mod scheduler;
 pub mod sim;
 pub mod trace;

@@ -193,6 +193,12 @@ impl PolicyHost {
         }
     }
 
+    /// A backend measured a job's progress: iterations done and the time of
+    /// the last one. Policies see it in the job's record; no event.
+    pub fn report_progress(&mut self, id: JobId, iterations: Option<u64>, iteration_time: Option<f64>) {
+        self.cluster.report_progress(id, iterations, iteration_time);
+    }
+
     /// A GPU went away or came back; the jobs it held are suspended and the
     /// policy hears of each (`job-preempted`), then of the GPU.
     pub fn set_gpu_online(&mut self, gpu: GpuId, online: bool) -> Vec<JobId> {

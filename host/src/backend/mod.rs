@@ -1,10 +1,50 @@
-//! Backends carry out a policy's decisions on real work.
+//! Backends carry out a policy's decisions on work that really runs.
 //!
-//! The simulator (`crate::sim`) advances a virtual clock; the backends here
-//! run work for real. So far this holds the piece that the emulated and the
-//! CUDA backends share: [`process`], a user's command run as a job on its
-//! GPUs, with logs, exit status and suspension (cooperative checkpointing
-//! at an iteration boundary, SIGSTOP/SIGCONT for jobs that do not take
-//! part).
+//! The policy decides and the cluster model ([`crate::cluster`]) validates
+//! and books every action; a backend then makes it happen: it starts,
+//! suspends, resumes or moves the work, and reports back which jobs ended.
+//! Keeping the bookkeeping in the model and only the doing in the backend
+//! is what lets the simulator, emulated GPUs, local processes and (later)
+//! CUDA workers share one decision loop ([`crate::runtime`]).
+//!
+//! - [`emulated`]: GPUs that exist only in the model; a job finishes when
+//!   its declared work is done, on the wall clock. Any machine, no GPU.
+//! - [`processes`]: each job is a local command, given its GPUs through
+//!   `CUDA_VISIBLE_DEVICES`; it finishes when the process exits.
+//! - [`process`]: one such command, its logs and how it is suspended.
 
+pub mod emulated;
 pub mod process;
+pub mod processes;
+
+use crate::cluster::{Applied, Cluster};
+use crate::wit::{Action, JobId};
+
+/// How a job ended on its backend.
+pub type Ending = Result<(), String>;
+
+/// Something that carries out decisions on real (or emulated) work.
+pub trait Backend {
+    /// Short name for logs ("emulated", "processes", "cuda").
+    fn name(&self) -> &'static str;
+
+    /// Carry out an action that the cluster model has just validated and
+    /// applied (`cluster` shows the state after it). An error means the job
+    /// cannot go on (its command would not start, say): the caller marks
+    /// it failed with that reason.
+    fn carry_out(&mut self, cluster: &Cluster, action: &Action, applied: &Applied) -> Result<(), String>;
+
+    /// Jobs that ended since the last call, as of the model's clock.
+    fn ended(&mut self, cluster: &Cluster) -> Vec<(JobId, Ending)>;
+
+    /// What the backend measured about jobs since the last call: (job,
+    /// iterations done, seconds per iteration), including the last report
+    /// of jobs that `ended` just returned. None by default.
+    fn progress(&mut self) -> Vec<(JobId, Option<u64>, Option<f64>)> {
+        Vec::new()
+    }
+
+    /// When the next job is expected to end, when the backend can predict
+    /// it (the emulated backend can; real processes cannot).
+    fn next_end(&self, cluster: &Cluster) -> Option<f64>;
+}

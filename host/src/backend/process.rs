@@ -105,6 +105,8 @@ struct Control {
     progress: Progress,
     /// Iteration of the last `suspended` answer not yet consumed.
     suspended_ack: Option<u64>,
+    /// The job hung up (or never connected and the job ended).
+    closed: bool,
     /// The connection, for the host's messages.
     stream: Option<UnixStream>,
 }
@@ -115,6 +117,9 @@ struct Shared {
     changed: Condvar,
     shutting_down: AtomicBool,
 }
+
+/// How long to wait, after the job exited, for its last lines to be read.
+const LAST_WORDS: Duration = Duration::from_millis(500);
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Control> {
@@ -220,9 +225,35 @@ impl ProcessJob {
         &self.dir
     }
 
+    /// Whether the job is suspended (cooperatively or stopped).
+    pub fn is_suspended(&self) -> bool {
+        self.state != RunState::Running
+    }
+
     /// What the job has reported so far.
     pub fn progress(&self) -> Progress {
         self.shared.lock().progress
+    }
+
+    /// What the job reported, including lines it wrote just before it
+    /// exited: waits briefly for the control connection to drain. Call it
+    /// once the job has ended.
+    pub fn final_progress(&self) -> Progress {
+        let until = Instant::now() + LAST_WORDS;
+        let mut control = self.shared.lock();
+        while control.progress.cooperative && !control.closed {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            control = self
+                .shared
+                .changed
+                .wait_timeout(control, until - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        control.progress
     }
 
     /// The exit status, once the job has ended (reaps it; never blocks).
@@ -409,7 +440,11 @@ fn serve_control(id: u64, listener: UnixListener, shared: Arc<Shared>) {
         drop(control);
         shared.changed.notify_all();
     }
-    shared.lock().stream = None;
+    let mut control = shared.lock();
+    control.stream = None;
+    control.closed = true;
+    drop(control);
+    shared.changed.notify_all();
 }
 
 #[derive(Debug, PartialEq)]

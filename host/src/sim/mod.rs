@@ -29,12 +29,8 @@ use crate::cluster::{Cluster, JobSpec};
 use crate::engine::{Engine, Fault, Plugin};
 use crate::scheduler::{ActivePolicy, Outcome, PolicyHost};
 use crate::trace::TraceJob;
-use crate::wit::{JobId, JobState};
+use crate::wit::JobState;
 use std::time::Instant;
-
-/// Completion slack: a job whose remaining work is below this fraction of
-/// its total is done (progress is a sum of floating-point steps).
-const DONE_EPSILON: f64 = 1e-9;
 
 /// Decisions in a row with nothing running and nothing left to arrive
 /// before the simulator calls it a stall.
@@ -174,7 +170,7 @@ pub fn simulate_observed(
     loop {
         let now = host.cluster().now();
         let arrival = order.get(next_arrival).map(|&i| trace[i].submit - origin);
-        let completion = next_completion(host.cluster());
+        let completion = host.cluster().next_completion();
         let swap = swaps.get(next_swap).map(|s| s.at.max(now));
         let change = gpu_changes.get(next_change).map(|c| c.0.max(now));
         let live = host.cluster().live_jobs() > 0;
@@ -203,7 +199,7 @@ pub fn simulate_observed(
                 )));
                 let outcome = host.decide();
                 observe(now, &outcome);
-                if next_completion(host.cluster()).is_some() {
+                if host.cluster().next_completion().is_some() {
                     continue;
                 }
             }
@@ -219,13 +215,7 @@ pub fn simulate_observed(
         host.advance(t);
 
         // Completions first: they free GPUs for this instant's arrivals.
-        let done: Vec<JobId> = host
-            .cluster()
-            .running_ids()
-            .iter()
-            .copied()
-            .filter(|&id| host.cluster().job(id).is_some_and(is_done))
-            .collect();
+        let done = host.cluster().work_completed();
         for id in &done {
             host.finish(*id);
         }
@@ -333,28 +323,6 @@ fn any_waiting_job_fits(cluster: &Cluster) -> bool {
         .flat_map(|s| cluster.ids_in(s))
         .filter_map(|id| cluster.job(id))
         .any(|j| j.spec.gpus <= free)
-}
-
-fn is_done(job: &crate::cluster::Job) -> bool {
-    job.state == JobState::Running
-        && job
-            .remaining_work()
-            .is_some_and(|r| r <= DONE_EPSILON * job.spec.work.unwrap_or(0.0).max(1.0))
-}
-
-/// When the next running job completes, if any is making progress.
-fn next_completion(cluster: &Cluster) -> Option<f64> {
-    let now = cluster.now();
-    cluster
-        .running_ids()
-        .iter()
-        .filter_map(|&id| cluster.job(id))
-        .filter_map(|j| {
-            let rate = j.rate();
-            let left = j.remaining_work()?;
-            (rate > 0.0).then(|| if is_done(j) { now } else { now + left / rate })
-        })
-        .min_by(f64::total_cmp)
 }
 
 fn progress_bar(enabled: bool, len: usize) -> indicatif::ProgressBar {

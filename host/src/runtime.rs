@@ -1,0 +1,168 @@
+//! The real-time decision loop: a policy deciding for a backend that runs
+//! the work, on the wall clock.
+//!
+//! The simulator jumps its clock from event to event; here time is given
+//! from outside (`step(now)`), so the same loop serves a service that wakes
+//! on requests and timers, a command-line run that sleeps until the next
+//! thing is due, and tests that step a hand-held clock. One step brings
+//! everything up to `now`, in the order the simulator uses: the model's
+//! clock moves, jobs that ended on the backend are booked (freeing their
+//! GPUs), a due tick or wake-up is raised, and the policy decides; every
+//! action it got applied is then carried out on the backend.
+
+use std::time::{Duration, Instant};
+
+use crate::backend::{Backend, Ending};
+use crate::cluster::JobSpec;
+use crate::scheduler::{Outcome, PolicyHost};
+use crate::wit::JobId;
+
+/// Decisions one step may make: a backend failure (a command that would
+/// not start) is a `job-failed` event the policy must hear, which may lead
+/// to another decision. Bounded so that a backend failing every start
+/// cannot spin a step forever.
+const MAX_DECISIONS_PER_STEP: usize = 8;
+
+/// What one step did.
+#[derive(Debug, Default)]
+pub struct Step {
+    /// Jobs that ended on the backend, and how.
+    pub ended: Vec<(JobId, Ending)>,
+    /// The decisions made, in order.
+    pub outcomes: Vec<Outcome>,
+    /// Actions the backend could not carry out; each job was marked failed.
+    pub backend_errors: Vec<(JobId, String)>,
+}
+
+/// A policy host and the backend that carries out its decisions.
+pub struct Runtime<B: Backend> {
+    host: PolicyHost,
+    backend: B,
+    next_tick: Option<f64>,
+}
+
+impl<B: Backend> Runtime<B> {
+    /// Drive `backend` with the decisions of `host`'s policy.
+    pub fn new(host: PolicyHost, backend: B) -> Self {
+        Runtime {
+            host,
+            backend,
+            next_tick: None,
+        }
+    }
+
+    /// The policy host (cluster model, active policy, statistics).
+    pub fn host(&self) -> &PolicyHost {
+        &self.host
+    }
+
+    /// The policy host, to swap policies or change GPUs.
+    pub fn host_mut(&mut self) -> &mut PolicyHost {
+        &mut self.host
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The backend, to register work for a job.
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// Accept a job; the policy hears of it at the next step.
+    pub fn submit(&mut self, spec: JobSpec) -> Result<JobId, String> {
+        self.host.submit(spec)
+    }
+
+    /// Bring everything up to `now` (seconds on the model's clock; a time
+    /// in the past counts as the model's present).
+    pub fn step(&mut self, now: f64) -> Step {
+        self.host.advance(now);
+        let now = self.host.cluster().now();
+        let mut step = Step::default();
+        // Progress before endings: a job's last report must land while it
+        // is still live.
+        let ended = self.backend.ended(self.host.cluster());
+        for (id, iterations, iteration_time) in self.backend.progress() {
+            self.host.report_progress(id, iterations, iteration_time);
+        }
+        for (id, ending) in ended {
+            match &ending {
+                Ok(()) => self.host.finish(id),
+                Err(why) => self.host.fail(id, why),
+            }
+            step.ended.push((id, ending));
+        }
+
+        let live = self.host.cluster().live_jobs() > 0;
+        match self.host.tick_interval() {
+            Some(interval) if live => {
+                let due = *self.next_tick.get_or_insert(now + interval);
+                if now >= due {
+                    self.host.tick();
+                    self.next_tick = Some(now + interval);
+                }
+            }
+            _ => self.next_tick = None,
+        }
+        if live && self.host.wakeup().is_some_and(|w| w <= now) {
+            self.host.tick();
+        }
+
+        for _ in 0..MAX_DECISIONS_PER_STEP {
+            if !self.host.has_events() {
+                break;
+            }
+            let outcome = self.host.decide();
+            for (action, applied) in &outcome.applied {
+                if let Err(why) = self.backend.carry_out(self.host.cluster(), action, applied) {
+                    tracing::warn!(job = action.job(), backend = self.backend.name(), %why, "cannot carry out {}", action.kind());
+                    self.host.fail(action.job(), &why);
+                    step.backend_errors.push((action.job(), why));
+                }
+            }
+            step.outcomes.push(outcome);
+        }
+        step
+    }
+
+    /// The next time a step has something to do that the runtime can
+    /// foresee: a predicted job end, the policy's wake-up or its tick.
+    /// Backends that cannot predict ends (processes) must be polled too.
+    pub fn next_due(&self) -> Option<f64> {
+        let live = self.host.cluster().live_jobs() > 0;
+        [
+            self.backend.next_end(self.host.cluster()),
+            self.host.wakeup().filter(|_| live),
+            self.next_tick.filter(|_| live),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by(f64::total_cmp)
+    }
+
+    /// Step on the wall clock until no job is live, sleeping until the next
+    /// due time but at most `poll` between steps. The model's clock goes on
+    /// from where it is. Returns false if `timeout` passed first.
+    pub fn run_until_idle(&mut self, timeout: Duration, poll: Duration) -> bool {
+        let started = Instant::now();
+        let origin = self.host.cluster().now();
+        loop {
+            let now = origin + started.elapsed().as_secs_f64();
+            self.step(now);
+            if self.host.cluster().live_jobs() == 0 {
+                return true;
+            }
+            if started.elapsed() >= timeout {
+                return false;
+            }
+            let until_due = self
+                .next_due()
+                .map(|t| Duration::from_secs_f64((t - now).clamp(0.0, poll.as_secs_f64())))
+                .unwrap_or(poll);
+            std::thread::sleep(until_due.max(Duration::from_millis(1)));
+        }
+    }
+}
