@@ -209,3 +209,63 @@ fn wasm_policy_preempts_a_cooperating_process_which_checkpoints_and_resumes() {
         info.iteration_time
     );
 }
+
+fn process_spec() -> JobSpec {
+    let mut spec = JobSpec::new("t", 1, 0.0);
+    spec.work = None;
+    spec.expected_duration = None;
+    spec
+}
+
+#[test]
+fn cancelling_a_process_job_kills_it() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut rt = Runtime::new(builtin_fifo(1), ProcessBackend::new(root.path()));
+    let id = rt.submit(process_spec()).expect("submit");
+    rt.backend_mut().register(id, shell("echo started; sleep 30"));
+    rt.step(0.0);
+    let dir = rt.backend().job_dir(id);
+    let until = Instant::now() + Duration::from_secs(20);
+    while log(&dir, "stdout.log").is_empty() {
+        assert!(Instant::now() < until, "the job never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(rt.cancel(id));
+    assert!(!rt.cancel(id), "already ended");
+    let job = rt.host().cluster().job(id).expect("job");
+    assert_eq!(
+        (job.state, job.failure.as_deref()),
+        (JobState::Failed, Some("cancelled"))
+    );
+    assert!(rt.run_until_idle(Duration::from_secs(5), Duration::from_millis(10)));
+    assert!(rt.backend().progress(id).is_none(), "no process left");
+}
+
+#[test]
+fn a_job_whose_gpu_goes_away_is_suspended_and_restarted_elsewhere() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut rt = Runtime::new(builtin_fifo(2), ProcessBackend::new(root.path()));
+    let id = rt.submit(process_spec()).expect("submit");
+    rt.backend_mut().register(
+        id,
+        shell("echo \"gpus=$CUDA_VISIBLE_DEVICES restarts=$WSCHED_RESTARTS\"; sleep 0.5"),
+    );
+    rt.step(0.0);
+    assert_eq!(rt.host().cluster().job(id).map(|j| j.placement.clone()), Some(vec![0]));
+    let dir = rt.backend().job_dir(id);
+    let until = Instant::now() + Duration::from_secs(20);
+    while log(&dir, "stdout.log").is_empty() {
+        assert!(Instant::now() < until, "the job never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(rt.set_gpu_online(0, false), vec![id]);
+    assert!(rt.run_until_idle(Duration::from_secs(30), Duration::from_millis(20)));
+    let job = rt.host().cluster().job(id).expect("job");
+    assert_eq!((job.state, job.placement.clone()), (JobState::Finished, vec![]));
+    assert_eq!(rt.backend().restarts(id), 1);
+    assert_eq!(
+        log(&dir, "stdout.log"),
+        "gpus=0 restarts=0\ngpus=1 restarts=1\n",
+        "both runs in one log: on GPU 0, then again on GPU 1"
+    );
+}

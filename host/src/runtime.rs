@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::backend::{Backend, Ending};
 use crate::cluster::JobSpec;
 use crate::scheduler::{Outcome, PolicyHost};
-use crate::wit::JobId;
+use crate::wit::{GpuId, JobId};
 
 /// Decisions one step may make: a backend failure (a command that would
 /// not start) is a `job-failed` event the policy must hear, which may lead
@@ -74,6 +74,34 @@ impl<B: Backend> Runtime<B> {
     /// Accept a job; the policy hears of it at the next step.
     pub fn submit(&mut self, spec: JobSpec) -> Result<JobId, String> {
         self.host.submit(spec)
+    }
+
+    /// Cancel a live job: it fails with reason "cancelled" (the policy hears
+    /// `job-failed` at the next step) and its work is stopped. Returns false
+    /// if the job is unknown or already ended.
+    pub fn cancel(&mut self, id: JobId) -> bool {
+        let live = self.host.cluster().job(id).is_some_and(|j| !j.is_done());
+        if !live {
+            return false;
+        }
+        self.host.fail(id, "cancelled");
+        if let Err(why) = self.backend.sync(self.host.cluster(), id) {
+            tracing::warn!(job = id, %why, "cannot stop a cancelled job's work");
+        }
+        true
+    }
+
+    /// A GPU went away or came back. The jobs it held are suspended (the
+    /// policy hears `job-preempted` for each, then `gpu-changed`) and their
+    /// work is suspended on the backend. Returns the suspended jobs.
+    pub fn set_gpu_online(&mut self, gpu: GpuId, online: bool) -> Vec<JobId> {
+        let suspended = self.host.set_gpu_online(gpu, online);
+        for &id in &suspended {
+            if let Err(why) = self.backend.sync(self.host.cluster(), id) {
+                tracing::warn!(job = id, %why, "cannot suspend the work of a job whose GPU went away");
+            }
+        }
+        suspended
     }
 
     /// Bring everything up to `now` (seconds on the model's clock; a time

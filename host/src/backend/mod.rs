@@ -34,6 +34,13 @@ pub trait Backend {
     /// it failed with that reason.
     fn carry_out(&mut self, cluster: &Cluster, action: &Action, applied: &Applied) -> Result<(), String>;
 
+    /// Bring job `id`'s work in line with the model after the host changed
+    /// it without an action: cancelled it, or suspended it because a GPU
+    /// it held went away. Nothing to do by default.
+    fn sync(&mut self, _cluster: &Cluster, _id: JobId) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Jobs that ended since the last call, as of the model's clock.
     fn ended(&mut self, cluster: &Cluster) -> Vec<(JobId, Ending)>;
 

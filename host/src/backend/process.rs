@@ -147,8 +147,8 @@ pub struct ProcessJob {
 
 impl ProcessJob {
     /// Start `spec` as job `id` on `gpus`, with its logs and control socket
-    /// in `dir` (created if needed): `dir/stdout.log`, `dir/stderr.log`,
-    /// `dir/control.sock`.
+    /// in `dir` (created if needed): `dir/stdout.log`, `dir/stderr.log`
+    /// (appended to), `dir/control.sock`.
     pub fn spawn(id: u64, spec: &ProcessSpec, gpus: &[u32], dir: &Path) -> anyhow::Result<Self> {
         let Some((program, args)) = spec.command.split_first() else {
             bail!("job {id}: the command is empty");
@@ -168,9 +168,15 @@ impl ProcessJob {
         }
         let listener =
             UnixListener::bind(&socket).with_context(|| format!("job {id}: cannot listen on {}", socket.display()))?;
+        // Appended to, not truncated: a job restarted on other GPUs keeps
+        // the history of its earlier runs in one place.
         let log = |name: &str| {
             let path = dir.join(name);
-            File::create(&path).with_context(|| format!("job {id}: cannot create {}", path.display()))
+            File::options()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("job {id}: cannot open {}", path.display()))
         };
         let (stdout, stderr) = (log("stdout.log")?, log("stderr.log")?);
 

@@ -175,7 +175,10 @@ impl Backend for ProcessBackend {
     }
 
     fn carry_out(&mut self, cluster: &Cluster, action: &Action, _applied: &Applied) -> Result<(), String> {
-        let id = action.job();
+        self.sync(cluster, action.job())
+    }
+
+    fn sync(&mut self, cluster: &Cluster, id: JobId) -> Result<(), String> {
         let Some(job) = cluster.job(id) else {
             return Ok(());
         };
