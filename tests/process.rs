@@ -24,14 +24,6 @@ fn shell(script: &str, workdir: &Path) -> ProcessSpec {
     }
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -53,7 +45,7 @@ fn cooperative_job_checkpoints_at_an_iteration_boundary_and_resumes() {
         dir.path(),
     )
     .expect("spawn");
-    wait_for("three iterations", || {
+    common::wait_for("three iterations", || {
         let p = job.progress();
         p.cooperative && p.iterations.unwrap_or(0) >= 3
     });
@@ -100,7 +92,7 @@ fn job_that_does_not_take_part_is_stopped_and_continued() {
         dir.path(),
     )
     .expect("spawn");
-    wait_for("a few steps", || count(dir.path()) >= 3);
+    common::wait_for("a few steps", || count(dir.path()) >= 3);
     assert!(!job.progress().cooperative);
     let started = Instant::now();
     assert_eq!(
@@ -139,7 +131,7 @@ fn cooperative_job_that_misses_the_deadline_is_stopped() {
         dir.path(),
     )
     .expect("spawn");
-    wait_for("hello and a few steps", || {
+    common::wait_for("hello and a few steps", || {
         job.progress().cooperative && count(dir.path()) >= 3
     });
     let started = Instant::now();
@@ -197,13 +189,13 @@ fn kill_ends_the_whole_process_group() {
         dir.path(),
     )
     .expect("spawn");
-    wait_for("the background process", || {
+    common::wait_for("the background process", || {
         !read(&dir.path().join("bg.pid")).is_empty()
     });
     let pid = read(&dir.path().join("bg.pid")).trim().to_string();
     let status = job.kill().expect("kill");
     assert_eq!(describe_exit(status), "killed by signal 9");
-    wait_for("the background process to die", || {
+    common::wait_for("the background process to die", || {
         // Gone, or a zombie waiting for its new parent to reap it.
         let stat = read(Path::new(&format!("/proc/{pid}/stat")));
         stat.is_empty() || stat.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z'))

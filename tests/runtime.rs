@@ -106,10 +106,7 @@ fn process_jobs_run_on_their_gpus_and_report_how_they_ended() {
         "echo \"gpus=$CUDA_VISIBLE_DEVICES\"; sleep 0.2",
         "echo \"gpus=$CUDA_VISIBLE_DEVICES\"; echo broken >&2; exit 3",
     ] {
-        let mut spec = JobSpec::new("t", 1, 0.0);
-        spec.work = None; // a process ends when it ends
-        spec.expected_duration = None;
-        let id = rt.submit(spec).expect("submit");
+        let id = rt.submit(process_spec()).expect("submit");
         rt.backend_mut().register(id, shell(script));
         ids.push(id);
     }
@@ -149,10 +146,7 @@ fn wasm_policy_preempts_a_cooperating_process_which_checkpoints_and_resumes() {
         ProcessBackend::new(root.path()).with_suspend_deadline(Duration::from_secs(5)),
     );
     let train = common::root().join("examples/jobs/train.py");
-    let mut spec = JobSpec::new("t", 1, 0.0);
-    spec.work = None;
-    spec.expected_duration = None;
-    let long = rt.submit(spec.clone()).expect("submit");
+    let long = rt.submit(process_spec()).expect("submit");
     rt.backend_mut().register(
         long,
         ProcessSpec {
@@ -181,7 +175,7 @@ fn wasm_policy_preempts_a_cooperating_process_which_checkpoints_and_resumes() {
             .progress(long)
             .is_some_and(|p| p.iterations.unwrap_or(0) >= 2);
         if short.is_none() && cooperating && now() > 0.5 {
-            let id = rt.submit(spec.clone()).expect("submit");
+            let id = rt.submit(process_spec()).expect("submit");
             rt.backend_mut().register(id, shell("echo short; sleep 0.2"));
             short = Some(id);
         }
@@ -210,6 +204,8 @@ fn wasm_policy_preempts_a_cooperating_process_which_checkpoints_and_resumes() {
     );
 }
 
+/// A job whose work is a process: no declared duration (it ends when the
+/// process exits).
 fn process_spec() -> JobSpec {
     let mut spec = JobSpec::new("t", 1, 0.0);
     spec.work = None;
@@ -225,11 +221,7 @@ fn cancelling_a_process_job_kills_it() {
     rt.backend_mut().register(id, shell("echo started; sleep 30"));
     rt.step(0.0);
     let dir = rt.backend().job_dir(id);
-    let until = Instant::now() + Duration::from_secs(20);
-    while log(&dir, "stdout.log").is_empty() {
-        assert!(Instant::now() < until, "the job never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_for("the job to start", || !log(&dir, "stdout.log").is_empty());
     assert!(rt.cancel(id));
     assert!(!rt.cancel(id), "already ended");
     let job = rt.host().cluster().job(id).expect("job");
@@ -253,11 +245,7 @@ fn a_job_whose_gpu_goes_away_is_suspended_and_restarted_elsewhere() {
     rt.step(0.0);
     assert_eq!(rt.host().cluster().job(id).map(|j| j.placement.clone()), Some(vec![0]));
     let dir = rt.backend().job_dir(id);
-    let until = Instant::now() + Duration::from_secs(20);
-    while log(&dir, "stdout.log").is_empty() {
-        assert!(Instant::now() < until, "the job never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_for("the job to start", || !log(&dir, "stdout.log").is_empty());
     assert_eq!(rt.set_gpu_online(0, false), vec![id]);
     assert!(rt.run_until_idle(Duration::from_secs(30), Duration::from_millis(20)));
     let job = rt.host().cluster().job(id).expect("job");

@@ -107,3 +107,13 @@ pub fn times(result: &SimResult, line: usize) -> (f64, f64) {
         .unwrap_or_else(|| panic!("no job on line {line}"));
     (j.start.expect("started"), j.finish.expect("finished"))
 }
+
+/// Poll `done` every 10 ms until it holds; fail the test after 20 s,
+/// naming `what` was awaited (for tests of real processes).
+pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(std::time::Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -245,21 +245,12 @@ impl ProcessJob {
     /// exited: waits briefly for the control connection to drain. Call it
     /// once the job has ended.
     pub fn final_progress(&self) -> Progress {
-        let until = Instant::now() + LAST_WORDS;
-        let mut control = self.shared.lock();
-        while control.progress.cooperative && !control.closed {
-            let now = Instant::now();
-            if now >= until {
-                break;
-            }
-            control = self
-                .shared
-                .changed
-                .wait_timeout(control, until - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        control.progress
+        self.shared
+            .changed
+            .wait_timeout_while(self.shared.lock(), LAST_WORDS, |c| c.progress.cooperative && !c.closed)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .progress
     }
 
     /// The exit status, once the job has ended (reaps it; never blocks).
@@ -297,26 +288,19 @@ impl ProcessJob {
             RunState::SuspendedCooperatively | RunState::Stopped => bail!("job {}: already suspended", self.id),
             RunState::Running => {}
         }
-        let until = Instant::now() + deadline;
         let mut control = self.shared.lock();
         control.suspended_ack = None;
         if control.progress.cooperative && send(&mut control, &format!("suspend {}", deadline.as_secs_f64())).is_ok() {
-            loop {
-                if let Some(iteration) = control.suspended_ack.take() {
-                    drop(control);
-                    self.state = RunState::SuspendedCooperatively;
-                    return Ok(Suspension::Cooperative { iteration });
-                }
-                let now = Instant::now();
-                if now >= until {
-                    break;
-                }
-                control = self
-                    .shared
-                    .changed
-                    .wait_timeout(control, until - now)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+            control = self
+                .shared
+                .changed
+                .wait_timeout_while(control, deadline, |c| c.suspended_ack.is_none())
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            if let Some(iteration) = control.suspended_ack.take() {
+                drop(control);
+                self.state = RunState::SuspendedCooperatively;
+                return Ok(Suspension::Cooperative { iteration });
             }
         }
         drop(control);
