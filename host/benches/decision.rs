@@ -315,6 +315,7 @@ fn job_info(j: host::JobInfo) -> sdk::JobInfo {
         iteration_time: j.iteration_time,
         expected_duration: j.expected_duration,
         memory_per_gpu: j.memory_per_gpu,
+        share_requested: j.share_requested,
         priority: j.priority,
         preemptions: j.preemptions,
     }

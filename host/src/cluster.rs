@@ -36,6 +36,10 @@ pub struct JobSpec {
     pub memory_per_gpu: u64,
     /// Iterations in total, when known.
     pub iterations_total: Option<u64>,
+    /// Share of one GPU that is enough for the job, in (0, 1], when the
+    /// submitter said so (single-GPU jobs only): held at this share or
+    /// more, the job runs at full speed.
+    pub share_requested: Option<f64>,
 }
 
 impl JobSpec {
@@ -48,6 +52,7 @@ impl JobSpec {
             expected_duration: Some(work),
             memory_per_gpu: 0,
             iterations_total: None,
+            share_requested: None,
         }
     }
 }
@@ -95,12 +100,17 @@ pub struct Job {
 
 impl Job {
     /// Progress per second of wall time: GPUs held times share, over the
-    /// gang size asked for (1.0 when exclusive on the full gang).
+    /// gang size asked for (1.0 when exclusive on the full gang). A job
+    /// that said a share of a GPU is enough runs at full speed on it.
     pub fn rate(&self) -> f64 {
         if self.state != JobState::Running || self.spec.gpus == 0 {
             return 0.0;
         }
-        self.placement.len() as f64 * self.fraction / self.spec.gpus as f64
+        let share = match self.spec.share_requested {
+            Some(enough) if enough > 0.0 => (self.fraction / enough).min(1.0),
+            _ => self.fraction,
+        };
+        self.placement.len() as f64 * share / self.spec.gpus as f64
     }
 
     /// Seconds of full-gang work left, when the total is known.
@@ -334,7 +344,7 @@ impl Cluster {
         self.gpus
             .iter()
             .map(|g| g.residents.iter().map(|r| r.fraction).sum::<f64>().min(1.0))
-            .sum()
+            .fold(0.0, |a, b| a + b) // not `sum`, which gives -0.0 for no GPUs in use
     }
 
     /// Online GPUs with no resident, lowest id first.
@@ -360,6 +370,7 @@ impl Cluster {
             iteration_time: j.iteration_time,
             expected_duration: j.spec.expected_duration,
             memory_per_gpu: j.spec.memory_per_gpu,
+            share_requested: j.spec.share_requested,
             priority: j.priority,
             preemptions: j.preemptions,
         })
@@ -463,6 +474,48 @@ impl Cluster {
         );
         self.pending.insert(id);
         Ok(id)
+    }
+
+    /// Put back a job known from before a restart, under its own id. An
+    /// ended job is kept as it was; a live one holds no GPUs after a
+    /// restart, so it comes back pending (never started) or suspended
+    /// (keeping its progress) for the policy to place again. Refused if the
+    /// id is taken or the job could never run here.
+    pub fn restore(&mut self, mut job: Job) -> Result<(), String> {
+        if self.jobs.contains_key(&job.id) {
+            return Err(format!("job {} already exists", job.id));
+        }
+        if !job.is_done() {
+            if job.spec.gpus == 0 || job.spec.gpus > self.gpu_count() {
+                return Err(format!(
+                    "job {} asks for {} GPUs, the cluster has {}",
+                    job.id,
+                    job.spec.gpus,
+                    self.gpu_count()
+                ));
+            }
+            job.placement.clear();
+            job.state = if job.first_start.is_some() {
+                JobState::Suspended
+            } else {
+                JobState::Pending
+            };
+            job.since = self.now;
+        }
+        let id = job.id;
+        let state = job.state;
+        self.next_id = self.next_id.max(id + 1);
+        self.jobs.insert(id, job);
+        match state {
+            JobState::Pending => {
+                self.pending.insert(id);
+            }
+            JobState::Suspended => {
+                self.suspended.insert(id);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Mark a job finished and free its GPUs. Returns false if it was not live.

@@ -16,6 +16,9 @@
 //! - [`backend`]: carrying out decisions on work that runs (emulated GPUs,
 //!   local processes), behind one trait.
 //! - [`runtime`]: the real-time decision loop over a backend.
+//! - [`store`]: durable state for the service (jobs, plugins, policy).
+//! - [`proto`]: the service contract, generated from `proto/`.
+//! - [`service`]: `wsched serve` (gRPC, metrics) and its command-line client.
 //!
 //! The `wsched` binary is a thin command line over these.
 
@@ -25,8 +28,11 @@ pub mod cluster;
 pub mod engine;
 pub mod latency;
 pub mod native;
+pub mod proto;
 pub mod runtime;
 pub mod scheduler;
+pub mod service;
 pub mod sim;
+pub mod store;
 pub mod trace;
 pub mod wit;

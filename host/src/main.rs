@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use wsched::engine::{CompileCache, Engine, Limits};
+use wsched::service::{self, client};
 use wsched::sim::{self, GpuOutage, PolicyChoice, ScheduledSwap, SimConfig};
 
 /// GPU cluster scheduling with policies as sandboxed WebAssembly plugins.
@@ -16,6 +17,8 @@ struct Cli {
     command: Command,
     #[command(flatten)]
     cache: CacheArgs,
+    #[command(flatten)]
+    connect: client::ConnectArgs,
 }
 
 #[derive(Subcommand)]
@@ -23,9 +26,19 @@ enum Command {
     /// Replay a cluster trace through a policy and report JCT, makespan,
     /// utilisation and fairness.
     Sim(SimArgs),
-    /// Work with policy plugins.
+    /// Work with policy plugins: check one locally, or load, swap, list
+    /// and unload them on a running server.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Run the scheduler service: jobs and policies over gRPC, decisions
+    /// carried out on emulated GPUs (or local processes for command jobs).
+    Serve(ServeArgs),
+    /// Submit, list, inspect, cancel and watch jobs on a running server.
+    #[command(subcommand)]
+    Job(client::JobCommand),
+    /// Show the server's GPUs.
+    #[command(subcommand)]
+    Gpu(client::GpuCommand),
 }
 
 #[derive(Subcommand)]
@@ -40,6 +53,51 @@ enum PolicyCommand {
         #[arg(long, default_value = "")]
         config: String,
     },
+    #[command(flatten)]
+    Remote(client::PolicyRemoteCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address for the gRPC service (port 0: any free port, written to
+    /// STATE_DIR/serve.addr).
+    #[arg(long, default_value = service::DEFAULT_LISTEN)]
+    listen: std::net::SocketAddr,
+    /// Address for Prometheus /metrics.
+    #[arg(long, default_value = service::DEFAULT_METRICS_LISTEN)]
+    metrics_listen: std::net::SocketAddr,
+    /// Do not serve /metrics.
+    #[arg(long)]
+    no_metrics: bool,
+    /// Which backend runs the work.
+    #[arg(long, value_enum, default_value_t = service::BackendChoice::Auto)]
+    backend: service::BackendChoice,
+    /// GPUs to emulate.
+    #[arg(long, default_value_t = 4)]
+    emulate_gpus: u32,
+    /// GPUs per node.
+    #[arg(long, default_value_t = 8)]
+    gpus_per_node: u32,
+    /// Memory of each emulated GPU, in GiB.
+    #[arg(long, default_value_t = 80)]
+    gpu_memory_gib: u64,
+    /// Policy to activate at start (a .wasm plugin, loaded under its file
+    /// name). Without it the stored active policy is restored, or the
+    /// built-in FIFO decides.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Config string for --policy.
+    #[arg(long, default_value = "")]
+    config: String,
+    /// Per-call deadline for plugins, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    deadline_ms: u64,
+    /// Memory cap for plugins, in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory_mib: usize,
+    /// Faults tolerated before a plugin is ejected.
+    #[arg(long, default_value_t = 3)]
+    max_strikes: u32,
 }
 
 /// Where compiled plugins are cached.
@@ -124,9 +182,22 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // `wsched job list | head` should end quietly, as other Unix tools
+        // do, not panic on a closed pipe. (Not for the server: a client that
+        // hangs up must not kill it.)
+        // SAFETY: setting a signal disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Sim(args) => run_sim(args, cli.cache.cache()),
         Command::Policy(PolicyCommand::Check { plugin, config }) => run_check(&plugin, &config, cli.cache.cache()),
+        Command::Policy(PolicyCommand::Remote(command)) => block_on(client::policy(command, &cli.connect)),
+        Command::Job(command) => block_on(client::job(command, &cli.connect)),
+        Command::Gpu(command) => block_on(client::gpu(command, &cli.connect)),
+        Command::Serve(args) => run_serve(args, &cli.connect, cli.cache.cache()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -135,6 +206,41 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(future)
+}
+
+fn run_serve(args: ServeArgs, connect: &client::ConnectArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
+    let state_dir = connect
+        .state_dir
+        .clone()
+        .or_else(service::default_state_dir)
+        .ok_or_else(|| anyhow!("--state-dir: no default (neither XDG_STATE_HOME nor HOME is set)"))?;
+    let mut config = service::ServeConfig::new(state_dir);
+    config.listen = args.listen;
+    config.metrics_listen = (!args.no_metrics).then_some(args.metrics_listen);
+    config.token = connect
+        .token
+        .clone()
+        .or_else(|| std::env::var("WSCHED_TOKEN").ok().filter(|t| !t.is_empty()));
+    config.backend = args.backend;
+    config.emulate_gpus = args.emulate_gpus;
+    config.gpus_per_node = args.gpus_per_node;
+    config.gpu_memory = args.gpu_memory_gib << 30;
+    config.initial_policy = args.policy.map(|p| (p, args.config));
+    config.limits = Limits {
+        deadline: Duration::from_millis(args.deadline_ms.max(1)),
+        memory: args.memory_mib.max(1) << 20,
+        max_strikes: args.max_strikes.max(1),
+        ..Limits::default()
+    };
+    block_on(service::serve(config, cache))
 }
 
 fn run_check(path: &std::path::Path, config: &str, cache: Option<CompileCache>) -> anyhow::Result<()> {

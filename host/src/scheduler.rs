@@ -76,6 +76,31 @@ pub struct Outcome {
     pub applied: Vec<(Action, Applied)>,
     /// Actions refused, each with its rejection (also sent to the policy).
     pub rejected: Vec<(Action, Rejection)>,
+    /// What the decision answered, for metrics: `job_arrived`,
+    /// `job_ended`, `gpu_changed`, `tick`, `action_rejected` or
+    /// `takeover` (the first of these that the events contained).
+    pub decision_point: &'static str,
+    /// Wall time of each policy call the decision took, in nanoseconds
+    /// (more than one when a fault forced a retry).
+    pub call_nanos: Vec<u64>,
+}
+
+/// The kind of decision point a batch of events makes, for metrics.
+fn decision_point(events: &[Event]) -> &'static str {
+    let has = |f: fn(&Event) -> bool| events.iter().any(f);
+    if has(|e| matches!(e, Event::JobArrived(_))) {
+        "job_arrived"
+    } else if has(|e| matches!(e, Event::JobFinished(_) | Event::JobFailed(_))) {
+        "job_ended"
+    } else if has(|e| matches!(e, Event::GpuChanged(_) | Event::JobPreempted(_))) {
+        "gpu_changed"
+    } else if has(|e| matches!(e, Event::Tick)) {
+        "tick"
+    } else if has(|e| matches!(e, Event::ActionRejected(_))) {
+        "action_rejected"
+    } else {
+        "takeover"
+    }
 }
 
 /// The result of a successful hot swap.
@@ -179,6 +204,15 @@ impl PolicyHost {
         Ok(id)
     }
 
+    /// Put back a job known from before a restart (see
+    /// [`Cluster::restore`]). The active policy is told every live job
+    /// again at the next decision, as when a policy takes over.
+    pub fn restore(&mut self, job: crate::cluster::Job) -> Result<(), String> {
+        self.cluster.restore(job)?;
+        self.takeover = true;
+        Ok(())
+    }
+
     /// A job completed.
     pub fn finish(&mut self, id: JobId) {
         if self.cluster.finish(id) {
@@ -228,6 +262,8 @@ impl PolicyHost {
             return Outcome::default();
         }
         let base = std::mem::take(&mut self.events);
+        let decision_point = decision_point(&base);
+        let mut call_nanos = Vec::new();
         let decision = loop {
             let events = self.compose(&base);
             let started = Instant::now();
@@ -235,9 +271,9 @@ impl PolicyHost {
                 ActivePolicy::Native(p) => Ok(p.decide(&self.cluster, &events)),
                 ActivePolicy::Plugin(p) => p.decide(&mut self.cluster, &events),
             };
-            self.stats
-                .call_times
-                .record(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.stats.call_times.record(nanos);
+            call_nanos.push(nanos);
             self.stats.calls += 1;
             match result.and_then(|d| self.check_output(d)) {
                 Ok(d) => break d,
@@ -246,7 +282,10 @@ impl PolicyHost {
                 Err(fault) => self.strike(fault, true),
             }
         };
-        self.apply(decision)
+        let mut outcome = self.apply(decision);
+        outcome.decision_point = decision_point;
+        outcome.call_nanos = call_nanos;
+        outcome
     }
 
     /// The events a call gets: as queued, or, right after a takeover, the
@@ -375,6 +414,24 @@ impl PolicyHost {
         self.takeover = true;
         self.wakeup = None;
         self.strikes = 0;
+    }
+
+    /// Switch to a policy built into the host between two decisions, as an
+    /// operator's choice (not an ejection). No state is handed over.
+    pub fn swap_native(&mut self, next: Box<dyn NativePolicy>) -> SwapReport {
+        let from = self.active.name().to_string();
+        let to = next.name().to_string();
+        self.active = ActivePolicy::Native(next);
+        self.takeover = true;
+        self.wakeup = None;
+        self.strikes = 0;
+        self.stats.swaps += 1;
+        tracing::info!(%from, %to, "policy swapped");
+        SwapReport {
+            from,
+            to,
+            state_handed_over: false,
+        }
     }
 
     /// Instantiate `plugin` for a swap; call this off the decision path

@@ -14,6 +14,7 @@
 //! - [`process`]: one such command, its logs and how it is suspended.
 
 pub mod emulated;
+pub mod local;
 pub mod process;
 pub mod processes;
 

@@ -194,6 +194,20 @@ impl ProcessJob {
             // Its own process group, so that a signal reaches the whole job
             // (a launcher script and its workers), not only the first process.
             .process_group(0);
+        // If the host dies (even by SIGKILL), the job dies with it rather
+        // than running on unsupervised: a restarted host re-queues every
+        // live job and would otherwise run it twice. (The signal fires when
+        // the thread that spawned the job exits, so spawn from a thread
+        // that lives as long as the backend.)
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         if let Some(workdir) = &spec.workdir {
             command.current_dir(workdir);
         }

@@ -79,6 +79,24 @@ impl ProcessBackend {
         self.specs.insert(id, spec);
     }
 
+    /// Say that job `id` was started `restarts` times before (by an earlier
+    /// run of the host); it is told so in `WSCHED_RESTARTS`.
+    pub fn set_restarts(&mut self, id: JobId, restarts: u32) {
+        if restarts > 0 {
+            self.restarts.insert(id, restarts);
+        }
+    }
+
+    /// Whether job `id` has a command registered here.
+    pub fn is_registered(&self, id: JobId) -> bool {
+        self.specs.contains_key(&id)
+    }
+
+    /// How many jobs have a process now (running or suspended).
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
     /// The directory with job `id`'s `stdout.log` and `stderr.log`.
     pub fn job_dir(&self, id: JobId) -> PathBuf {
         self.root.join(format!("job-{id}"))

@@ -72,6 +72,7 @@ impl FakeView {
             iteration_time: None,
             expected_duration: None,
             memory_per_gpu: 0,
+            share_requested: None,
             priority: 1.0,
             preemptions: 0,
         };

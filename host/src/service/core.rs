@@ -1,0 +1,953 @@
+//! The scheduler loop: the one thread that owns the runtime and the
+//! database.
+//!
+//! Each turn: wait for a request or for the next thing due (a predicted job
+//! end, a tick, a process to poll); take every request that has arrived;
+//! apply them to the model; let the policy decide ([`Runtime::step`]);
+//! write every job that changed, in one transaction; then reply and
+//! publish events. Replies to requests that change anything wait for the
+//! commit, so an acknowledgement always means "on disk".
+//!
+//! Keeping all of this on one thread is deliberate: the policy sees one
+//! ordered history (the same as the simulator would give it), no lock is
+//! held across a plugin call, and a slow request cannot interleave with a
+//! half-applied decision.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use tokio::sync::{broadcast, oneshot};
+use tonic::Status;
+
+use super::ServeConfig;
+use super::metrics::Metrics;
+use crate::backend::Backend;
+use crate::backend::local::LocalBackend;
+use crate::backend::process::ProcessSpec;
+use crate::cluster::{Cluster, Job, JobSpec};
+use crate::engine::{Engine, Plugin};
+use crate::latency::Latencies;
+use crate::native::Fifo;
+use crate::proto;
+use crate::runtime::Runtime;
+use crate::scheduler::{ActivePolicy, PolicyHost};
+use crate::store::{ActivePolicyRecord, Batch, Store};
+use crate::wit::{Action, JobId, JobState};
+
+/// The name of the built-in policy, usable wherever a plugin's name is.
+pub const BUILTIN_FIFO: &str = "builtin-fifo";
+
+/// Requests a turn takes at most before deciding, so that decisions keep
+/// happening under a flood of requests.
+const MAX_REQUESTS_PER_TURN: usize = 8192;
+
+/// How often the loop polls while command jobs have live processes (their
+/// ends cannot be predicted).
+const PROCESS_POLL: Duration = Duration::from_millis(20);
+
+/// Events buffered for watchers; one that falls further behind is told so.
+pub const EVENT_BUFFER: usize = 65_536;
+
+type Reply<T> = oneshot::Sender<Result<T, Status>>;
+
+/// What the gRPC layer asks of the scheduler loop. Requests are validated
+/// before they get here, except against cluster state.
+pub enum Request {
+    /// Accept a job.
+    Submit(proto::JobSpec, Reply<u64>),
+    /// One job.
+    Get(u64, Reply<proto::Job>),
+    /// Jobs matching a filter.
+    List(proto::ListJobsRequest, Reply<Vec<proto::Job>>),
+    /// Cancel a live job.
+    Cancel(u64, Reply<proto::Job>),
+    /// Subscribe to events, with the current state first if asked.
+    Watch(bool, Reply<(Vec<proto::Event>, broadcast::Receiver<Arc<proto::Event>>)>),
+    /// The GPUs and totals.
+    Cluster(Reply<proto::ClusterState>),
+    /// Keep a compiled plugin under a name.
+    AddPlugin {
+        /// Name to keep it under.
+        name: String,
+        /// The compiled plugin.
+        plugin: Plugin,
+        /// Its component bytes, to store.
+        bytes: Vec<u8>,
+        /// What it calls itself ([`describe_plugin`]).
+        info: String,
+        /// Where to answer.
+        reply: Reply<proto::Policy>,
+    },
+    /// Make a loaded plugin (or the built-in FIFO) the active policy.
+    Swap(String, String, Reply<proto::SwapPolicyResponse>),
+    /// The loaded plugins with their statistics.
+    ListPolicies(Reply<proto::ListPoliciesResponse>),
+    /// Forget a loaded plugin.
+    Unload(String, Reply<()>),
+}
+
+/// A handle to the scheduler loop; cheap to clone.
+#[derive(Clone)]
+pub struct CoreHandle {
+    tx: Sender<Request>,
+    /// The engine plugins are compiled with (compiling happens off the loop).
+    pub engine: Engine,
+    /// The backend's name, for the first log line and the cluster view.
+    pub backend: &'static str,
+}
+
+impl CoreHandle {
+    /// Send a request and wait for its answer.
+    pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .map_err(|_| Status::unavailable("the scheduler is shutting down"))?;
+        rx.await
+            .map_err(|_| Status::internal("the scheduler loop stopped before answering"))?
+    }
+}
+
+struct LoadedPlugin {
+    plugin: Plugin,
+    sha256: String,
+    size: usize,
+    /// What the plugin calls itself (from a trial start).
+    info: String,
+}
+
+/// The name a plugin gives itself, from a trial start with no config and
+/// an empty cluster; empty when it will not start that way (it may need
+/// its config).
+pub fn describe_plugin(engine: &Engine, plugin: &Plugin) -> String {
+    match engine.instantiate(plugin, "", 0.0) {
+        Ok(instance) => instance.info().name.clone(),
+        Err(e) => {
+            tracing::debug!(plugin = plugin.name(), error = %e, "trial start without config failed");
+            String::new()
+        }
+    }
+}
+
+/// Statistics of one policy over all the times it was active.
+#[derive(Default)]
+struct PolicyStats {
+    calls: u64,
+    call_times: Latencies,
+    applied: u64,
+    rejected: u64,
+    strikes: u64,
+    ejections: u64,
+}
+
+/// Replies to send once the turn's changes are committed.
+type Deferred = Box<dyn FnOnce(Result<(), &str>) + Send>;
+
+struct Core {
+    runtime: Runtime<LocalBackend>,
+    store: Store,
+    /// Unix time of the model's clock zero.
+    epoch: f64,
+    specs: HashMap<JobId, proto::JobSpec>,
+    recoveries: HashMap<JobId, u32>,
+    plugins: BTreeMap<String, LoadedPlugin>,
+    active: ActivePolicyRecord,
+    stats: HashMap<String, PolicyStats>,
+    seen_strikes: u64,
+    seen_ejections: u64,
+    events: broadcast::Sender<Arc<proto::Event>>,
+    metrics: Metrics,
+    batch: Batch,
+    changed: BTreeSet<JobId>,
+    /// Jobs submitted this turn, already announced as pending.
+    fresh: BTreeSet<JobId>,
+    deferred: Vec<Deferred>,
+    pending_events: Vec<proto::Event>,
+    last_checkpoint: Instant,
+    checkpoint_every: Duration,
+    poll: Duration,
+}
+
+/// Unix time now, in seconds.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Open the database, recover every stored job, plugin and the active
+/// policy, and start the scheduler loop on its own thread. Returns once
+/// recovery is done (an error means the service must not start).
+pub fn start(
+    config: &ServeConfig,
+    engine: Engine,
+    metrics: Metrics,
+) -> anyhow::Result<(CoreHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    let config = config.clone();
+    let thread_engine = engine.clone();
+    // The loop's thread builds the runtime itself: plugin instances and
+    // processes belong to the thread that drives them (job processes are
+    // tied to it so that they die with the host).
+    let thread = std::thread::Builder::new()
+        .name("wsched-scheduler".into())
+        .spawn(move || match Core::recover(&config, thread_engine, metrics) {
+            Ok(core) => {
+                let _ = ready_tx.send(Ok(()));
+                core.run(rx);
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+            }
+        })
+        .context("cannot start the scheduler thread")?;
+    ready_rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the scheduler thread died during recovery"))??;
+    Ok((
+        CoreHandle {
+            tx,
+            engine,
+            backend: "emulated",
+        },
+        thread,
+    ))
+}
+
+fn state_to_proto(state: JobState) -> proto::JobState {
+    match state {
+        JobState::Pending => proto::JobState::Pending,
+        JobState::Running => proto::JobState::Running,
+        JobState::Suspended => proto::JobState::Suspended,
+        JobState::Finished => proto::JobState::Finished,
+        JobState::Failed => proto::JobState::Failed,
+    }
+}
+
+fn state_from_proto(state: i32) -> Option<JobState> {
+    match proto::JobState::try_from(state).ok()? {
+        proto::JobState::Pending => Some(JobState::Pending),
+        proto::JobState::Running => Some(JobState::Running),
+        proto::JobState::Suspended => Some(JobState::Suspended),
+        proto::JobState::Finished => Some(JobState::Finished),
+        proto::JobState::Failed => Some(JobState::Failed),
+        proto::JobState::Unspecified => None,
+    }
+}
+
+/// The model's view of a submitted spec (validated by the gRPC layer).
+fn model_spec(spec: &proto::JobSpec) -> JobSpec {
+    let work = match &spec.work {
+        Some(proto::job_spec::Work::Synthetic(s)) => Some(s.seconds),
+        _ => None,
+    };
+    JobSpec {
+        tenant: spec.user.clone(),
+        gpus: spec.gpus,
+        work,
+        expected_duration: spec.expected_duration_seconds.or(work),
+        memory_per_gpu: spec.memory_per_gpu_bytes,
+        iterations_total: spec.iterations,
+        share_requested: spec.gpu_fraction,
+    }
+}
+
+fn process_spec(spec: &proto::JobSpec) -> Option<ProcessSpec> {
+    match &spec.work {
+        Some(proto::job_spec::Work::Command(c)) => Some(ProcessSpec {
+            command: c.argv.clone(),
+            env: c.env.clone().into_iter().collect(),
+            workdir: (!c.workdir.is_empty()).then(|| c.workdir.clone().into()),
+        }),
+        _ => None,
+    }
+}
+
+fn policy_event(time: f64, from: &str, to: &str, reason: &str, state_handed_over: bool) -> proto::Event {
+    proto::Event {
+        time,
+        kind: Some(proto::event::Kind::Policy(proto::PolicyChange {
+            from: from.to_string(),
+            to: to.to_string(),
+            reason: reason.to_string(),
+            state_handed_over,
+        })),
+    }
+}
+
+impl Core {
+    fn recover(config: &ServeConfig, engine: Engine, metrics: Metrics) -> anyhow::Result<Core> {
+        let store = Store::open(&config.state_dir.join("wsched.redb"))?;
+        let recovered = store.recover()?;
+        let epoch = match recovered.epoch {
+            Some(epoch) => epoch,
+            None => {
+                let epoch = unix_now();
+                store.set_epoch(epoch)?;
+                epoch
+            }
+        };
+        let mut cluster =
+            Cluster::homogeneous(config.emulate_gpus, config.gpus_per_node, "emulated", config.gpu_memory);
+        cluster.advance(unix_now() - epoch);
+        let host = PolicyHost::new(engine.clone(), cluster);
+        let backend = LocalBackend::new(config.state_dir.join("jobs"));
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let mut core = Core {
+            runtime: Runtime::new(host, backend),
+            store,
+            epoch,
+            specs: HashMap::new(),
+            recoveries: HashMap::new(),
+            plugins: BTreeMap::new(),
+            active: ActivePolicyRecord {
+                name: BUILTIN_FIFO.into(),
+                config: String::new(),
+            },
+            stats: HashMap::new(),
+            seen_strikes: 0,
+            seen_ejections: 0,
+            events,
+            metrics,
+            batch: Batch::default(),
+            changed: BTreeSet::new(),
+            fresh: BTreeSet::new(),
+            deferred: Vec::new(),
+            pending_events: Vec::new(),
+            last_checkpoint: Instant::now(),
+            checkpoint_every: config.checkpoint_every,
+            poll: config.poll,
+        };
+
+        core.metrics.policy_active(BUILTIN_FIFO);
+        for (name, bytes) in recovered.plugins {
+            match engine.load_bytes(&name, &bytes) {
+                Ok(plugin) => {
+                    let sha256 = format!("{:x}", Sha256::digest(&bytes));
+                    let size = bytes.len();
+                    let info = describe_plugin(&engine, &plugin);
+                    core.plugins.insert(
+                        name,
+                        LoadedPlugin {
+                            plugin,
+                            sha256,
+                            size,
+                            info,
+                        },
+                    );
+                }
+                Err(e) => tracing::error!(plugin = %name, error = %e, "a stored plugin no longer loads; dropped"),
+            }
+        }
+        let mut active = recovered.active;
+        if let Some((path, config)) = &config.initial_policy {
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("policy")
+                .to_string();
+            let bytes = std::fs::read(path).with_context(|| format!("--policy: cannot read {}", path.display()))?;
+            let plugin = engine
+                .load_bytes(&name, &bytes)
+                .map_err(|e| anyhow::anyhow!("--policy {}: {e}", path.display()))?;
+            let info = describe_plugin(&engine, &plugin);
+            core.plugins.insert(
+                name.clone(),
+                LoadedPlugin {
+                    plugin,
+                    sha256: format!("{:x}", Sha256::digest(&bytes)),
+                    size: bytes.len(),
+                    info,
+                },
+            );
+            core.batch.plugins.push((name.clone(), bytes));
+            active = Some(ActivePolicyRecord {
+                name,
+                config: config.clone(),
+            });
+        }
+        if let Some(active) = active
+            && active.name != BUILTIN_FIFO
+        {
+            match core.activate(&active.name, &active.config) {
+                Ok(_) => {
+                    tracing::info!(policy = %active.name, "active policy set");
+                    core.batch.active = Some(core.active.clone());
+                }
+                Err(e) if config.initial_policy.is_some() => {
+                    anyhow::bail!("--policy: {}", e.message())
+                }
+                Err(e) => {
+                    tracing::error!(policy = %active.name, error = %e.message(), "cannot restore the active policy; the built-in FIFO decides")
+                }
+            }
+        }
+
+        let mut requeued = 0usize;
+        for job in recovered.jobs {
+            let id = job.id;
+            let Some(spec) = job.spec.clone() else {
+                tracing::error!(job = id, "stored job has no spec; kept out of the model");
+                continue;
+            };
+            let state = state_from_proto(job.state).unwrap_or(JobState::Pending);
+            let live = !matches!(state, JobState::Finished | JobState::Failed);
+            let recoveries = job.recoveries + u32::from(live);
+            let model = model_spec(&spec);
+            let progress = job.progress.unwrap_or(0.0) * model.work.unwrap_or(0.0);
+            let restored = Job {
+                id,
+                submit_time: job.submit_time - epoch,
+                state,
+                placement: Vec::new(),
+                fraction: 1.0,
+                progress,
+                attained_gpu_seconds: job.attained_gpu_seconds,
+                attained_seconds: job.attained_gpu_seconds / f64::from(spec.gpus.max(1)),
+                since: 0.0,
+                first_start: job.start_time.map(|t| t - epoch),
+                end_time: job.end_time.map(|t| t - epoch),
+                priority: if job.priority > 0.0 { job.priority } else { 1.0 },
+                preemptions: job.preemptions,
+                migrations: job.migrations,
+                iterations_done: job.iterations_done,
+                iteration_time: job.iteration_time_seconds,
+                failure: (!job.failure.is_empty()).then(|| job.failure.clone()),
+                spec: model,
+            };
+            if let Err(why) = core.runtime.host_mut().restore(restored) {
+                tracing::error!(job = id, %why, "cannot restore a stored job; it is kept in the database only");
+                continue;
+            }
+            if live {
+                if let Some(process) = process_spec(&spec) {
+                    core.runtime.backend_mut().register_command(id, process, recoveries);
+                }
+                requeued += 1;
+                core.changed.insert(id);
+            }
+            core.specs.insert(id, spec);
+            core.recoveries.insert(id, recoveries);
+        }
+        if !core.specs.is_empty() {
+            tracing::info!(jobs = core.specs.len(), requeued, "jobs recovered from the database");
+        }
+        core.flush_jobs(false);
+        core.store.commit(&std::mem::take(&mut core.batch))?;
+        Ok(core)
+    }
+
+    /// The model's clock for the wall clock now.
+    fn model_now(&self) -> f64 {
+        unix_now() - self.epoch
+    }
+
+    fn job_message(&self, job: &Job) -> proto::Job {
+        let progress = match job.spec.work {
+            Some(w) if w > 0.0 => Some((job.progress / w).clamp(0.0, 1.0)),
+            Some(_) => Some(if job.state == JobState::Finished { 1.0 } else { 0.0 }),
+            None => None,
+        };
+        proto::Job {
+            id: job.id,
+            spec: self.specs.get(&job.id).cloned(),
+            state: state_to_proto(job.state) as i32,
+            submit_time: self.epoch + job.submit_time,
+            start_time: job.first_start.map(|t| self.epoch + t),
+            end_time: job.end_time.map(|t| self.epoch + t),
+            placement: job.placement.clone(),
+            fraction: job.fraction,
+            progress,
+            attained_gpu_seconds: job.attained_gpu_seconds,
+            preemptions: job.preemptions,
+            migrations: job.migrations,
+            iterations_done: job.iterations_done,
+            iteration_time_seconds: job.iteration_time,
+            failure: job.failure.clone().unwrap_or_default(),
+            recoveries: self.recoveries.get(&job.id).copied().unwrap_or(0),
+            priority: job.priority,
+        }
+    }
+
+    fn job_event(&self, job: &Job) -> proto::Event {
+        proto::Event {
+            time: unix_now(),
+            kind: Some(proto::event::Kind::Job(self.job_message(job))),
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Request>) {
+        let mut requests = Vec::new();
+        loop {
+            let wait = self.time_to_next_turn();
+            match rx.recv_timeout(wait) {
+                Ok(req) => requests.push(req),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while requests.len() < MAX_REQUESTS_PER_TURN {
+                match rx.try_recv() {
+                    Ok(req) => requests.push(req),
+                    Err(_) => break,
+                }
+            }
+            self.turn(std::mem::take(&mut requests));
+        }
+        // Last words: store running jobs' progress.
+        self.flush_jobs(true);
+        if let Err(e) = self.store.commit(&std::mem::take(&mut self.batch)) {
+            tracing::error!(error = %format!("{e:#}"), "cannot store the final state");
+        }
+        tracing::info!("scheduler loop stopped");
+    }
+
+    fn time_to_next_turn(&self) -> Duration {
+        let mut wait = self.poll;
+        if self.runtime.backend().has_processes() {
+            wait = wait.min(PROCESS_POLL);
+        }
+        if let Some(due) = self.runtime.next_due() {
+            let until = (due - self.model_now()).max(0.0);
+            wait = wait.min(Duration::from_secs_f64(until));
+        }
+        wait
+    }
+
+    fn turn(&mut self, requests: Vec<Request>) {
+        let now = self.model_now();
+        self.runtime.host_mut().advance(now);
+        for req in requests {
+            self.handle(req);
+        }
+        let step = self.runtime.step(now);
+        self.account(&step);
+
+        let checkpoint = self.last_checkpoint.elapsed() >= self.checkpoint_every;
+        if checkpoint {
+            self.last_checkpoint = Instant::now();
+        }
+        self.flush_jobs(checkpoint);
+        let result = self.store.commit(&std::mem::take(&mut self.batch));
+        let error = result.as_ref().err().map(|e| format!("cannot store the change: {e:#}"));
+        if let Some(e) = &error {
+            tracing::error!(error = %e, "commit failed");
+        }
+        for reply in self.deferred.drain(..) {
+            reply(match &error {
+                None => Ok(()),
+                Some(e) => Err(e.as_str()),
+            });
+        }
+        for event in self.pending_events.drain(..) {
+            // No watcher is not an error.
+            let _ = self.events.send(Arc::new(event));
+        }
+        self.update_gauges();
+    }
+
+    /// Put every changed job (and, at checkpoints, every running one) into
+    /// the batch, and publish the changed ones.
+    fn flush_jobs(&mut self, checkpoint: bool) {
+        let mut ids = std::mem::take(&mut self.changed);
+        let fresh = std::mem::take(&mut self.fresh);
+        for id in &ids {
+            if let Some(job) = self.runtime.host().cluster().job(*id) {
+                if fresh.contains(id) && job.state == JobState::Pending {
+                    continue; // announced at submission, unchanged since
+                }
+                self.pending_events.push(self.job_event(job));
+            }
+        }
+        if checkpoint {
+            ids.extend(self.runtime.host().cluster().running_ids().iter().copied());
+        }
+        for id in ids {
+            if let Some(job) = self.runtime.host().cluster().job(id) {
+                self.batch.jobs.push(self.job_message(job));
+            }
+        }
+    }
+
+    fn handle(&mut self, req: Request) {
+        match req {
+            Request::Submit(spec, reply) => self.submit(spec, reply),
+            Request::Get(id, reply) => {
+                let job = self.runtime.host().cluster().job(id);
+                let _ = reply.send(
+                    job.map(|j| self.job_message(j))
+                        .ok_or_else(|| Status::not_found(format!("id: no job {id}"))),
+                );
+            }
+            Request::List(filter, reply) => {
+                let _ = reply.send(Ok(self.list(&filter)));
+            }
+            Request::Cancel(id, reply) => self.cancel(id, reply),
+            Request::Watch(include_current, reply) => {
+                let rx = self.events.subscribe();
+                let current = if include_current {
+                    self.runtime
+                        .host()
+                        .cluster()
+                        .live_job_infos()
+                        .iter()
+                        .filter_map(|info| self.runtime.host().cluster().job(info.id))
+                        .map(|job| self.job_event(job))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let _ = reply.send(Ok((current, rx)));
+            }
+            Request::Cluster(reply) => {
+                let _ = reply.send(Ok(self.cluster_state()));
+            }
+            Request::AddPlugin {
+                name,
+                plugin,
+                bytes,
+                info,
+                reply,
+            } => self.add_plugin(name, plugin, bytes, info, reply),
+            Request::Swap(name, config, reply) => {
+                let result = self.activate(&name, &config);
+                match result {
+                    Ok(response) => {
+                        self.batch.active = Some(self.active.clone());
+                        self.defer(reply, response);
+                    }
+                    Err(status) => {
+                        let _ = reply.send(Err(status));
+                    }
+                }
+            }
+            Request::ListPolicies(reply) => {
+                let _ = reply.send(Ok(self.list_policies()));
+            }
+            Request::Unload(name, reply) => {
+                if name == self.active.name {
+                    let _ = reply.send(Err(Status::failed_precondition(format!(
+                        "name: policy {name} is active; swap to another before unloading it"
+                    ))));
+                } else if self.plugins.remove(&name).is_none() {
+                    let _ = reply.send(Err(Status::not_found(format!("name: no plugin loaded as {name}"))));
+                } else {
+                    self.batch.unload.push(name);
+                    self.defer(reply, ());
+                }
+            }
+        }
+    }
+
+    /// Answer once the turn's changes are committed.
+    fn defer<T: Send + 'static>(&mut self, reply: Reply<T>, value: T) {
+        self.deferred.push(Box::new(move |committed| {
+            let _ = reply.send(committed.map(|()| value).map_err(Status::unavailable));
+        }));
+    }
+
+    fn submit(&mut self, spec: proto::JobSpec, reply: Reply<u64>) {
+        match self.runtime.submit(model_spec(&spec)) {
+            Ok(id) => {
+                if let Some(process) = process_spec(&spec) {
+                    self.runtime.backend_mut().register_command(id, process, 0);
+                }
+                self.specs.insert(id, spec);
+                self.changed.insert(id);
+                self.fresh.insert(id);
+                // Announce it as accepted now: the decision later in this
+                // turn may start it, and watchers should see both.
+                if let Some(job) = self.runtime.host().cluster().job(id) {
+                    self.pending_events.push(self.job_event(job));
+                }
+                self.metrics.jobs_submitted.inc();
+                self.defer(reply, id);
+            }
+            Err(why) => {
+                let _ = reply.send(Err(Status::invalid_argument(format!("spec: {why}"))));
+            }
+        }
+    }
+
+    fn cancel(&mut self, id: JobId, reply: Reply<proto::Job>) {
+        let Some(job) = self.runtime.host().cluster().job(id) else {
+            let _ = reply.send(Err(Status::not_found(format!("id: no job {id}"))));
+            return;
+        };
+        if job.is_done() {
+            let _ = reply.send(Err(Status::failed_precondition(format!(
+                "id: job {id} already {}",
+                job.state.name()
+            ))));
+            return;
+        }
+        self.runtime.cancel(id);
+        self.changed.insert(id);
+        self.metrics.observe_end(self.runtime.host().cluster().job(id));
+        match self.runtime.host().cluster().job(id).map(|j| self.job_message(j)) {
+            Some(message) => self.defer(reply, message),
+            None => {
+                let _ = reply.send(Err(Status::internal("cancelled job vanished")));
+            }
+        }
+    }
+
+    fn list(&self, filter: &proto::ListJobsRequest) -> Vec<proto::Job> {
+        let states: BTreeSet<i32> = filter.states.iter().copied().collect();
+        let mut jobs: Vec<&Job> = self
+            .runtime
+            .host()
+            .cluster()
+            .jobs()
+            .filter(|j| states.is_empty() || states.contains(&(state_to_proto(j.state) as i32)))
+            .filter(|j| filter.user.is_empty() || j.spec.tenant == filter.user)
+            .collect();
+        jobs.sort_unstable_by_key(|j| j.id);
+        if filter.limit > 0 && jobs.len() > filter.limit as usize {
+            jobs.drain(..jobs.len() - filter.limit as usize);
+        }
+        jobs.into_iter().map(|j| self.job_message(j)).collect()
+    }
+
+    fn cluster_state(&self) -> proto::ClusterState {
+        let cluster = self.runtime.host().cluster();
+        let gpus: Vec<proto::Gpu> = cluster
+            .gpus()
+            .iter()
+            .map(|g| proto::Gpu {
+                id: g.id,
+                node: g.spec.node,
+                kind: g.spec.kind.clone(),
+                memory_total_bytes: g.spec.memory_total,
+                memory_used_bytes: g.memory_used,
+                online: g.online,
+                residents: g
+                    .residents
+                    .iter()
+                    .map(|r| proto::Resident {
+                        job: r.job,
+                        fraction: r.fraction,
+                    })
+                    .collect(),
+                allocated: g.residents.iter().map(|r| r.fraction).sum::<f64>().min(1.0),
+            })
+            .collect();
+        let nodes = gpus.iter().map(|g| g.node).collect::<BTreeSet<_>>().len() as u32;
+        proto::ClusterState {
+            backend: self.runtime.backend().name().to_string(),
+            nodes,
+            pending_jobs: cluster.ids_in(JobState::Pending).len() as u64,
+            running_jobs: cluster.running_ids().len() as u64,
+            suspended_jobs: cluster.ids_in(JobState::Suspended).len() as u64,
+            utilisation: cluster.allocated_share() / f64::from(cluster.gpu_count().max(1)),
+            policy: self.active.name.clone(),
+            time: unix_now(),
+            gpus,
+        }
+    }
+
+    fn add_plugin(&mut self, name: String, plugin: Plugin, bytes: Vec<u8>, info: String, reply: Reply<proto::Policy>) {
+        if name == BUILTIN_FIFO {
+            let _ = reply.send(Err(Status::invalid_argument(format!(
+                "name: {BUILTIN_FIFO} is reserved"
+            ))));
+            return;
+        }
+        if name == self.active.name {
+            let _ = reply.send(Err(Status::failed_precondition(format!(
+                "name: policy {name} is active; load the new version under another name and swap to it"
+            ))));
+            return;
+        }
+        let sha256 = format!("{:x}", Sha256::digest(&bytes));
+        let size = bytes.len();
+        self.plugins.insert(
+            name.clone(),
+            LoadedPlugin {
+                plugin,
+                sha256,
+                size,
+                info,
+            },
+        );
+        self.batch.plugins.push((name.clone(), bytes));
+        let message = self.policy_message(&name);
+        self.defer(reply, message);
+    }
+
+    /// Make `name` the active policy with `config`. On failure the old one
+    /// stays active.
+    fn activate(&mut self, name: &str, config: &str) -> Result<proto::SwapPolicyResponse, Status> {
+        let report = if name == BUILTIN_FIFO {
+            self.runtime.host_mut().swap_native(Box::new(Fifo))
+        } else {
+            let loaded = self
+                .plugins
+                .get(name)
+                .ok_or_else(|| Status::not_found(format!("name: no plugin loaded as {name}")))?;
+            let instance = self.runtime.host().prepare(&loaded.plugin, config).map_err(|e| {
+                Status::failed_precondition(format!("{name} did not start ({e}); the active policy stays"))
+            })?;
+            self.runtime
+                .host_mut()
+                .swap(instance)
+                .map_err(Status::failed_precondition)?
+        };
+        let from = std::mem::replace(
+            &mut self.active,
+            ActivePolicyRecord {
+                name: name.to_string(),
+                config: config.to_string(),
+            },
+        );
+        self.metrics.policy_swaps.inc();
+        self.metrics.policy_active(name);
+        self.pending_events.push(policy_event(
+            unix_now(),
+            &from.name,
+            name,
+            "swap",
+            report.state_handed_over,
+        ));
+        Ok(proto::SwapPolicyResponse {
+            from: from.name,
+            to: name.to_string(),
+            state_handed_over: report.state_handed_over,
+        })
+    }
+
+    fn policy_message(&self, name: &str) -> proto::Policy {
+        let stats = self.stats.get(name);
+        let stats = stats.map(|s| proto::PolicyStats {
+            calls: s.calls,
+            p50_seconds: s.call_times.quantile(0.5) / 1e9,
+            p99_seconds: s.call_times.quantile(0.99) / 1e9,
+            actions_applied: s.applied,
+            actions_rejected: s.rejected,
+            strikes: s.strikes,
+            ejections: s.ejections,
+        });
+        let active = name == self.active.name;
+        let config = if active {
+            self.active.config.clone()
+        } else {
+            String::new()
+        };
+        match self.plugins.get(name) {
+            Some(p) => proto::Policy {
+                name: name.to_string(),
+                plugin_name: p.info.clone(),
+                size_bytes: p.size as u64,
+                sha256: p.sha256.clone(),
+                active,
+                config,
+                stats,
+            },
+            None => proto::Policy {
+                name: name.to_string(),
+                plugin_name: BUILTIN_FIFO.to_string(),
+                active,
+                config,
+                stats,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn list_policies(&self) -> proto::ListPoliciesResponse {
+        let mut names: Vec<&str> = vec![BUILTIN_FIFO];
+        names.extend(self.plugins.keys().map(String::as_str));
+        let host = self.runtime.host().stats();
+        proto::ListPoliciesResponse {
+            active: self.active.name.clone(),
+            policies: names.into_iter().map(|n| self.policy_message(n)).collect(),
+            swaps: host.swaps,
+            ejections: host.ejections,
+            strikes: host.strikes,
+        }
+    }
+
+    /// Book what a step did: changed jobs, statistics, metrics, ejections.
+    fn account(&mut self, step: &crate::runtime::Step) {
+        let name = self.active.name.clone();
+        let pending = !self.runtime.host().cluster().ids_in(JobState::Pending).is_empty()
+            || !self.runtime.host().cluster().ids_in(JobState::Suspended).is_empty();
+        let stats = self.stats.entry(name.clone()).or_default();
+        for outcome in &step.outcomes {
+            for &nanos in &outcome.call_nanos {
+                stats.calls += 1;
+                stats.call_times.record(nanos);
+                self.metrics.observe_call(&name, outcome.decision_point, nanos);
+            }
+            stats.applied += outcome.applied.len() as u64;
+            stats.rejected += outcome.rejected.len() as u64;
+            self.metrics
+                .schedule_attempts(outcome.applied.len(), outcome.rejected.len(), pending);
+            for (action, _) in &outcome.applied {
+                self.changed.insert(action.job());
+                match action {
+                    Action::Preempt(_) => {
+                        self.metrics.preemptions.inc();
+                    }
+                    Action::Migrate(_) => {
+                        self.metrics.migrations.inc();
+                    }
+                    Action::Start(_) => {
+                        if let Some(job) = self.runtime.host().cluster().job(action.job()) {
+                            self.metrics.observe_start(job);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (id, _) in &step.ended {
+            self.changed.insert(*id);
+            self.metrics.observe_end(self.runtime.host().cluster().job(*id));
+        }
+        for (id, _) in &step.backend_errors {
+            self.changed.insert(*id);
+            self.metrics.observe_end(self.runtime.host().cluster().job(*id));
+        }
+
+        let host = self.runtime.host().stats();
+        let (strikes, ejections) = (host.strikes, host.ejections);
+        if strikes > self.seen_strikes {
+            let new = strikes - self.seen_strikes;
+            stats.strikes += new;
+            self.metrics.strikes(&name, new);
+            self.seen_strikes = strikes;
+        }
+        if ejections > self.seen_ejections {
+            self.seen_ejections = ejections;
+            stats.ejections += 1;
+            self.metrics.ejections.inc();
+            let to = match self.runtime.host().active() {
+                ActivePolicy::Native(p) => p.name().to_string(),
+                ActivePolicy::Plugin(p) => p.info().name.clone(),
+            };
+            self.pending_events
+                .push(policy_event(unix_now(), &name, &to, "ejected", false));
+            self.active = ActivePolicyRecord {
+                name: BUILTIN_FIFO.into(),
+                config: String::new(),
+            };
+            self.batch.active = Some(self.active.clone());
+        }
+    }
+
+    fn update_gauges(&self) {
+        let cluster = self.runtime.host().cluster();
+        self.metrics.set_gauges(
+            cluster.ids_in(JobState::Pending).len(),
+            cluster.running_ids().len(),
+            cluster.ids_in(JobState::Suspended).len(),
+            cluster.allocated_share() / f64::from(cluster.gpu_count().max(1)),
+        );
+    }
+}

@@ -1,0 +1,541 @@
+//! The gRPC services: check who may call, check what was asked, and pass it
+//! to the scheduler loop.
+//!
+//! Everything that can be checked without cluster state is checked here,
+//! so a malformed request never reaches the loop and always gets
+//! `INVALID_ARGUMENT` with the field's name first (`spec.gpus: ...`).
+//! Compiling a plugin happens here too, on a blocking thread, so that a
+//! slow compile never delays a decision.
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::core::{self, CoreHandle, Request as CoreRequest};
+use crate::proto;
+use crate::proto::job_spec::Work;
+
+/// Longest job name, user name or plugin name accepted.
+const MAX_NAME: usize = 256;
+
+/// Who may change things: mutating calls must carry `authorization:
+/// Bearer TOKEN`.
+#[derive(Clone)]
+pub struct Auth {
+    token: Arc<str>,
+}
+
+impl Auth {
+    /// Calls must present `token`.
+    pub fn new(token: &str) -> Self {
+        Auth { token: token.into() }
+    }
+
+    /// Refuse the call unless it carries the token.
+    pub fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(value) = request.metadata().get("authorization") else {
+            return Err(Status::unauthenticated(
+                "this call changes the scheduler and needs `authorization: Bearer TOKEN` (the token is in the server's state directory)",
+            ));
+        };
+        let presented = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("authorization: expected `Bearer TOKEN`"))?;
+        if constant_time_eq(presented.trim().as_bytes(), self.token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied("authorization: wrong token"))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {why}"))
+}
+
+fn check_name(field: &str, value: &str, required: bool) -> Result<(), Status> {
+    if required && value.trim().is_empty() {
+        return Err(invalid(field, "required"));
+    }
+    if value.len() > MAX_NAME {
+        return Err(invalid(field, format!("longer than {MAX_NAME} bytes")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+fn check_seconds(field: &str, value: f64) -> Result<(), Status> {
+    if !(value.is_finite() && value >= 0.0) {
+        return Err(invalid(
+            field,
+            format!("must be a finite number of seconds >= 0, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Check a job spec as far as it can be without the cluster (the loop
+/// checks the GPU count and memory against the GPUs it has).
+pub fn validate_spec(spec: Option<&proto::JobSpec>) -> Result<&proto::JobSpec, Status> {
+    let spec = spec.ok_or_else(|| invalid("spec", "required"))?;
+    check_name("spec.name", &spec.name, false)?;
+    check_name("spec.user", &spec.user, true)?;
+    if spec.gpus == 0 {
+        return Err(invalid("spec.gpus", "must be at least 1"));
+    }
+    if let Some(f) = spec.gpu_fraction {
+        if !(f > 0.0 && f <= 1.0) {
+            return Err(invalid("spec.gpu_fraction", format!("must be in (0, 1], got {f}")));
+        }
+        if spec.gpus != 1 {
+            return Err(invalid("spec.gpu_fraction", "only for jobs of 1 GPU"));
+        }
+    }
+    if let Some(p) = spec.priority
+        && !(p.is_finite() && p > 0.0)
+    {
+        return Err(invalid(
+            "spec.priority",
+            format!("must be a finite number > 0, got {p}"),
+        ));
+    }
+    if let Some(d) = spec.expected_duration_seconds {
+        check_seconds("spec.expected_duration_seconds", d)?;
+    }
+    match &spec.work {
+        None => return Err(invalid("spec.work", "set either command or synthetic")),
+        Some(Work::Command(c)) => {
+            let Some(program) = c.argv.first() else {
+                return Err(invalid("spec.command.argv", "empty: give at least the program"));
+            };
+            if program.is_empty() {
+                return Err(invalid("spec.command.argv[0]", "the program is empty"));
+            }
+            if c.argv
+                .iter()
+                .chain(c.env.keys())
+                .chain(c.env.values())
+                .any(|s| s.contains('\0'))
+            {
+                return Err(invalid("spec.command", "contains a NUL byte"));
+            }
+            if c.env.keys().any(|k| k.is_empty() || k.contains('=')) {
+                return Err(invalid("spec.command.env", "names must be non-empty and without '='"));
+            }
+        }
+        Some(Work::Synthetic(s)) => check_seconds("spec.synthetic.seconds", s.seconds)?,
+    }
+    Ok(spec)
+}
+
+/// The `Jobs` service.
+#[derive(Clone)]
+pub struct JobsApi {
+    core: CoreHandle,
+    auth: Auth,
+}
+
+/// The `Policies` service.
+#[derive(Clone)]
+pub struct PoliciesApi {
+    core: CoreHandle,
+    auth: Auth,
+    max_plugin_bytes: usize,
+}
+
+/// The `Cluster` service.
+#[derive(Clone)]
+pub struct ClusterApi {
+    core: CoreHandle,
+}
+
+impl JobsApi {
+    /// Jobs served by `core`, mutations guarded by `auth`.
+    pub fn new(core: CoreHandle, auth: Auth) -> Self {
+        JobsApi { core, auth }
+    }
+}
+
+impl PoliciesApi {
+    /// Policies served by `core`; plugins over `max_plugin_bytes` are refused.
+    pub fn new(core: CoreHandle, auth: Auth, max_plugin_bytes: usize) -> Self {
+        PoliciesApi {
+            core,
+            auth,
+            max_plugin_bytes,
+        }
+    }
+}
+
+impl ClusterApi {
+    /// The cluster view of `core`.
+    pub fn new(core: CoreHandle) -> Self {
+        ClusterApi { core }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
+
+fn event_job(event: &proto::Event) -> Option<u64> {
+    match &event.kind {
+        Some(proto::event::Kind::Job(job)) => Some(job.id),
+        _ => None,
+    }
+}
+
+#[tonic::async_trait]
+impl proto::jobs_server::Jobs for JobsApi {
+    async fn submit_job(
+        &self,
+        request: Request<proto::SubmitJobRequest>,
+    ) -> Result<Response<proto::SubmitJobResponse>, Status> {
+        self.auth.check(&request)?;
+        let request = request.into_inner();
+        validate_spec(request.spec.as_ref())?;
+        let spec = request.spec.unwrap_or_default();
+        let id = self.core.ask(|reply| CoreRequest::Submit(spec, reply)).await?;
+        Ok(Response::new(proto::SubmitJobResponse { id }))
+    }
+
+    async fn get_job(&self, request: Request<proto::GetJobRequest>) -> Result<Response<proto::Job>, Status> {
+        let id = request.into_inner().id;
+        Ok(Response::new(self.core.ask(|reply| CoreRequest::Get(id, reply)).await?))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<proto::ListJobsRequest>,
+    ) -> Result<Response<proto::ListJobsResponse>, Status> {
+        let filter = request.into_inner();
+        for (i, &state) in filter.states.iter().enumerate() {
+            match proto::JobState::try_from(state) {
+                Ok(proto::JobState::Unspecified) | Err(_) => {
+                    return Err(invalid(&format!("states[{i}]"), format!("unknown job state {state}")));
+                }
+                Ok(_) => {}
+            }
+        }
+        check_name("user", &filter.user, false)?;
+        let jobs = self.core.ask(|reply| CoreRequest::List(filter, reply)).await?;
+        Ok(Response::new(proto::ListJobsResponse { jobs }))
+    }
+
+    async fn cancel_job(&self, request: Request<proto::CancelJobRequest>) -> Result<Response<proto::Job>, Status> {
+        self.auth.check(&request)?;
+        let id = request.into_inner().id;
+        Ok(Response::new(
+            self.core.ask(|reply| CoreRequest::Cancel(id, reply)).await?,
+        ))
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(&self, request: Request<proto::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let request = request.into_inner();
+        let (current, rx) = self
+            .core
+            .ask(|reply| CoreRequest::Watch(request.include_current, reply))
+            .await?;
+        let only = request.job_id;
+        let wanted = move |event: &proto::Event| only == 0 || event_job(event) == Some(only);
+        let current = tokio_stream::iter(current.into_iter().filter(wanted).map(Ok));
+        let live = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |item| match item {
+            Ok(event) => wanted(&event).then(|| Ok((*event).clone())),
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => Some(Err(Status::data_loss(
+                format!("this watcher fell {n} events behind and was cut off; watch again with include_current"),
+            ))),
+        });
+        // A lagged watcher gets one error and the stream ends.
+        let live = live.take_while_inclusive_ok();
+        Ok(Response::new(Box::pin(current.chain(live))))
+    }
+}
+
+/// Ends a stream after its first error (included).
+trait TakeWhileInclusiveOk: Stream + Sized {
+    fn take_while_inclusive_ok(self) -> Pin<Box<dyn Stream<Item = Self::Item> + Send>>;
+}
+
+impl<S, T> TakeWhileInclusiveOk for S
+where
+    S: Stream<Item = Result<T, Status>> + Send + 'static,
+    T: Send + 'static,
+{
+    fn take_while_inclusive_ok(self) -> Pin<Box<dyn Stream<Item = Self::Item> + Send>> {
+        let mut failed = false;
+        Box::pin(self.map_while(move |item| {
+            if failed {
+                return None;
+            }
+            failed = item.is_err();
+            Some(item)
+        }))
+    }
+}
+
+/// Whether `bytes` start like a WebAssembly component (not a core module).
+fn component_header(bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err("not a WebAssembly binary (no \\0asm header)".into());
+    }
+    // Bytes 4..8: version and layer; layer 1 is a component.
+    if bytes[6..8] != [1, 0] {
+        return Err("a core WebAssembly module, not a component: wrap it with `wasm-tools component new`".into());
+    }
+    Ok(())
+}
+
+fn check_plugin_name(name: &str) -> Result<(), Status> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(invalid("name", "must be 1 to 64 characters"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(invalid(
+            "name",
+            format!("{name:?}: use letters, digits, '-', '_' and '.' only"),
+        ));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl proto::policies_server::Policies for PoliciesApi {
+    async fn load_policy(&self, request: Request<proto::LoadPolicyRequest>) -> Result<Response<proto::Policy>, Status> {
+        self.auth.check(&request)?;
+        let request = request.into_inner();
+        let max = self.max_plugin_bytes;
+        let (bytes, default_name, field) = match request.source {
+            None => return Err(invalid("source", "set either wasm or path")),
+            Some(proto::load_policy_request::Source::Wasm(bytes)) => (bytes, String::new(), "wasm"),
+            Some(proto::load_policy_request::Source::Path(path)) => {
+                let path = Path::new(&path);
+                let meta = std::fs::metadata(path).map_err(|e| invalid("path", format!("{}: {e}", path.display())))?;
+                if meta.len() > max as u64 {
+                    return Err(invalid(
+                        "path",
+                        format!("{}: {} bytes, over the limit of {max}", path.display(), meta.len()),
+                    ));
+                }
+                let bytes = std::fs::read(path).map_err(|e| invalid("path", format!("{}: {e}", path.display())))?;
+                let stem = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default()
+                    .to_string();
+                (bytes, stem, "path")
+            }
+        };
+        if bytes.len() > max {
+            return Err(invalid(
+                field,
+                format!("{} bytes, over the limit of {max}", bytes.len()),
+            ));
+        }
+        component_header(&bytes).map_err(|why| invalid(field, why))?;
+        let given = if request.name.is_empty() {
+            default_name
+        } else {
+            request.name
+        };
+        if !given.is_empty() {
+            check_plugin_name(&given)?;
+        }
+        let engine = self.core.engine.clone();
+        let compile_name = if given.is_empty() {
+            "plugin".to_string()
+        } else {
+            given.clone()
+        };
+        let (plugin, bytes, info) = tokio::task::spawn_blocking(move || {
+            let plugin = engine.load_bytes(&compile_name, &bytes)?;
+            let info = core::describe_plugin(&engine, &plugin);
+            Ok::<_, crate::engine::LoadError>((plugin, bytes, info))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("compiling the plugin panicked: {e}")))?
+        .map_err(|e| invalid(field, e))?;
+        // No name given: the one the plugin gives itself.
+        let name = if given.is_empty() { info.clone() } else { given };
+        if name.is_empty() {
+            return Err(invalid(
+                "name",
+                "required: the plugin does not start without its config, so it cannot name itself",
+            ));
+        }
+        check_plugin_name(&name)?;
+        let policy = self
+            .core
+            .ask(|reply| CoreRequest::AddPlugin {
+                name,
+                plugin,
+                bytes,
+                info,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(policy))
+    }
+
+    async fn swap_policy(
+        &self,
+        request: Request<proto::SwapPolicyRequest>,
+    ) -> Result<Response<proto::SwapPolicyResponse>, Status> {
+        self.auth.check(&request)?;
+        let request = request.into_inner();
+        if request.name.is_empty() {
+            return Err(invalid("name", "required"));
+        }
+        if request.config.len() > 1 << 20 {
+            return Err(invalid("config", "longer than 1 MiB"));
+        }
+        let response = self
+            .core
+            .ask(|reply| CoreRequest::Swap(request.name, request.config, reply))
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn list_policies(
+        &self,
+        _request: Request<proto::ListPoliciesRequest>,
+    ) -> Result<Response<proto::ListPoliciesResponse>, Status> {
+        Ok(Response::new(self.core.ask(CoreRequest::ListPolicies).await?))
+    }
+
+    async fn unload_policy(
+        &self,
+        request: Request<proto::UnloadPolicyRequest>,
+    ) -> Result<Response<proto::UnloadPolicyResponse>, Status> {
+        self.auth.check(&request)?;
+        let name = request.into_inner().name;
+        if name.is_empty() {
+            return Err(invalid("name", "required"));
+        }
+        self.core.ask(|reply| CoreRequest::Unload(name, reply)).await?;
+        Ok(Response::new(proto::UnloadPolicyResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::cluster_server::Cluster for ClusterApi {
+    async fn get_cluster(
+        &self,
+        _request: Request<proto::GetClusterRequest>,
+    ) -> Result<Response<proto::ClusterState>, Status> {
+        Ok(Response::new(self.core.ask(CoreRequest::Cluster).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synthetic(gpus: u32, seconds: f64) -> proto::JobSpec {
+        proto::JobSpec {
+            user: "alice".into(),
+            gpus,
+            work: Some(Work::Synthetic(proto::Synthetic { seconds })),
+            ..Default::default()
+        }
+    }
+
+    fn field_of(status: Status) -> String {
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        status.message().split(':').next().unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn every_malformed_spec_is_refused_naming_its_field() {
+        assert_eq!(field_of(validate_spec(None).unwrap_err()), "spec");
+        let cases: Vec<(&str, proto::JobSpec)> = vec![
+            ("spec.gpus", synthetic(0, 1.0)),
+            (
+                "spec.user",
+                proto::JobSpec {
+                    user: String::new(),
+                    ..synthetic(1, 1.0)
+                },
+            ),
+            ("spec.synthetic.seconds", synthetic(1, f64::NAN)),
+            ("spec.synthetic.seconds", synthetic(1, -1.0)),
+            (
+                "spec.work",
+                proto::JobSpec {
+                    work: None,
+                    ..synthetic(1, 1.0)
+                },
+            ),
+            (
+                "spec.gpu_fraction",
+                proto::JobSpec {
+                    gpu_fraction: Some(1.5),
+                    ..synthetic(1, 1.0)
+                },
+            ),
+            (
+                "spec.gpu_fraction",
+                proto::JobSpec {
+                    gpu_fraction: Some(0.5),
+                    ..synthetic(2, 1.0)
+                },
+            ),
+            (
+                "spec.priority",
+                proto::JobSpec {
+                    priority: Some(0.0),
+                    ..synthetic(1, 1.0)
+                },
+            ),
+            (
+                "spec.expected_duration_seconds",
+                proto::JobSpec {
+                    expected_duration_seconds: Some(f64::INFINITY),
+                    ..synthetic(1, 1.0)
+                },
+            ),
+            (
+                "spec.name",
+                proto::JobSpec {
+                    name: "x".repeat(300),
+                    ..synthetic(1, 1.0)
+                },
+            ),
+            (
+                "spec.command.argv",
+                proto::JobSpec {
+                    work: Some(Work::Command(proto::Command::default())),
+                    ..synthetic(1, 1.0)
+                },
+            ),
+        ];
+        for (field, spec) in cases {
+            assert_eq!(field_of(validate_spec(Some(&spec)).unwrap_err()), field, "{spec:?}");
+        }
+        assert!(validate_spec(Some(&synthetic(2, 10.0))).is_ok());
+    }
+
+    #[test]
+    fn only_components_pass_the_header_check() {
+        assert!(component_header(b"hello world").is_err());
+        assert!(
+            component_header(b"\0asm\x01\0\0\0")
+                .unwrap_err()
+                .contains("core WebAssembly module")
+        );
+        assert!(component_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+}

@@ -1,0 +1,296 @@
+//! Job specs from YAML, in the `apiVersion/kind/metadata/spec` shape that
+//! users of Kubernetes and its batch schedulers already write:
+//!
+//! ```yaml
+//! apiVersion: wsched.dev/v1
+//! kind: Job
+//! metadata:
+//!   name: resnet50
+//!   user: alice
+//! spec:
+//!   gpus: 2
+//!   expectedDuration: 2h      # or seconds: 7200
+//!   memoryPerGpu: 16Gi        # or bytes
+//!   command: [python, train.py, --epochs, "90"]
+//!   env:
+//!     - {name: BATCH, value: "256"}
+//!   workingDir: /data/resnet
+//! ```
+//!
+//! or `synthetic: {seconds: 600}` instead of a command. Several documents
+//! separated by `---` are several jobs. Unknown fields are errors (a typo
+//! must not silently drop a setting), reported with the document and line.
+
+use serde::Deserialize;
+
+use crate::proto;
+
+/// The `apiVersion` this reader understands.
+pub const API_VERSION: &str = "wsched.dev/v1";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Manifest {
+    api_version: String,
+    kind: String,
+    #[serde(default)]
+    metadata: Metadata,
+    spec: Spec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Metadata {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    user: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Spec {
+    gpus: u32,
+    gpu_fraction: Option<f64>,
+    priority: Option<f64>,
+    expected_duration: Option<Quantity>,
+    iterations: Option<u64>,
+    memory_per_gpu: Option<Quantity>,
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: Vec<EnvVar>,
+    working_dir: Option<String>,
+    synthetic: Option<SyntheticSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvVar {
+    name: String,
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyntheticSpec {
+    seconds: Quantity,
+}
+
+/// A number, or a string with a unit ("90s", "2h", "16Gi").
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Quantity {
+    Number(f64),
+    Text(String),
+}
+
+fn seconds(field: &str, q: &Quantity) -> Result<f64, String> {
+    let value = match q {
+        Quantity::Number(n) => *n,
+        Quantity::Text(t) => {
+            let t = t.trim();
+            let (number, scale) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+                None => (t, 1.0),
+                Some((i, _)) => {
+                    let scale = match &t[i..] {
+                        "ms" => 1e-3,
+                        "s" => 1.0,
+                        "m" => 60.0,
+                        "h" => 3600.0,
+                        "d" => 86400.0,
+                        unit => {
+                            return Err(format!(
+                                "{field}: unknown unit {unit:?} in {t:?} (use ms, s, m, h or d)"
+                            ));
+                        }
+                    };
+                    (&t[..i], scale)
+                }
+            };
+            number
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| format!("{field}: {t:?} is not a duration"))?
+                * scale
+        }
+    };
+    if !(value.is_finite() && value >= 0.0) {
+        return Err(format!("{field}: must be a duration >= 0"));
+    }
+    Ok(value)
+}
+
+fn bytes(field: &str, q: &Quantity) -> Result<u64, String> {
+    let value = match q {
+        Quantity::Number(n) => *n,
+        Quantity::Text(t) => {
+            let t = t.trim();
+            let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+            let scale: f64 = match &t[split..] {
+                "" => 1.0,
+                "k" | "K" => 1e3,
+                "M" => 1e6,
+                "G" => 1e9,
+                "T" => 1e12,
+                "Ki" => 1024.0,
+                "Mi" => 1024.0 * 1024.0,
+                "Gi" => 1024.0 * 1024.0 * 1024.0,
+                "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+                unit => {
+                    return Err(format!(
+                        "{field}: unknown unit {unit:?} in {t:?} (use Ki, Mi, Gi, Ti, k, M, G or T)"
+                    ));
+                }
+            };
+            t[..split]
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| format!("{field}: {t:?} is not an amount of memory"))?
+                * scale
+        }
+    };
+    if !(value.is_finite() && value >= 0.0 && value < u64::MAX as f64) {
+        return Err(format!("{field}: must be a number of bytes >= 0"));
+    }
+    Ok(value.round() as u64)
+}
+
+fn to_spec(m: Manifest, default_user: &str) -> Result<proto::JobSpec, String> {
+    if m.api_version != API_VERSION {
+        return Err(format!("apiVersion: expected {API_VERSION}, got {:?}", m.api_version));
+    }
+    if m.kind != "Job" {
+        return Err(format!("kind: expected Job, got {:?}", m.kind));
+    }
+    let s = m.spec;
+    let work = match (s.command, s.synthetic) {
+        (Some(_), Some(_)) => return Err("spec: give either command or synthetic, not both".into()),
+        (None, None) => return Err("spec: give a command or a synthetic workload".into()),
+        (Some(mut argv), None) => {
+            argv.extend(s.args);
+            proto::job_spec::Work::Command(proto::Command {
+                argv,
+                env: s.env.into_iter().map(|e| (e.name, e.value)).collect(),
+                workdir: s.working_dir.unwrap_or_default(),
+            })
+        }
+        (None, Some(synthetic)) => {
+            if !s.args.is_empty() || !s.env.is_empty() || s.working_dir.is_some() {
+                return Err("spec: args, env and workingDir go with a command, not a synthetic job".into());
+            }
+            proto::job_spec::Work::Synthetic(proto::Synthetic {
+                seconds: seconds("spec.synthetic.seconds", &synthetic.seconds)?,
+            })
+        }
+    };
+    Ok(proto::JobSpec {
+        name: m.metadata.name,
+        user: if m.metadata.user.is_empty() {
+            default_user.to_string()
+        } else {
+            m.metadata.user
+        },
+        gpus: s.gpus,
+        gpu_fraction: s.gpu_fraction,
+        priority: s.priority,
+        expected_duration_seconds: s
+            .expected_duration
+            .as_ref()
+            .map(|q| seconds("spec.expectedDuration", q))
+            .transpose()?,
+        iterations: s.iterations,
+        memory_per_gpu_bytes: s
+            .memory_per_gpu
+            .as_ref()
+            .map(|q| bytes("spec.memoryPerGpu", q))
+            .transpose()?
+            .unwrap_or(0),
+        work: Some(work),
+    })
+}
+
+/// Read every job in a YAML text (documents separated by `---`); jobs
+/// without `metadata.user` belong to `default_user`. An error names the
+/// document (1-based) and what is wrong.
+pub fn parse(text: &str, default_user: &str) -> Result<Vec<proto::JobSpec>, String> {
+    let blank = text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---");
+    if blank {
+        return Err("no job in the file".into());
+    }
+    let mut specs = Vec::new();
+    for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let manifest = Manifest::deserialize(document).map_err(|e| format!("document {}: {e}", i + 1))?;
+        specs.push(to_spec(manifest, default_user).map_err(|e| format!("document {}: {e}", i + 1))?);
+    }
+    if specs.is_empty() {
+        return Err("no job in the file".into());
+    }
+    Ok(specs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_manifest_becomes_a_spec() {
+        let text = r#"
+apiVersion: wsched.dev/v1
+kind: Job
+metadata: {name: resnet50, user: alice}
+spec:
+  gpus: 2
+  expectedDuration: 2h
+  memoryPerGpu: 16Gi
+  iterations: 1000
+  command: [python, train.py]
+  args: [--epochs, "90"]
+  env: [{name: BATCH, value: "256"}]
+  workingDir: /data
+---
+apiVersion: wsched.dev/v1
+kind: Job
+spec: {gpus: 1, gpuFraction: 0.5, synthetic: {seconds: 90s}}
+"#;
+        let specs = parse(text, "bob").unwrap();
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[0].user, "alice");
+        assert_eq!(specs[0].expected_duration_seconds, Some(7200.0));
+        assert_eq!(specs[0].memory_per_gpu_bytes, 16 << 30);
+        let Some(proto::job_spec::Work::Command(c)) = &specs[0].work else {
+            panic!()
+        };
+        assert_eq!(c.argv, ["python", "train.py", "--epochs", "90"]);
+        assert_eq!(c.env["BATCH"], "256");
+        assert_eq!(specs[1].user, "bob");
+        assert_eq!(specs[1].gpu_fraction, Some(0.5));
+        let Some(proto::job_spec::Work::Synthetic(s)) = &specs[1].work else {
+            panic!()
+        };
+        assert_eq!(s.seconds, 90.0);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let base = "apiVersion: wsched.dev/v1\nkind: Job\nspec:\n  gpus: 1\n  synthetic: {seconds: 5}\n";
+        let err = |text: &str| parse(text, "u").unwrap_err();
+        assert!(
+            err(&base.replace("gpus: 1", "gpu: 1")).contains("unknown field `gpu`"),
+            "{}",
+            err(&base.replace("gpus: 1", "gpu: 1"))
+        );
+        assert!(err(&base.replace("v1", "v9")).contains("apiVersion"));
+        assert!(err(&base.replace("kind: Job", "kind: Pod")).contains("kind"));
+        assert!(err(&base.replace("seconds: 5", "seconds: 5y")).contains("unknown unit"));
+        assert!(
+            err(&base.replace("synthetic: {seconds: 5}", "command: [a]\n  synthetic: {seconds: 5}"))
+                .contains("not both")
+        );
+        assert!(err("").contains("no job"));
+        assert!(err("spec: [").starts_with("document 1"));
+    }
+}

@@ -1,0 +1,296 @@
+//! `wsched serve`: a long-running scheduler that takes jobs and policies
+//! over gRPC, stores every acknowledged job, and runs the active policy's
+//! decisions on a backend.
+//!
+//! The shape follows from two promises. *Decisions stay deterministic and
+//! serial*: one thread, the scheduler loop ([`core`]), owns the runtime
+//! (cluster model, policy, backend) and the database, and does everything
+//! in turns; gRPC handlers ([`grpc`]) only validate requests and send them
+//! to it. *An acknowledged job is never lost*: a turn first applies every
+//! request that arrived, lets the policy decide, then commits all changes
+//! in one transaction, and only then replies. Under load, thousands of
+//! submissions share one turn and one fsync, which is how durability and
+//! throughput go together.
+//!
+//! - [`core`]: the scheduler loop and its state.
+//! - [`grpc`]: the tonic services, request validation and the bearer token.
+//! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
+//! - [`client`]: the `wsched` command line's side of the service.
+//! - [`manifest`]: job specs from YAML files.
+
+pub mod client;
+pub mod core;
+pub mod grpc;
+pub mod manifest;
+pub mod metrics;
+
+pub use self::core::BUILTIN_FIFO;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::engine::Limits;
+use crate::proto;
+
+/// Default address of the gRPC service.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Default address of the Prometheus endpoint.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+/// Which backend runs the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// CUDA when a driver is present, emulated GPUs otherwise.
+    Auto,
+    /// Emulated GPUs (synthetic jobs advance with the wall clock); command
+    /// jobs run as local processes.
+    Emulated,
+    /// Real NVIDIA GPUs through the CUDA driver.
+    Cuda,
+}
+
+/// Everything `wsched serve` is configured with.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where the gRPC service listens.
+    pub listen: SocketAddr,
+    /// Where `/metrics` is served (none: not served).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Directory for the database, the token and job directories.
+    pub state_dir: PathBuf,
+    /// The bearer token for mutating calls; read from (or generated into)
+    /// `state_dir/token` when none.
+    pub token: Option<String>,
+    /// A plugin file to load (under its file stem) and activate with this
+    /// config at start, instead of restoring the stored active policy.
+    pub initial_policy: Option<(PathBuf, String)>,
+    /// Backend choice.
+    pub backend: BackendChoice,
+    /// GPUs to emulate.
+    pub emulate_gpus: u32,
+    /// GPUs per node (emulated).
+    pub gpus_per_node: u32,
+    /// Device memory of each emulated GPU, in bytes.
+    pub gpu_memory: u64,
+    /// Limits for plugins (`max_plugin_size` bounds what may be loaded).
+    pub limits: Limits,
+    /// Longest the scheduler loop sleeps with nothing due (it also wakes
+    /// on every request).
+    pub poll: Duration,
+    /// How often running jobs' progress is written to the database, so
+    /// that a crash loses at most this much of it.
+    pub checkpoint_every: Duration,
+}
+
+impl ServeConfig {
+    /// Defaults for a state directory: loopback, emulated or CUDA by what
+    /// the machine has, 4 emulated GPUs.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        ServeConfig {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            metrics_listen: Some(DEFAULT_METRICS_LISTEN.parse().expect("valid default address")),
+            state_dir: state_dir.into(),
+            token: None,
+            initial_policy: None,
+            backend: BackendChoice::Auto,
+            emulate_gpus: 4,
+            gpus_per_node: 8,
+            gpu_memory: 80 << 30,
+            limits: Limits::default(),
+            poll: Duration::from_millis(200),
+            checkpoint_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The default state directory: `$XDG_STATE_HOME/wsched` or `~/.local/state/wsched`.
+pub fn default_state_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .map(|d| d.join("wsched"))
+}
+
+/// The token file inside a state directory.
+pub fn token_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("token")
+}
+
+/// Read the token from `path`, or generate one there (readable only by its
+/// owner) when the file does not exist.
+pub fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::read_to_string(path) {
+        Ok(token) => {
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                anyhow::bail!(
+                    "{}: the token file is readable by others (mode {:o}); run `chmod 600` on it",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+            let token = token.trim().to_string();
+            anyhow::ensure!(!token.is_empty(), "{}: the token file is empty", path.display());
+            Ok(token)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+                .context("cannot read /dev/urandom for a token")?;
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot create the token file {}", path.display()))?;
+            writeln!(file, "{token}")?;
+            file.sync_all()?;
+            Ok(token)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read the token file {}", path.display())),
+    }
+}
+
+/// Whether an NVIDIA driver (libcuda) can be loaded on this machine.
+pub fn cuda_driver_present() -> bool {
+    // dlopen with RTLD_NOLOAD would miss a library not yet loaded; load it
+    // and close it again.
+    for name in [c"libcuda.so.1", c"libcuda.so"] {
+        // SAFETY: dlopen/dlclose with a valid C string; the handle is not used.
+        unsafe {
+            let handle = libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+            if !handle.is_null() {
+                libc::dlclose(handle);
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Run the service until SIGINT or SIGTERM.
+pub async fn serve(config: ServeConfig, cache: Option<crate::engine::CompileCache>) -> anyhow::Result<()> {
+    use tokio_stream::wrappers::TcpListenerStream;
+
+    let driver = cuda_driver_present();
+    let why = match (config.backend, driver) {
+        (BackendChoice::Cuda, false) => {
+            anyhow::bail!("--backend cuda: no NVIDIA driver found (libcuda.so.1 does not load); use --backend emulated")
+        }
+        (BackendChoice::Cuda, true) => {
+            anyhow::bail!("--backend cuda: the CUDA backend is not part of this build yet; use --backend emulated")
+        }
+        (BackendChoice::Auto, true) => "a CUDA driver is present but this build has no CUDA backend yet",
+        (BackendChoice::Auto, false) => "no CUDA driver found",
+        (BackendChoice::Emulated, _) => "asked for",
+    };
+    tracing::info!(
+        "wsched serve: backend emulated ({} GPUs, {} per node; {why}); command jobs run as local processes",
+        config.emulate_gpus,
+        config.gpus_per_node
+    );
+    anyhow::ensure!(config.emulate_gpus > 0, "--emulate-gpus: must be at least 1");
+    anyhow::ensure!(config.gpus_per_node > 0, "--gpus-per-node: must be at least 1");
+
+    let token = match &config.token {
+        Some(token) if !token.trim().is_empty() => token.trim().to_string(),
+        Some(_) => anyhow::bail!("--token: empty"),
+        None => load_or_create_token(&token_path(&config.state_dir))?,
+    };
+    let engine = crate::engine::Engine::with_cache(config.limits.clone(), cache)?;
+    let metrics = metrics::Metrics::new();
+    let (handle, thread) = core::start(&config, engine, metrics.clone())?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    // Tests and the CLI find a server started on port 0 through this file.
+    std::fs::write(config.state_dir.join("serve.addr"), format!("{address}\n"))
+        .with_context(|| format!("cannot write {}", config.state_dir.join("serve.addr").display()))?;
+    tracing::info!(%address, state_dir = %config.state_dir.display(), "gRPC service listening");
+
+    if let Some(addr) = config.metrics_listen {
+        let metrics = metrics.clone();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        tracing::info!(address = %listener.local_addr()?, "metrics at /metrics");
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve_on(listener, metrics).await {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
+
+    let auth = grpc::Auth::new(&token);
+    let max_message = config.limits.max_plugin_size + (1 << 20);
+    let jobs = proto::jobs_server::JobsServer::new(grpc::JobsApi::new(handle.clone(), auth.clone()));
+    let policies = proto::policies_server::PoliciesServer::new(grpc::PoliciesApi::new(
+        handle.clone(),
+        auth,
+        config.limits.max_plugin_size,
+    ))
+    .max_decoding_message_size(max_message);
+    let cluster = proto::cluster_server::ClusterServer::new(grpc::ClusterApi::new(handle.clone()));
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<proto::jobs_server::JobsServer<grpc::JobsApi>>()
+        .await;
+    health_reporter
+        .set_serving::<proto::policies_server::PoliciesServer<grpc::PoliciesApi>>()
+        .await;
+    health_reporter
+        .set_serving::<proto::cluster_server::ClusterServer<grpc::ClusterApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the reflection service")?;
+    drop(handle);
+
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(jobs)
+        .add_service(policies)
+        .add_service(cluster)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
+        .await
+        .context("the gRPC server failed")?;
+    tracing::info!("shutting down: storing the final state");
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| anyhow::anyhow!("the scheduler thread panicked"))?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

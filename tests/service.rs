@@ -1,0 +1,960 @@
+//! The scheduler service end to end: a real `wsched serve` process on a
+//! loopback port, driven over gRPC by the generated client, the way an
+//! operator's scripts would. Covers the job lifecycle, token enforcement,
+//! malformed requests, hot swaps under load, the standard health and
+//! reflection services, /metrics, the command line, and recovery after the
+//! server is killed with SIGKILL.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+use wsched::proto;
+use wsched::proto::jobs_client::JobsClient;
+use wsched::proto::policies_client::PoliciesClient;
+
+/// A `wsched serve` child process; killed when dropped.
+struct Server {
+    child: Child,
+    state: PathBuf,
+    address: String,
+    metrics: Option<String>,
+    token: String,
+}
+
+impl Server {
+    /// Start a server with its state in `state` and these extra flags.
+    fn start(state: &Path, extra: &[&str]) -> Server {
+        let _ = std::fs::remove_file(state.join("serve.addr"));
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(state.with_extension("log"))
+            .expect("server log");
+        let child = Command::new(env!("CARGO_BIN_EXE_wsched"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .arg("--state-dir")
+            .arg(state)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log.try_clone().expect("log"))
+            .spawn()
+            .expect("start wsched serve");
+        let addr_file = state.join("serve.addr");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let address = loop {
+            if let Ok(text) = std::fs::read_to_string(&addr_file)
+                && text.ends_with('\n')
+            {
+                break text.trim().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not start; see {}",
+                state.with_extension("log").display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The metrics address is only in the log.
+        let metrics = (0..100).find_map(|_| {
+            let log = std::fs::read_to_string(state.with_extension("log")).unwrap_or_default();
+            let found = log
+                .lines()
+                .rev()
+                .map(strip_ansi)
+                .find(|l| l.contains("metrics at /metrics"))
+                .and_then(|l| l.split("address=").nth(1).map(|a| a.trim().to_string()));
+            if found.is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            found
+        });
+        let token = std::fs::read_to_string(state.join("token"))
+            .expect("token file")
+            .trim()
+            .to_string();
+        Server {
+            child,
+            state: state.to_path_buf(),
+            address,
+            metrics,
+            token,
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.address))
+            .expect("address")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    async fn jobs(&self) -> JobsClient<Channel> {
+        JobsClient::new(self.channel().await)
+    }
+
+    async fn policies(&self) -> PoliciesClient<Channel> {
+        PoliciesClient::new(self.channel().await).max_encoding_message_size(usize::MAX)
+    }
+
+    /// `message` with this server's token.
+    fn authed<T>(&self, message: T) -> Request<T> {
+        with_token(message, &self.token)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    request
+}
+
+fn synthetic(user: &str, gpus: u32, seconds: f64) -> proto::SubmitJobRequest {
+    proto::SubmitJobRequest {
+        spec: Some(proto::JobSpec {
+            name: format!("{user}-{gpus}x{seconds}"),
+            user: user.into(),
+            gpus,
+            work: Some(proto::job_spec::Work::Synthetic(proto::Synthetic { seconds })),
+            ..Default::default()
+        }),
+    }
+}
+
+fn state(job: &proto::Job) -> proto::JobState {
+    proto::JobState::try_from(job.state).expect("known state")
+}
+
+/// Wait until every job in `ids` has ended; returns them.
+async fn wait_ended(jobs: &mut JobsClient<Channel>, ids: &[u64], timeout: Duration) -> Vec<proto::Job> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let all = jobs
+            .list_jobs(proto::ListJobsRequest::default())
+            .await
+            .expect("list")
+            .into_inner()
+            .jobs;
+        let by_id: BTreeMap<u64, proto::Job> = all.into_iter().map(|j| (j.id, j)).collect();
+        let ended = ids
+            .iter()
+            .filter(|id| {
+                by_id
+                    .get(id)
+                    .is_some_and(|j| matches!(state(j), proto::JobState::Finished | proto::JobState::Failed))
+            })
+            .count();
+        if ended == ids.len() {
+            return ids.iter().filter_map(|id| by_id.get(id).cloned()).collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ended} of {} jobs ended in {timeout:?}",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn plugin_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(common::plugin_path(name)).expect("plugin")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_to_completion_and_every_change_is_watched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("state"), &["--emulate-gpus", "2"]);
+    let mut jobs = server.jobs().await;
+    let mut watch = jobs
+        .watch(proto::WatchRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+
+    let mut ids = Vec::new();
+    for (gpus, seconds) in [(1, 0.3), (2, 0.2), (1, 0.1)] {
+        let id = jobs
+            .submit_job(server.authed(synthetic("alice", gpus, seconds)))
+            .await
+            .expect("submit")
+            .into_inner()
+            .id;
+        ids.push(id);
+    }
+    let long = jobs
+        .submit_job(server.authed(synthetic("bob", 1, 3600.0)))
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    let done = wait_ended(&mut jobs, &ids, Duration::from_secs(30)).await;
+    for job in &done {
+        assert_eq!(state(job), proto::JobState::Finished, "{job:?}");
+        let (start, end) = (job.start_time.expect("started"), job.end_time.expect("ended"));
+        let seconds = match job.spec.as_ref().and_then(|s| s.work.clone()) {
+            Some(proto::job_spec::Work::Synthetic(s)) => s.seconds,
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            end - start >= seconds * 0.9,
+            "job {} ran {:.3}s for {seconds}s of work",
+            job.id,
+            end - start
+        );
+        assert_eq!(job.progress, Some(1.0));
+    }
+
+    // Filters.
+    let bobs = jobs
+        .list_jobs(proto::ListJobsRequest {
+            user: "bob".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs;
+    assert_eq!(bobs.iter().map(|j| j.id).collect::<Vec<_>>(), [long]);
+    let finished = jobs
+        .list_jobs(proto::ListJobsRequest {
+            states: vec![proto::JobState::Finished as i32],
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs;
+    assert_eq!(finished.len(), 3);
+
+    // Cancel the long one.
+    let cancelled = jobs
+        .cancel_job(server.authed(proto::CancelJobRequest { id: long }))
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert_eq!(state(&cancelled), proto::JobState::Failed);
+    assert_eq!(cancelled.failure, "cancelled");
+    let again = jobs
+        .cancel_job(server.authed(proto::CancelJobRequest { id: long }))
+        .await
+        .expect_err("already ended");
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+
+    // The watcher saw each job arrive, start and end, in that order.
+    let mut seen: BTreeMap<u64, Vec<proto::JobState>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen
+        .get(&long)
+        .is_none_or(|s| s.last() != Some(&proto::JobState::Failed))
+    {
+        assert!(Instant::now() < deadline, "events so far: {seen:?}");
+        let event = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("an event in time")
+            .expect("stream ok")
+            .expect("stream open");
+        if let Some(proto::event::Kind::Job(job)) = event.kind {
+            seen.entry(job.id).or_default().push(state(&job));
+        }
+    }
+    for id in &ids {
+        let states = &seen[id];
+        assert_eq!(states.first(), Some(&proto::JobState::Pending), "job {id}: {states:?}");
+        assert!(states.contains(&proto::JobState::Running), "job {id}: {states:?}");
+        assert_eq!(states.last(), Some(&proto::JobState::Finished), "job {id}: {states:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_need_the_token_and_reads_do_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("state"), &["--emulate-gpus", "2"]);
+    let mode = std::fs::metadata(server.state.join("token"))
+        .expect("token")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600,
+        "token file mode"
+    );
+    let mut jobs = server.jobs().await;
+    let mut policies = server.policies().await;
+
+    let none = jobs
+        .submit_job(Request::new(synthetic("eve", 1, 1.0)))
+        .await
+        .expect_err("no token");
+    assert_eq!(none.code(), Code::Unauthenticated, "{none:?}");
+    let wrong = jobs
+        .submit_job(with_token(synthetic("eve", 1, 1.0), "not-the-token"))
+        .await
+        .expect_err("wrong token");
+    assert_eq!(wrong.code(), Code::PermissionDenied, "{wrong:?}");
+    for status in [
+        jobs.cancel_job(Request::new(proto::CancelJobRequest { id: 0 }))
+            .await
+            .expect_err("cancel"),
+        policies
+            .swap_policy(Request::new(proto::SwapPolicyRequest {
+                name: "builtin-fifo".into(),
+                config: String::new(),
+            }))
+            .await
+            .expect_err("swap"),
+        policies
+            .load_policy(Request::new(proto::LoadPolicyRequest {
+                name: "x".into(),
+                source: Some(proto::load_policy_request::Source::Wasm(plugin_bytes("fifo"))),
+            }))
+            .await
+            .expect_err("load"),
+        policies
+            .unload_policy(Request::new(proto::UnloadPolicyRequest { name: "x".into() }))
+            .await
+            .expect_err("unload"),
+    ] {
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    // Nothing was accepted, and reads need no token.
+    let all = jobs
+        .list_jobs(proto::ListJobsRequest::default())
+        .await
+        .expect("list without a token")
+        .into_inner()
+        .jobs;
+    assert!(all.is_empty(), "{all:?}");
+    policies
+        .list_policies(proto::ListPoliciesRequest {})
+        .await
+        .expect("policies without a token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_invalid_argument_naming_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("state"), &["--emulate-gpus", "2"]);
+    let mut jobs = server.jobs().await;
+    let mut policies = server.policies().await;
+
+    let mut too_big = synthetic("a", 3, 1.0);
+    let mut no_work = synthetic("a", 1, 1.0);
+    no_work.spec.as_mut().expect("spec").work = None;
+    let mut memory = synthetic("a", 1, 1.0);
+    memory.spec.as_mut().expect("spec").memory_per_gpu_bytes = 1 << 50;
+    let cases = [
+        (proto::SubmitJobRequest { spec: None }, "spec"),
+        (synthetic("a", 0, 1.0), "spec.gpus"),
+        (synthetic("", 1, 1.0), "spec.user"),
+        (synthetic("a", 1, -5.0), "spec.synthetic.seconds"),
+        (no_work, "spec.work"),
+        (std::mem::take(&mut too_big), "spec"),
+        (memory, "spec"),
+    ];
+    for (request, field) in cases {
+        let status = jobs.submit_job(server.authed(request)).await.expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().starts_with(&format!("{field}:")),
+            "{field}: {status:?}"
+        );
+    }
+    let status = jobs
+        .list_jobs(proto::ListJobsRequest {
+            states: vec![42],
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad state");
+    assert!(status.message().starts_with("states[0]:"), "{status:?}");
+    let status = jobs
+        .get_job(proto::GetJobRequest { id: 999 })
+        .await
+        .expect_err("unknown");
+    assert_eq!(status.code(), Code::NotFound);
+
+    let load = |source, name: &str| {
+        server.authed(proto::LoadPolicyRequest {
+            name: name.into(),
+            source: Some(source),
+        })
+    };
+    use proto::load_policy_request::Source;
+    for (request, field, words) in [
+        (
+            load(Source::Wasm(b"not wasm at all".to_vec()), "x"),
+            "wasm",
+            "not a WebAssembly binary",
+        ),
+        (
+            load(Source::Wasm(b"\0asm\x01\0\0\0".to_vec()), "x"),
+            "wasm",
+            "core WebAssembly module",
+        ),
+        (
+            load(Source::Path("/no/such/plugin.wasm".into()), "x"),
+            "path",
+            "No such file",
+        ),
+        (load(Source::Wasm(plugin_bytes("fifo")), "bad name!"), "name", "letters"),
+        (
+            server.authed(proto::LoadPolicyRequest {
+                name: "x".into(),
+                source: None,
+            }),
+            "source",
+            "wasm or path",
+        ),
+    ] {
+        let status = policies.load_policy(request).await.expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().starts_with(&format!("{field}:")), "{status:?}");
+        assert!(status.message().contains(words), "{status:?}");
+    }
+    // A component of another world is refused at load, naming the problem.
+    let empty_component = b"\0asm\x0d\0\x01\0".to_vec();
+    let status = policies
+        .load_policy(load(Source::Wasm(empty_component), "empty"))
+        .await
+        .expect_err("empty component");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("wasm:"), "{status:?}");
+
+    let status = policies
+        .swap_policy(server.authed(proto::SwapPolicyRequest {
+            name: "nothing-loaded".into(),
+            config: String::new(),
+        }))
+        .await
+        .expect_err("unknown plugin");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    let status = policies
+        .unload_policy(server.authed(proto::UnloadPolicyRequest {
+            name: "builtin-fifo".into(),
+        }))
+        .await
+        .expect_err("active");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_under_load_loses_and_duplicates_no_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("state"), &["--emulate-gpus", "4"]);
+    let mut policies = server.policies().await;
+    for name in ["las", "fifo", "tiresias", "sjf"] {
+        policies
+            .load_policy(server.authed(proto::LoadPolicyRequest {
+                name: name.into(),
+                source: Some(proto::load_policy_request::Source::Wasm(plugin_bytes(name))),
+            }))
+            .await
+            .expect("load");
+    }
+    let mut watch = server
+        .jobs()
+        .await
+        .watch(proto::WatchRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+
+    // Four submitters and one operator swapping policies as fast as it can.
+    let mut submitters = Vec::new();
+    for s in 0..4u32 {
+        let mut jobs = server.jobs().await;
+        let token = server.token.clone();
+        submitters.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..60u32 {
+                let request = with_token(
+                    synthetic(&format!("user{s}"), 1 + (i % 2), 0.02 + f64::from(i % 5) * 0.01),
+                    &token,
+                );
+                ids.push(jobs.submit_job(request).await.expect("submit").into_inner().id);
+            }
+            ids
+        }));
+    }
+    let token = server.token.clone();
+    let mut swapper = server.policies().await;
+    let swaps = tokio::spawn(async move {
+        let mut done = 0;
+        for name in [
+            "las",
+            "fifo",
+            "builtin-fifo",
+            "tiresias",
+            "sjf",
+            "las",
+            "fifo",
+            "tiresias",
+            "sjf",
+            "las",
+        ] {
+            let request = with_token(
+                proto::SwapPolicyRequest {
+                    name: name.into(),
+                    config: String::new(),
+                },
+                &token,
+            );
+            swapper.swap_policy(request).await.expect("swap");
+            done += 1;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        done
+    });
+    let mut acked = Vec::new();
+    for s in submitters {
+        acked.extend(s.await.expect("submitter"));
+    }
+    assert_eq!(swaps.await.expect("swapper"), 10);
+
+    let unique: BTreeSet<u64> = acked.iter().copied().collect();
+    assert_eq!(unique.len(), acked.len(), "an id was acknowledged twice");
+    let mut jobs = server.jobs().await;
+    let done = wait_ended(&mut jobs, &acked, Duration::from_secs(120)).await;
+    assert!(
+        done.iter().all(|j| state(j) == proto::JobState::Finished),
+        "a job did not finish"
+    );
+    let all = jobs
+        .list_jobs(proto::ListJobsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs;
+    assert_eq!(
+        all.iter().map(|j| j.id).collect::<BTreeSet<_>>(),
+        unique,
+        "the server has other jobs than were acknowledged"
+    );
+
+    // Each job finished exactly once on the event stream.
+    let mut finished: BTreeMap<u64, u32> = BTreeMap::new();
+    while finished.len() < unique.len() {
+        let event = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("event in time")
+            .expect("stream ok")
+            .expect("open");
+        if let Some(proto::event::Kind::Job(job)) = event.kind
+            && state(&job) == proto::JobState::Finished
+        {
+            *finished.entry(job.id).or_default() += 1;
+        }
+    }
+    assert!(finished.values().all(|&n| n == 1), "{finished:?}");
+
+    let list = policies
+        .list_policies(proto::ListPoliciesRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.active, "las");
+    assert_eq!(list.swaps, 10);
+    assert_eq!(list.ejections, 0);
+    let las = list.policies.iter().find(|p| p.name == "las").expect("las listed");
+    assert!(las.stats.expect("stats").calls > 0);
+    assert_eq!(las.plugin_name, "las");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reflection_and_metrics_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("state"), &["--emulate-gpus", "2"]);
+    let channel = server.channel().await;
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["", "wsched.v1.Jobs", "wsched.v1.Policies", "wsched.v1.Cluster"] {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health")
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses.message().await.expect("ok").expect("a response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("{response:?}")
+    };
+    let names: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
+    for name in [
+        "wsched.v1.Jobs",
+        "wsched.v1.Policies",
+        "wsched.v1.Cluster",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(name), "{names:?}");
+    }
+
+    // Run one job so that the histograms have something in them.
+    let mut jobs = server.jobs().await;
+    let id = jobs
+        .submit_job(server.authed(synthetic("m", 1, 0.05)))
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    wait_ended(&mut jobs, &[id], Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let address = server.metrics.clone().expect("metrics address in the log");
+    let mut stream = std::net::TcpStream::connect(&address).expect("connect to /metrics");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).expect("response");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    for name in [
+        "wsched_schedule_attempts_total{result=\"scheduled\"} 1",
+        "wsched_pending_jobs 0",
+        "wsched_plugin_execution_duration_seconds_count{plugin=\"builtin-fifo\",decision_point=\"job_arrived\"}",
+        "wsched_plugin_strikes_total{plugin=\"builtin-fifo\"} 0",
+        "wsched_policy_swaps_total 0",
+        "wsched_preemptions_total 0",
+        "wsched_job_completion_seconds_count 1",
+        "wsched_job_queueing_seconds_count 1",
+        "wsched_jobs_submitted_total 1",
+    ] {
+        assert!(body.contains(name), "{name} missing from:\n{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_jobs_run_as_processes_and_failures_are_recorded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("state"), &["--emulate-gpus", "2"]);
+    let mut jobs = server.jobs().await;
+    let command = |argv: &[&str]| proto::SubmitJobRequest {
+        spec: Some(proto::JobSpec {
+            user: "ops".into(),
+            gpus: 1,
+            work: Some(proto::job_spec::Work::Command(proto::Command {
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }),
+    };
+    let ok = jobs
+        .submit_job(server.authed(command(&["sh", "-c", "echo on $CUDA_VISIBLE_DEVICES"])))
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    let bad = jobs
+        .submit_job(server.authed(command(&["sh", "-c", "exit 3"])))
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    let missing = jobs
+        .submit_job(server.authed(command(&["/no/such/program"])))
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    let done = wait_ended(&mut jobs, &[ok, bad, missing], Duration::from_secs(30)).await;
+    assert_eq!(state(&done[0]), proto::JobState::Finished, "{:?}", done[0]);
+    let log = std::fs::read_to_string(server.state.join(format!("jobs/job-{ok}/stdout.log"))).expect("log");
+    assert!(log.starts_with("on "), "{log}");
+    assert_eq!(state(&done[1]), proto::JobState::Failed);
+    assert!(done[1].failure.contains('3'), "{:?}", done[1].failure);
+    assert_eq!(state(&done[2]), proto::JobState::Failed);
+    assert!(done[2].failure.contains("/no/such/program"), "{:?}", done[2].failure);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_stream_loses_no_acknowledged_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    let las = common::plugin_path("las");
+    let las = las.to_str().expect("utf-8 path");
+    let mut server = Server::start(&state_dir, &["--emulate-gpus", "4", "--policy", las, "--config", ""]);
+
+    let mut jobs = server.jobs().await;
+    // Short jobs that will be over before the crash.
+    let mut short = Vec::new();
+    for _ in 0..3 {
+        short.push(
+            jobs.submit_job(server.authed(synthetic("a", 1, 0.05)))
+                .await
+                .expect("submit")
+                .into_inner()
+                .id,
+        );
+    }
+    wait_ended(&mut jobs, &short, Duration::from_secs(20)).await;
+    let before: BTreeMap<u64, proto::Job> = jobs
+        .list_jobs(proto::ListJobsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs
+        .into_iter()
+        .map(|j| (j.id, j))
+        .collect();
+
+    // A watcher streaming, and submitters in flight, when the server dies.
+    let mut watch = jobs
+        .watch(proto::WatchRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    let (tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut submitters = Vec::new();
+    for s in 0..3 {
+        let mut jobs = server.jobs().await;
+        let token = server.token.clone();
+        let tx = tx.clone();
+        submitters.push(tokio::spawn(async move {
+            for i in 0u32.. {
+                let gpus = 1 + (i + s) % 2;
+                match jobs
+                    .submit_job(with_token(synthetic("b", gpus, 30.0 + f64::from(i)), &token))
+                    .await
+                {
+                    Ok(reply) => {
+                        let _ = tx.send(reply.into_inner().id);
+                    }
+                    Err(_) => return, // the server is gone
+                }
+            }
+        }));
+    }
+    drop(tx);
+    // Let the stream carry events, then kill.
+    let mut events = 0;
+    while events < 40 {
+        if tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("events flow")
+            .expect("stream ok")
+            .is_some()
+        {
+            events += 1;
+        }
+    }
+    server.kill();
+    for s in submitters {
+        s.await.expect("submitter ends when the server dies");
+    }
+    let mut acked = Vec::new();
+    while let Some(id) = acked_rx.recv().await {
+        acked.push(id);
+    }
+    assert!(acked.len() >= 10, "only {} submissions before the kill", acked.len());
+    drop(watch);
+
+    // Restart on the same state.
+    let server = Server::start(&state_dir, &["--emulate-gpus", "4"]);
+    let mut jobs = server.jobs().await;
+    let after: BTreeMap<u64, proto::Job> = jobs
+        .list_jobs(proto::ListJobsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs
+        .into_iter()
+        .map(|j| (j.id, j))
+        .collect();
+    for id in &acked {
+        let job = after.get(id).unwrap_or_else(|| panic!("acknowledged job {id} lost"));
+        assert!(
+            matches!(
+                state(job),
+                proto::JobState::Pending | proto::JobState::Running | proto::JobState::Suspended
+            ),
+            "job {id} should be live again: {job:?}"
+        );
+        assert_eq!(job.recoveries, 1, "job {id}");
+    }
+    for (id, old) in &before {
+        let job = &after[id];
+        assert_eq!(state(job), proto::JobState::Finished, "finished job {id} kept");
+        assert_eq!(job.end_time, old.end_time, "finished job {id} keeps its result");
+        assert_eq!(job.recoveries, 0);
+    }
+    // The active policy and its config came back.
+    let list = server
+        .policies()
+        .await
+        .list_policies(proto::ListPoliciesRequest {})
+        .await
+        .expect("policies")
+        .into_inner();
+    assert_eq!(list.active, "las");
+    // New ids do not reuse old ones.
+    let next = jobs
+        .submit_job(server.authed(synthetic("c", 1, 0.01)))
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    assert!(after.keys().all(|&id| id < next), "id {next} reused");
+    // And the re-queued jobs are scheduled again.
+    let mut cluster = proto::cluster_client::ClusterClient::new(server.channel().await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = cluster
+            .get_cluster(proto::GetClusterRequest {})
+            .await
+            .expect("cluster")
+            .into_inner();
+        if state.running_jobs > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing runs after recovery: {state:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_drives_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    let _server = Server::start(&state_dir, &["--emulate-gpus", "2"]);
+    let wsched = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wsched"))
+            .args(args)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .env_remove("WSCHED_SERVER")
+            .env_remove("WSCHED_TOKEN")
+            .output()
+            .expect("run wsched");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let manifest = dir.path().join("jobs.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: wsched.dev/v1\nkind: Job\nmetadata: {name: one, user: carol}\nspec: {gpus: 1, synthetic: {seconds: 0.1}}\n---\napiVersion: wsched.dev/v1\nkind: Job\nmetadata: {name: two, user: carol}\nspec: {gpus: 2, expectedDuration: 1s, synthetic: {seconds: 200ms}}\n",
+    )
+    .expect("manifest");
+    let (ok, out, err) = wsched(&["job", "submit", "-f", manifest.to_str().expect("path")]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+
+    let (ok, _, err) = wsched(&[
+        "policy",
+        "load",
+        common::plugin_path("tiresias").to_str().expect("path"),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = wsched(&["policy", "swap", "tiresias"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("builtin-fifo -> tiresias"), "{out}");
+    let (ok, out, _) = wsched(&["policy", "list", "-o", "json"]);
+    assert!(ok);
+    let list: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(list["active"], "tiresias");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, out, err) = wsched(&["job", "list", "--user", "carol", "-o", "json"]);
+        assert!(ok, "{err}");
+        let jobs: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let states: Vec<&str> = jobs
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|j| j["state"].as_str().expect("state"))
+            .collect();
+        assert_eq!(states.len(), 2);
+        if states.iter().all(|s| *s == "finished") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{states:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, out, _) = wsched(&["job", "list"]);
+    assert!(ok && out.starts_with("ID") && out.contains("finished"), "{out}");
+    let (ok, out, _) = wsched(&["job", "get", "1"]);
+    assert!(ok && out.contains("\"two\""), "{out}");
+    let (ok, out, _) = wsched(&["gpu", "list"]);
+    assert!(ok && out.contains("policy tiresias"), "{out}");
+    let (ok, out, _) = wsched(&["job", "watch", "--current", "--count", "0"]);
+    assert!(ok, "{out}");
+
+    // Bad input: a clear message and a non-zero exit.
+    std::fs::write(&manifest, "apiVersion: wsched.dev/v1\nkind: Job\nspec: {gpu: 1}\n").expect("manifest");
+    let (ok, _, err) = wsched(&["job", "submit", "-f", manifest.to_str().expect("path")]);
+    assert!(!ok);
+    assert!(err.contains("unknown field `gpu`"), "{err}");
+    let (ok, _, err) = wsched(&["job", "submit", "--gpus", "5", "--seconds", "1"]);
+    assert!(!ok);
+    assert!(
+        err.contains("invalid argument: spec: job asks for 5 GPUs, the cluster has 2"),
+        "{err}"
+    );
+    let (ok, _, err) = wsched(&["job", "cancel", "77"]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    let (ok, _, err) = wsched(&["job", "list", "--server", "127.0.0.1:1"]);
+    assert!(!ok && err.contains("cannot reach a wsched server"), "{err}");
+}
