@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build-plugins.sh --all
+# The Python example client (tests/service.rs runs it): grpcio and stubs.
+./examples/python/setup.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

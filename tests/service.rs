@@ -958,3 +958,39 @@ async fn the_command_line_drives_the_server() {
     let (ok, _, err) = wsched(&["job", "list", "--server", "127.0.0.1:1"]);
     assert!(!ok && err.contains("cannot reach a wsched server"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_example_client_submits_swaps_and_watches() {
+    // scripts/test.sh runs examples/python/setup.sh first.
+    let python = common::root().join("target/venv-grpc/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run examples/python/setup.sh (scripts/test.sh does)",
+        python.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    let _server = Server::start(&state_dir, &["--emulate-gpus", "4"]);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(common::root().join("examples/python/client.py"))
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(["--policy"])
+            .arg(common::plugin_path("las"))
+            .args(["--jobs", "4", "--seconds", "0.5", "--json"])
+            .env_remove("WSCHED_SERVER")
+            .env_remove("WSCHED_TOKEN")
+            .output()
+            .expect("run the example")
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    assert_eq!(summary["all_finished"], true, "{summary}");
+    assert_eq!(summary["jobs"].as_array().map(Vec::len), Some(4), "{summary}");
+    assert_eq!(summary["swap"]["from"], "builtin-fifo", "{summary}");
+    assert_eq!(summary["swap"]["to"], "las", "{summary}");
+}

@@ -309,6 +309,17 @@ impl Cluster {
         &self.running
     }
 
+    /// How many live jobs are in `state` (0 for ended states), without
+    /// listing them.
+    pub fn count_in(&self, state: JobState) -> usize {
+        match state {
+            JobState::Pending => self.pending.len(),
+            JobState::Running => self.running.len(),
+            JobState::Suspended => self.suspended.len(),
+            JobState::Finished | JobState::Failed => 0,
+        }
+    }
+
     /// Ids of jobs in `state`, oldest first.
     pub fn ids_in(&self, state: JobState) -> Vec<JobId> {
         match state {

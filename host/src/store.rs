@@ -51,6 +51,26 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Add `later`'s changes after this batch's, as if committed after it.
+    pub fn merge(&mut self, later: Batch) {
+        for (name, bytes) in later.plugins {
+            self.unload.retain(|n| *n != name);
+            self.plugins.retain(|(n, _)| *n != name);
+            self.plugins.push((name, bytes));
+        }
+        for name in later.unload {
+            self.plugins.retain(|(n, _)| *n != name);
+            if !self.unload.contains(&name) {
+                self.unload.push(name);
+            }
+        }
+        // Jobs are written in order, so a later record of a job wins.
+        self.jobs.extend(later.jobs);
+        if later.active.is_some() {
+            self.active = later.active;
+        }
+    }
+
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.jobs.is_empty() && self.plugins.is_empty() && self.unload.is_empty() && self.active.is_none()
@@ -219,5 +239,22 @@ mod tests {
         assert_eq!(got.jobs[0].failure, "x");
         assert!(got.plugins.is_empty());
         assert_eq!(got.active.unwrap().config, "c");
+    }
+
+    #[test]
+    fn merged_batches_keep_the_order_of_loads_and_unloads() {
+        let load = |n: &str| Batch {
+            plugins: vec![(n.into(), vec![1])],
+            ..Default::default()
+        };
+        let unload = |n: &str| Batch {
+            unload: vec![n.into()],
+            ..Default::default()
+        };
+        let mut b = load("a");
+        b.merge(unload("a"));
+        assert!(b.plugins.is_empty() && b.unload == ["a"]);
+        b.merge(load("a"));
+        assert!(b.unload.is_empty() && b.plugins.len() == 1);
     }
 }

@@ -153,6 +153,12 @@ impl Engine {
     pub fn with_cache(limits: Limits, cache: Option<CompileCache>) -> anyhow::Result<Self> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
+        // For `perf`: WSCHED_PERFMAP=1 writes /tmp/perf-PID.map naming the
+        // plugins' compiled functions. Off by default (it costs a file write
+        // per compile).
+        if std::env::var_os("WSCHED_PERFMAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = wasmtime::Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -14,7 +14,7 @@
 //! half-applied decision.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -144,12 +144,14 @@ struct PolicyStats {
     ejections: u64,
 }
 
+type WatchReply = (bool, Reply<(Vec<proto::Event>, broadcast::Receiver<Arc<proto::Event>>)>);
+
 /// Replies to send once the turn's changes are committed.
 type Deferred = Box<dyn FnOnce(Result<(), &str>) + Send>;
 
 struct Core {
     runtime: Runtime<LocalBackend>,
-    store: Store,
+    writer: Option<Writer>,
     /// Unix time of the model's clock zero.
     epoch: f64,
     specs: HashMap<JobId, proto::JobSpec>,
@@ -165,11 +167,108 @@ struct Core {
     changed: BTreeSet<JobId>,
     /// Jobs submitted this turn, already announced as pending.
     fresh: BTreeSet<JobId>,
+    /// Watch requests, answered at the end of the turn.
+    watchers: Vec<WatchReply>,
     deferred: Vec<Deferred>,
     pending_events: Vec<proto::Event>,
     last_checkpoint: Instant,
     checkpoint_every: Duration,
     poll: Duration,
+}
+
+/// Changes waiting for the writer thread: turns that come while it is
+/// committing pile up here and go into its next commit together.
+#[derive(Default)]
+struct Outbox {
+    batch: Batch,
+    replies: Vec<Deferred>,
+    closed: bool,
+}
+
+/// The thread that commits to the database and then acknowledges.
+///
+/// Why a thread of its own: an fsync takes a while, and the scheduler loop
+/// should go on deciding meanwhile. The loop hands each turn's changes and
+/// replies over; the writer commits everything that has piled up in one
+/// transaction, in order, and only then sends the replies, so an
+/// acknowledgement still always means "on disk".
+struct Writer {
+    shared: Arc<(Mutex<Outbox>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(store: Store) -> anyhow::Result<Writer> {
+        let shared: Arc<(Mutex<Outbox>, Condvar)> = Arc::default();
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("wsched-writer".into())
+            .spawn(move || write_loop(&store, &thread_shared))
+            .context("cannot start the database writer thread")?;
+        Ok(Writer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, batch: Batch, replies: Vec<Deferred>) {
+        if batch.is_empty() && replies.is_empty() {
+            return;
+        }
+        let (lock, ready) = &*self.shared;
+        let mut outbox = lock.lock().unwrap_or_else(|p| p.into_inner());
+        outbox.batch.merge(batch);
+        outbox.replies.extend(replies);
+        ready.notify_one();
+    }
+
+    /// Commit what is left and stop.
+    fn close(mut self) {
+        let (lock, ready) = &*self.shared;
+        lock.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        ready.notify_one();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the database writer panicked");
+        }
+    }
+}
+
+fn write_loop(store: &Store, shared: &(Mutex<Outbox>, Condvar)) {
+    let (lock, ready) = shared;
+    loop {
+        let (batch, replies, closed) = {
+            let mut outbox = lock.lock().unwrap_or_else(|p| p.into_inner());
+            while outbox.batch.is_empty() && outbox.replies.is_empty() && !outbox.closed {
+                outbox = ready.wait(outbox).unwrap_or_else(|p| p.into_inner());
+            }
+            (
+                std::mem::take(&mut outbox.batch),
+                std::mem::take(&mut outbox.replies),
+                outbox.closed,
+            )
+        };
+        let error = store
+            .commit(&batch)
+            .err()
+            .map(|e| format!("cannot store the change: {e:#}"));
+        if let Some(e) = &error {
+            tracing::error!(error = %e, "commit failed");
+        }
+        for reply in replies {
+            reply(match &error {
+                None => Ok(()),
+                Some(e) => Err(e.as_str()),
+            });
+        }
+        if closed {
+            let outbox = lock.lock().unwrap_or_else(|p| p.into_inner());
+            if outbox.batch.is_empty() && outbox.replies.is_empty() {
+                return;
+            }
+        }
+    }
 }
 
 /// Unix time now, in seconds.
@@ -301,7 +400,7 @@ impl Core {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let mut core = Core {
             runtime: Runtime::new(host, backend),
-            store,
+            writer: None,
             epoch,
             specs: HashMap::new(),
             recoveries: HashMap::new(),
@@ -318,6 +417,7 @@ impl Core {
             batch: Batch::default(),
             changed: BTreeSet::new(),
             fresh: BTreeSet::new(),
+            watchers: Vec::new(),
             deferred: Vec::new(),
             pending_events: Vec::new(),
             last_checkpoint: Instant::now(),
@@ -439,7 +539,9 @@ impl Core {
             tracing::info!(jobs = core.specs.len(), requeued, "jobs recovered from the database");
         }
         core.flush_jobs(false);
-        core.store.commit(&std::mem::take(&mut core.batch))?;
+        store.commit(&std::mem::take(&mut core.batch))?;
+        core.pending_events.clear(); // nobody is watching yet
+        core.writer = Some(Writer::start(store)?);
         Ok(core)
     }
 
@@ -501,8 +603,9 @@ impl Core {
         }
         // Last words: store running jobs' progress.
         self.flush_jobs(true);
-        if let Err(e) = self.store.commit(&std::mem::take(&mut self.batch)) {
-            tracing::error!(error = %format!("{e:#}"), "cannot store the final state");
+        if let Some(writer) = self.writer.take() {
+            writer.send(std::mem::take(&mut self.batch), std::mem::take(&mut self.deferred));
+            writer.close();
         }
         tracing::info!("scheduler loop stopped");
     }
@@ -533,20 +636,21 @@ impl Core {
             self.last_checkpoint = Instant::now();
         }
         self.flush_jobs(checkpoint);
-        let result = self.store.commit(&std::mem::take(&mut self.batch));
-        let error = result.as_ref().err().map(|e| format!("cannot store the change: {e:#}"));
-        if let Some(e) = &error {
-            tracing::error!(error = %e, "commit failed");
+        if let Some(writer) = &self.writer {
+            writer.send(std::mem::take(&mut self.batch), std::mem::take(&mut self.deferred));
         }
-        for reply in self.deferred.drain(..) {
-            reply(match &error {
-                None => Ok(()),
-                Some(e) => Err(e.as_str()),
-            });
-        }
+        // Events go out now, a moment before the commit that makes them
+        // durable; only acknowledgements wait for it.
         for event in self.pending_events.drain(..) {
             // No watcher is not an error.
             let _ = self.events.send(Arc::new(event));
+        }
+        // Watchers join here, at the end of the turn, so that the state
+        // they are shown and the events they get next fit together.
+        for (include_current, reply) in std::mem::take(&mut self.watchers) {
+            let rx = self.events.subscribe();
+            let current = if include_current { self.current_events() } else { Vec::new() };
+            let _ = reply.send(Ok((current, rx)));
         }
         self.update_gauges();
     }
@@ -588,22 +692,7 @@ impl Core {
                 let _ = reply.send(Ok(self.list(&filter)));
             }
             Request::Cancel(id, reply) => self.cancel(id, reply),
-            Request::Watch(include_current, reply) => {
-                let rx = self.events.subscribe();
-                let current = if include_current {
-                    self.runtime
-                        .host()
-                        .cluster()
-                        .live_job_infos()
-                        .iter()
-                        .filter_map(|info| self.runtime.host().cluster().job(info.id))
-                        .map(|job| self.job_event(job))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                let _ = reply.send(Ok((current, rx)));
-            }
+            Request::Watch(include_current, reply) => self.watchers.push((include_current, reply)),
             Request::Cluster(reply) => {
                 let _ = reply.send(Ok(self.cluster_state()));
             }
@@ -642,6 +731,22 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Every live job's state, as events.
+    fn current_events(&self) -> Vec<proto::Event> {
+        let cluster = self.runtime.host().cluster();
+        let mut ids: Vec<JobId> = cluster
+            .ids_in(JobState::Pending)
+            .into_iter()
+            .chain(cluster.running_ids().iter().copied())
+            .chain(cluster.ids_in(JobState::Suspended))
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|id| cluster.job(id))
+            .map(|job| self.job_event(job))
+            .collect()
     }
 
     /// Answer once the turn's changes are committed.
@@ -741,9 +846,9 @@ impl Core {
         proto::ClusterState {
             backend: self.runtime.backend().name().to_string(),
             nodes,
-            pending_jobs: cluster.ids_in(JobState::Pending).len() as u64,
+            pending_jobs: cluster.count_in(JobState::Pending) as u64,
             running_jobs: cluster.running_ids().len() as u64,
-            suspended_jobs: cluster.ids_in(JobState::Suspended).len() as u64,
+            suspended_jobs: cluster.count_in(JobState::Suspended) as u64,
             utilisation: cluster.allocated_share() / f64::from(cluster.gpu_count().max(1)),
             policy: self.active.name.clone(),
             time: unix_now(),
@@ -875,8 +980,8 @@ impl Core {
     /// Book what a step did: changed jobs, statistics, metrics, ejections.
     fn account(&mut self, step: &crate::runtime::Step) {
         let name = self.active.name.clone();
-        let pending = !self.runtime.host().cluster().ids_in(JobState::Pending).is_empty()
-            || !self.runtime.host().cluster().ids_in(JobState::Suspended).is_empty();
+        let cluster = self.runtime.host().cluster();
+        let pending = cluster.count_in(JobState::Pending) + cluster.count_in(JobState::Suspended) > 0;
         let stats = self.stats.entry(name.clone()).or_default();
         for outcome in &step.outcomes {
             for &nanos in &outcome.call_nanos {
@@ -944,9 +1049,9 @@ impl Core {
     fn update_gauges(&self) {
         let cluster = self.runtime.host().cluster();
         self.metrics.set_gauges(
-            cluster.ids_in(JobState::Pending).len(),
+            cluster.count_in(JobState::Pending),
             cluster.running_ids().len(),
-            cluster.ids_in(JobState::Suspended).len(),
+            cluster.count_in(JobState::Suspended),
             cluster.allocated_share() / f64::from(cluster.gpu_count().max(1)),
         );
     }

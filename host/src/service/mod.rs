@@ -181,8 +181,16 @@ pub fn cuda_driver_present() -> bool {
 
 /// Run the service until SIGINT or SIGTERM.
 pub async fn serve(config: ServeConfig, cache: Option<crate::engine::CompileCache>) -> anyhow::Result<()> {
-    use tokio_stream::wrappers::TcpListenerStream;
+    serve_until(config, cache, shutdown_signal()).await
+}
 
+/// Run the service until `shutdown` completes (benchmarks and embedders
+/// stop it this way), then store the final state and return.
+pub async fn serve_until(
+    config: ServeConfig,
+    cache: Option<crate::engine::CompileCache>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let driver = cuda_driver_present();
     let why = match (config.backend, driver) {
         (BackendChoice::Cuda, false) => {
@@ -267,7 +275,12 @@ pub async fn serve(config: ServeConfig, cache: Option<crate::engine::CompileCach
         .add_service(jobs)
         .add_service(policies)
         .add_service(cluster)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(
+            // Small replies must leave at once, not wait for Nagle's
+            // algorithm to fill a segment.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
         .context("the gRPC server failed")?;
     tracing::info!("shutting down: storing the final state");

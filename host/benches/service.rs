@@ -1,0 +1,200 @@
+//! Load on the scheduler service: how many job submissions a second it
+//! acknowledges (each stored durably before the reply) and how long each
+//! takes, with 1,000 jobs already queued and a Wasm policy deciding.
+//!
+//! Run with `cargo bench -p wsched --bench service` (after
+//! `scripts/build-plugins.sh`). It starts `wsched serve` in this process on
+//! a loopback port with its state in a temporary directory, fills the queue
+//! behind a job that holds every GPU (so the queue stays put and every
+//! decision sees it), then submits from many concurrent clients over real
+//! gRPC. Bounded in count and time: `WSCHED_BENCH_SUBMITS` (default 20,000)
+//! submissions or 60 s, whichever comes first. Prints one table, one row
+//! per policy and concurrency (`WSCHED_BENCH_POLICIES=fifo,las` by default).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::Request;
+use tonic::transport::Channel;
+use wsched::proto;
+use wsched::service::{ServeConfig, serve_until};
+
+const QUEUED: usize = 1_000;
+const TIME_LIMIT: Duration = Duration::from_secs(60);
+const CHANNELS: usize = 4;
+
+struct Row {
+    rpc: &'static str,
+    policy: String,
+    clients: usize,
+    submits: usize,
+    seconds: f64,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+fn submit(token: &str, gpus: u32) -> Request<proto::SubmitJobRequest> {
+    let mut request = Request::new(proto::SubmitJobRequest {
+        spec: Some(proto::JobSpec {
+            name: "bench".into(),
+            user: "bench".into(),
+            gpus,
+            work: Some(proto::job_spec::Work::Synthetic(proto::Synthetic { seconds: 3600.0 })),
+            ..Default::default()
+        }),
+    });
+    let value = format!("Bearer {token}").parse().expect("token header");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// What the clients send.
+#[derive(Clone, Copy, PartialEq)]
+enum Load {
+    /// SubmitJob: validated, decided on, stored durably, acknowledged.
+    Submit,
+    /// GetJob: the same path through gRPC and the scheduler loop, without
+    /// a write; the floor under the cost of a submission.
+    Get,
+}
+
+async fn run(policy: Option<&PathBuf>, clients: usize, total: usize, load: Load) -> anyhow::Result<Row> {
+    let state = tempfile::tempdir()?;
+    let mut config = ServeConfig::new(state.path());
+    config.listen = "127.0.0.1:0".parse()?;
+    config.metrics_listen = None;
+    config.emulate_gpus = 8;
+    config.token = Some("bench-token".into());
+    config.initial_policy = policy.map(|p| (p.clone(), String::new()));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_until(config, None, async {
+        let _ = stop_rx.await;
+    }));
+    let addr_file = state.path().join("serve.addr");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let address = loop {
+        if let Ok(text) = std::fs::read_to_string(&addr_file)
+            && text.ends_with('\n')
+        {
+            break text.trim().to_string();
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the server did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut channels = Vec::new();
+    for _ in 0..CHANNELS {
+        channels.push(Channel::from_shared(format!("http://{address}"))?.connect().await?);
+    }
+    let token = "bench-token";
+
+    // One job holding every GPU, then the queue behind it.
+    let mut jobs = proto::jobs_client::JobsClient::new(channels[0].clone());
+    jobs.submit_job(submit(token, 8)).await?;
+    for _ in 0..QUEUED {
+        jobs.submit_job(submit(token, 1)).await?;
+    }
+
+    let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(total));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut jobs = proto::jobs_client::JobsClient::new(channels[c % CHANNELS].clone());
+        let remaining = remaining.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while remaining
+                .fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| {
+                    n.checked_sub(1)
+                })
+                .is_ok()
+                && started.elapsed() < TIME_LIMIT
+            {
+                let sent = Instant::now();
+                match load {
+                    Load::Submit => {
+                        jobs.submit_job(submit(token, 1)).await?;
+                    }
+                    Load::Get => {
+                        jobs.get_job(proto::GetJobRequest { id: 1 }).await?;
+                    }
+                }
+                latencies.push(sent.elapsed());
+            }
+            Ok::<_, tonic::Status>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = stop_tx.send(());
+    server.await??;
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    let name = policy
+        .and_then(|p| p.file_stem())
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "builtin-fifo".into());
+    Ok(Row {
+        rpc: if load == Load::Submit { "submit" } else { "get" },
+        policy: name,
+        clients,
+        submits: latencies.len(),
+        seconds,
+        p50: at(0.5),
+        p99: at(0.99),
+        max: *latencies.last().unwrap_or(&Duration::ZERO),
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    // Quiet: the server logs at info otherwise.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()))
+        .try_init();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let plugins = std::env::var_os("WSCHED_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/plugins"));
+    let total: usize = std::env::var("WSCHED_BENCH_SUBMITS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut rows = Vec::new();
+    let names = std::env::var("WSCHED_BENCH_POLICIES").unwrap_or_else(|_| "fifo,las".into());
+    for name in names.split(',') {
+        let path = plugins.join(format!("{name}.wasm"));
+        anyhow::ensure!(path.exists(), "{} is missing: run scripts/build-plugins.sh", path.display());
+        for clients in [1, 16, 64] {
+            let count = if clients == 1 { total / 10 } else { total };
+            rows.push(runtime.block_on(run(Some(&path), clients, count, Load::Submit))?);
+        }
+        rows.push(runtime.block_on(run(Some(&path), 64, total, Load::Get))?);
+    }
+    println!(
+        "submissions with {QUEUED} jobs queued, acknowledged after a durable commit; loopback gRPC, {} CPUs",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    println!(
+        "{:<7} {:<8} {:>7} {:>8} {:>10} {:>9} {:>9} {:>9}",
+        "rpc", "policy", "clients", "submits", "submits/s", "p50_ms", "p99_ms", "max_ms"
+    );
+    for r in &rows {
+        println!(
+            "{:<7} {:<8} {:>7} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
+            r.rpc,
+            r.policy,
+            r.clients,
+            r.submits,
+            r.submits as f64 / r.seconds,
+            r.p50.as_secs_f64() * 1e3,
+            r.p99.as_secs_f64() * 1e3,
+            r.max.as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
+}
