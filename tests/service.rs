@@ -994,3 +994,44 @@ async fn the_python_example_client_submits_swaps_and_watches() {
     assert_eq!(summary["swap"]["from"], "builtin-fifo", "{summary}");
     assert_eq!(summary["swap"]["to"], "las", "{summary}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_no_longer_fits_after_a_restart_fails_saying_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    let mut server = Server::start(&state_dir, &["--emulate-gpus", "4"]);
+    let mut jobs = server.jobs().await;
+    let big = jobs
+        .submit_job(server.authed(synthetic("a", 4, 3600.0)))
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    let small = jobs
+        .submit_job(server.authed(synthetic("a", 1, 3600.0)))
+        .await
+        .expect("submit")
+        .into_inner()
+        .id;
+    server.kill();
+
+    let server = Server::start(&state_dir, &["--emulate-gpus", "2"]);
+    let mut jobs = server.jobs().await;
+    let big = jobs
+        .get_job(proto::GetJobRequest { id: big })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(state(&big), proto::JobState::Failed, "{big:?}");
+    assert!(
+        big.failure.contains("after a restart") && big.failure.contains("4 GPUs"),
+        "{:?}",
+        big.failure
+    );
+    let small = jobs
+        .get_job(proto::GetJobRequest { id: small })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_ne!(state(&small), proto::JobState::Failed, "{small:?}");
+}

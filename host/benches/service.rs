@@ -105,9 +105,11 @@ async fn run(policy: Option<&PathBuf>, clients: usize, total: usize, load: Load)
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while remaining
-                .fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |n| {
-                    n.checked_sub(1)
-                })
+                .fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    |n| n.checked_sub(1),
+                )
                 .is_ok()
                 && started.elapsed() < TIME_LIMIT
             {
@@ -168,7 +170,11 @@ fn main() -> anyhow::Result<()> {
     let names = std::env::var("WSCHED_BENCH_POLICIES").unwrap_or_else(|_| "fifo,las".into());
     for name in names.split(',') {
         let path = plugins.join(format!("{name}.wasm"));
-        anyhow::ensure!(path.exists(), "{} is missing: run scripts/build-plugins.sh", path.display());
+        anyhow::ensure!(
+            path.exists(),
+            "{} is missing: run scripts/build-plugins.sh",
+            path.display()
+        );
         for clients in [1, 16, 64] {
             let count = if clients == 1 { total / 10 } else { total };
             rows.push(runtime.block_on(run(Some(&path), clients, count, Load::Submit))?);

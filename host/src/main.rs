@@ -174,14 +174,22 @@ struct SimArgs {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A server's log is its record (which backend, swaps, ejections,
+    // recoveries): info by default. Other commands print their results and
+    // only warnings.
+    let default_level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
         // `wsched job list | head` should end quietly, as other Unix tools
         // do, not panic on a closed pipe. (Not for the server: a client that

@@ -14,8 +14,8 @@
 //! half-applied decision.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Condvar, Mutex};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -521,9 +521,22 @@ impl Core {
                 failure: (!job.failure.is_empty()).then(|| job.failure.clone()),
                 spec: model,
             };
-            if let Err(why) = core.runtime.host_mut().restore(restored) {
-                tracing::error!(job = id, %why, "cannot restore a stored job; it is kept in the database only");
-                continue;
+            let mut live = live;
+            if let Err(why) = core.runtime.host_mut().restore(restored.clone()) {
+                // A live job that can no longer run here (the server came
+                // back with fewer GPUs): it ends, saying why, rather than
+                // vanishing or waiting forever.
+                tracing::error!(job = id, %why, "a recovered job cannot run on this cluster; it is marked failed");
+                let mut failed = restored;
+                failed.state = JobState::Failed;
+                failed.end_time = Some(unix_now() - epoch);
+                failed.failure = Some(format!("after a restart: {why}"));
+                if let Err(why) = core.runtime.host_mut().restore(failed) {
+                    tracing::error!(job = id, %why, "cannot restore a stored job; it is kept in the database only");
+                    continue;
+                }
+                live = false;
+                core.changed.insert(id);
             }
             if live {
                 if let Some(process) = process_spec(&spec) {
@@ -649,7 +662,11 @@ impl Core {
         // they are shown and the events they get next fit together.
         for (include_current, reply) in std::mem::take(&mut self.watchers) {
             let rx = self.events.subscribe();
-            let current = if include_current { self.current_events() } else { Vec::new() };
+            let current = if include_current {
+                self.current_events()
+            } else {
+                Vec::new()
+            };
             let _ = reply.send(Ok((current, rx)));
         }
         self.update_gauges();

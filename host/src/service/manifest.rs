@@ -275,6 +275,12 @@ spec: {gpus: 1, gpuFraction: 0.5, synthetic: {seconds: 90s}}
     }
 
     #[test]
+    fn the_bundled_example_parses() {
+        let specs = parse(include_str!("../../../examples/jobs/jobs.yaml"), "u").unwrap();
+        assert_eq!(specs.len(), 3);
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let base = "apiVersion: wsched.dev/v1\nkind: Job\nspec:\n  gpus: 1\n  synthetic: {seconds: 5}\n";
         let err = |text: &str| parse(text, "u").unwrap_err();
