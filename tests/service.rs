@@ -1035,3 +1035,99 @@ async fn a_job_that_no_longer_fits_after_a_restart_fails_saying_why() {
         .into_inner();
     assert_ne!(state(&small), proto::JobState::Failed, "{small:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faulting_plugin_is_ejected_and_no_job_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    let server = Server::start(&state_dir, &["--emulate-gpus", "2", "--deadline-ms", "50"]);
+    let mut policies = server.policies().await;
+    policies
+        .load_policy(server.authed(proto::LoadPolicyRequest {
+            name: "hostile".into(),
+            source: Some(proto::load_policy_request::Source::Wasm(plugin_bytes("hostile"))),
+        }))
+        .await
+        .expect("load");
+    // A plugin whose init fails is refused and the old policy stays.
+    let refused = policies
+        .swap_policy(server.authed(proto::SwapPolicyRequest {
+            name: "hostile".into(),
+            config: "mode=init-fail".into(),
+        }))
+        .await
+        .expect_err("init fails");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("the active policy stays"), "{refused:?}");
+
+    policies
+        .swap_policy(server.authed(proto::SwapPolicyRequest {
+            name: "hostile".into(),
+            config: "mode=trap; after=2".into(),
+        }))
+        .await
+        .expect("swap");
+    let mut watch = server
+        .jobs()
+        .await
+        .watch(proto::WatchRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut jobs = server.jobs().await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(
+            jobs.submit_job(server.authed(synthetic("z", 1, 0.05)))
+                .await
+                .expect("submit")
+                .into_inner()
+                .id,
+        );
+    }
+    let done = wait_ended(&mut jobs, &ids, Duration::from_secs(30)).await;
+    assert!(done.iter().all(|j| state(j) == proto::JobState::Finished), "{done:?}");
+
+    let list = policies
+        .list_policies(proto::ListPoliciesRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.active, "builtin-fifo");
+    assert_eq!(list.ejections, 1);
+    assert_eq!(list.strikes, 3);
+    let hostile = list.policies.iter().find(|p| p.name == "hostile").expect("listed");
+    assert_eq!(hostile.stats.expect("stats").ejections, 1);
+
+    // Watchers are told.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = tokio::time::timeout_at(deadline.into(), watch.message())
+            .await
+            .expect("an ejection event")
+            .expect("ok")
+            .expect("open");
+        if let Some(proto::event::Kind::Policy(change)) = event.kind {
+            assert_eq!(
+                (change.from.as_str(), change.to.as_str(), change.reason.as_str()),
+                ("hostile", "builtin-fifo", "ejected")
+            );
+            break;
+        }
+    }
+    // The fallback is what comes back after a restart.
+    drop(server);
+    let server = Server::start(&state_dir, &["--emulate-gpus", "2"]);
+    let list = server
+        .policies()
+        .await
+        .list_policies(proto::ListPoliciesRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.active, "builtin-fifo");
+    assert!(
+        list.policies.iter().any(|p| p.name == "hostile"),
+        "the plugin stays loaded"
+    );
+}
