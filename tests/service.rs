@@ -105,6 +105,15 @@ impl Server {
         PoliciesClient::new(self.channel().await).max_encoding_message_size(usize::MAX)
     }
 
+    /// Load the example plugin `name` under its own name.
+    async fn load(&self, name: &str) {
+        let request = self.authed(proto::LoadPolicyRequest {
+            name: name.into(),
+            source: Some(proto::load_policy_request::Source::Wasm(plugin_bytes(name))),
+        });
+        self.policies().await.load_policy(request).await.expect("load");
+    }
+
     /// `message` with this server's token.
     fn authed<T>(&self, message: T) -> Request<T> {
         with_token(message, &self.token)
@@ -219,8 +228,10 @@ async fn jobs_run_to_completion_and_every_change_is_watched() {
             .id;
         ids.push(id);
     }
+    let mut weighted = synthetic("bob", 1, 3600.0);
+    weighted.spec.as_mut().expect("spec").priority = Some(2.5);
     let long = jobs
-        .submit_job(server.authed(synthetic("bob", 1, 3600.0)))
+        .submit_job(server.authed(weighted))
         .await
         .expect("submit")
         .into_inner()
@@ -253,6 +264,7 @@ async fn jobs_run_to_completion_and_every_change_is_watched() {
         .into_inner()
         .jobs;
     assert_eq!(bobs.iter().map(|j| j.id).collect::<Vec<_>>(), [long]);
+    assert_eq!(bobs[0].priority, 2.5, "the submitted priority is the job's weight");
     let finished = jobs
         .list_jobs(proto::ListJobsRequest {
             states: vec![proto::JobState::Finished as i32],
@@ -480,13 +492,7 @@ async fn swapping_under_load_loses_and_duplicates_no_job() {
     let server = Server::start(&dir.path().join("state"), &["--emulate-gpus", "4"]);
     let mut policies = server.policies().await;
     for name in ["las", "fifo", "tiresias", "sjf"] {
-        policies
-            .load_policy(server.authed(proto::LoadPolicyRequest {
-                name: name.into(),
-                source: Some(proto::load_policy_request::Source::Wasm(plugin_bytes(name))),
-            }))
-            .await
-            .expect("load");
+        server.load(name).await;
     }
     let mut watch = server
         .jobs()
@@ -1042,13 +1048,7 @@ async fn a_faulting_plugin_is_ejected_and_no_job_is_lost() {
     let state_dir = dir.path().join("state");
     let server = Server::start(&state_dir, &["--emulate-gpus", "2", "--deadline-ms", "50"]);
     let mut policies = server.policies().await;
-    policies
-        .load_policy(server.authed(proto::LoadPolicyRequest {
-            name: "hostile".into(),
-            source: Some(proto::load_policy_request::Source::Wasm(plugin_bytes("hostile"))),
-        }))
-        .await
-        .expect("load");
+    server.load("hostile").await;
     // A plugin whose init fails is refused and the old policy stays.
     let refused = policies
         .swap_policy(server.authed(proto::SwapPolicyRequest {

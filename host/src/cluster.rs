@@ -40,6 +40,9 @@ pub struct JobSpec {
     /// submitter said so (single-GPU jobs only): held at this share or
     /// more, the job runs at full speed.
     pub share_requested: Option<f64>,
+    /// The weight the job starts with (policies may change it with
+    /// `set-priority`); 1.0 when none is given.
+    pub priority: Option<f64>,
 }
 
 impl JobSpec {
@@ -53,6 +56,7 @@ impl JobSpec {
             memory_per_gpu: 0,
             iterations_total: None,
             share_requested: None,
+            priority: None,
         }
     }
 }
@@ -458,6 +462,7 @@ impl Cluster {
                 spec.memory_per_gpu
             ));
         }
+        let priority = spec.priority.filter(|p| p.is_finite() && *p > 0.0).unwrap_or(1.0);
         let id = self.next_id;
         self.next_id += 1;
         self.jobs.insert(
@@ -475,7 +480,7 @@ impl Cluster {
                 since: self.now,
                 first_start: None,
                 end_time: None,
-                priority: 1.0,
+                priority,
                 preemptions: 0,
                 migrations: 0,
                 iterations_done: None,

@@ -89,6 +89,13 @@ struct ServeArgs {
     /// Config string for --policy.
     #[arg(long, default_value = "")]
     config: String,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Limits for plugins.
+#[derive(Args)]
+struct LimitArgs {
     /// Per-call deadline for plugins, in milliseconds.
     #[arg(long, default_value_t = 100)]
     deadline_ms: u64,
@@ -98,6 +105,17 @@ struct ServeArgs {
     /// Faults tolerated before a plugin is ejected.
     #[arg(long, default_value_t = 3)]
     max_strikes: u32,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            deadline: Duration::from_millis(self.deadline_ms.max(1)),
+            memory: self.memory_mib.max(1) << 20,
+            max_strikes: self.max_strikes.max(1),
+            ..Limits::default()
+        }
+    }
 }
 
 /// Where compiled plugins are cached.
@@ -156,15 +174,8 @@ struct SimArgs {
     /// Do not tell policies each job's duration (no oracle for SJF).
     #[arg(long)]
     hide_durations: bool,
-    /// Per-call deadline for the plugin, in milliseconds.
-    #[arg(long, default_value_t = 100)]
-    deadline_ms: u64,
-    /// Memory cap for the plugin, in MiB.
-    #[arg(long, default_value_t = 256)]
-    memory_mib: usize,
-    /// Faults tolerated before the plugin is ejected.
-    #[arg(long, default_value_t = 3)]
-    max_strikes: u32,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Print the summary as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -242,12 +253,7 @@ fn run_serve(args: ServeArgs, connect: &client::ConnectArgs, cache: Option<Compi
     config.gpus_per_node = args.gpus_per_node;
     config.gpu_memory = args.gpu_memory_gib << 30;
     config.initial_policy = args.policy.map(|p| (p, args.config));
-    config.limits = Limits {
-        deadline: Duration::from_millis(args.deadline_ms.max(1)),
-        memory: args.memory_mib.max(1) << 20,
-        max_strikes: args.max_strikes.max(1),
-        ..Limits::default()
-    };
+    config.limits = args.limits.limits();
     block_on(service::serve(config, cache))
 }
 
@@ -319,13 +325,7 @@ fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
     if args.gpus == 0 {
         bail!("--gpus must be at least 1");
     }
-    let limits = Limits {
-        deadline: Duration::from_millis(args.deadline_ms.max(1)),
-        memory: args.memory_mib.max(1) << 20,
-        max_strikes: args.max_strikes.max(1),
-        ..Limits::default()
-    };
-    let engine = Engine::with_cache(limits, cache)?;
+    let engine = Engine::with_cache(args.limits.limits(), cache)?;
     let trace = wsched::trace::read(&args.trace)?;
     if args.config.is_some() && args.policies.len() > 1 {
         bail!("--config applies to a single policy; with several, write each as PLUGIN@CONFIG");

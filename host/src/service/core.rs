@@ -354,6 +354,7 @@ fn model_spec(spec: &proto::JobSpec) -> JobSpec {
         memory_per_gpu: spec.memory_per_gpu_bytes,
         iterations_total: spec.iterations,
         share_requested: spec.gpu_fraction,
+        priority: spec.priority,
     }
 }
 
