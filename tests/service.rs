@@ -114,6 +114,15 @@ impl Server {
         self.policies().await.load_policy(request).await.expect("load");
     }
 
+    /// Submit with this server's token; the acknowledged id.
+    async fn submit(&self, jobs: &mut JobsClient<Channel>, request: proto::SubmitJobRequest) -> u64 {
+        jobs.submit_job(self.authed(request))
+            .await
+            .expect("submit")
+            .into_inner()
+            .id
+    }
+
     /// `message` with this server's token.
     fn authed<T>(&self, message: T) -> Request<T> {
         with_token(message, &self.token)
@@ -220,22 +229,12 @@ async fn jobs_run_to_completion_and_every_change_is_watched() {
 
     let mut ids = Vec::new();
     for (gpus, seconds) in [(1, 0.3), (2, 0.2), (1, 0.1)] {
-        let id = jobs
-            .submit_job(server.authed(synthetic("alice", gpus, seconds)))
-            .await
-            .expect("submit")
-            .into_inner()
-            .id;
+        let id = server.submit(&mut jobs, synthetic("alice", gpus, seconds)).await;
         ids.push(id);
     }
     let mut weighted = synthetic("bob", 1, 3600.0);
     weighted.spec.as_mut().expect("spec").priority = Some(2.5);
-    let long = jobs
-        .submit_job(server.authed(weighted))
-        .await
-        .expect("submit")
-        .into_inner()
-        .id;
+    let long = server.submit(&mut jobs, weighted).await;
     let done = wait_ended(&mut jobs, &ids, Duration::from_secs(30)).await;
     for job in &done {
         assert_eq!(state(job), proto::JobState::Finished, "{job:?}");
@@ -655,12 +654,7 @@ async fn health_reflection_and_metrics_answer() {
 
     // Run one job so that the histograms have something in them.
     let mut jobs = server.jobs().await;
-    let id = jobs
-        .submit_job(server.authed(synthetic("m", 1, 0.05)))
-        .await
-        .expect("submit")
-        .into_inner()
-        .id;
+    let id = server.submit(&mut jobs, synthetic("m", 1, 0.05)).await;
     wait_ended(&mut jobs, &[id], Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let address = server.metrics.clone().expect("metrics address in the log");
@@ -704,24 +698,11 @@ async fn command_jobs_run_as_processes_and_failures_are_recorded() {
             ..Default::default()
         }),
     };
-    let ok = jobs
-        .submit_job(server.authed(command(&["sh", "-c", "echo on $CUDA_VISIBLE_DEVICES"])))
-        .await
-        .expect("submit")
-        .into_inner()
-        .id;
-    let bad = jobs
-        .submit_job(server.authed(command(&["sh", "-c", "exit 3"])))
-        .await
-        .expect("submit")
-        .into_inner()
-        .id;
-    let missing = jobs
-        .submit_job(server.authed(command(&["/no/such/program"])))
-        .await
-        .expect("submit")
-        .into_inner()
-        .id;
+    let ok = server
+        .submit(&mut jobs, command(&["sh", "-c", "echo on $CUDA_VISIBLE_DEVICES"]))
+        .await;
+    let bad = server.submit(&mut jobs, command(&["sh", "-c", "exit 3"])).await;
+    let missing = server.submit(&mut jobs, command(&["/no/such/program"])).await;
     let done = wait_ended(&mut jobs, &[ok, bad, missing], Duration::from_secs(30)).await;
     assert_eq!(state(&done[0]), proto::JobState::Finished, "{:?}", done[0]);
     let log = std::fs::read_to_string(server.state.join(format!("jobs/job-{ok}/stdout.log"))).expect("log");
@@ -744,13 +725,7 @@ async fn a_server_killed_mid_stream_loses_no_acknowledged_job() {
     // Short jobs that will be over before the crash.
     let mut short = Vec::new();
     for _ in 0..3 {
-        short.push(
-            jobs.submit_job(server.authed(synthetic("a", 1, 0.05)))
-                .await
-                .expect("submit")
-                .into_inner()
-                .id,
-        );
+        short.push(server.submit(&mut jobs, synthetic("a", 1, 0.05)).await);
     }
     wait_ended(&mut jobs, &short, Duration::from_secs(20)).await;
     let before: BTreeMap<u64, proto::Job> = jobs
@@ -853,12 +828,7 @@ async fn a_server_killed_mid_stream_loses_no_acknowledged_job() {
         .into_inner();
     assert_eq!(list.active, "las");
     // New ids do not reuse old ones.
-    let next = jobs
-        .submit_job(server.authed(synthetic("c", 1, 0.01)))
-        .await
-        .expect("submit")
-        .into_inner()
-        .id;
+    let next = server.submit(&mut jobs, synthetic("c", 1, 0.01)).await;
     assert!(after.keys().all(|&id| id < next), "id {next} reused");
     // And the re-queued jobs are scheduled again.
     let mut cluster = proto::cluster_client::ClusterClient::new(server.channel().await);
@@ -1007,18 +977,8 @@ async fn a_job_that_no_longer_fits_after_a_restart_fails_saying_why() {
     let state_dir = dir.path().join("state");
     let mut server = Server::start(&state_dir, &["--emulate-gpus", "4"]);
     let mut jobs = server.jobs().await;
-    let big = jobs
-        .submit_job(server.authed(synthetic("a", 4, 3600.0)))
-        .await
-        .expect("submit")
-        .into_inner()
-        .id;
-    let small = jobs
-        .submit_job(server.authed(synthetic("a", 1, 3600.0)))
-        .await
-        .expect("submit")
-        .into_inner()
-        .id;
+    let big = server.submit(&mut jobs, synthetic("a", 4, 3600.0)).await;
+    let small = server.submit(&mut jobs, synthetic("a", 1, 3600.0)).await;
     server.kill();
 
     let server = Server::start(&state_dir, &["--emulate-gpus", "2"]);
@@ -1077,13 +1037,7 @@ async fn a_faulting_plugin_is_ejected_and_no_job_is_lost() {
     let mut jobs = server.jobs().await;
     let mut ids = Vec::new();
     for _ in 0..6 {
-        ids.push(
-            jobs.submit_job(server.authed(synthetic("z", 1, 0.05)))
-                .await
-                .expect("submit")
-                .into_inner()
-                .id,
-        );
+        ids.push(server.submit(&mut jobs, synthetic("z", 1, 0.05)).await);
     }
     let done = wait_ended(&mut jobs, &ids, Duration::from_secs(30)).await;
     assert!(done.iter().all(|j| state(j) == proto::JobState::Finished), "{done:?}");

@@ -167,6 +167,11 @@ pub struct Gpu {
 }
 
 impl Gpu {
+    /// The share of this GPU allocated to jobs now, in [0, 1].
+    pub fn allocated(&self) -> f64 {
+        self.residents.iter().map(|r| r.fraction).sum::<f64>().min(1.0)
+    }
+
     fn share_used_by_others(&self, job: JobId) -> f64 {
         self.residents.iter().filter(|r| r.job != job).map(|r| r.fraction).sum()
     }
@@ -356,10 +361,7 @@ impl Cluster {
 
     /// Sum over GPUs of the share allocated to jobs (0 ..= GPU count).
     pub fn allocated_share(&self) -> f64 {
-        self.gpus
-            .iter()
-            .map(|g| g.residents.iter().map(|r| r.fraction).sum::<f64>().min(1.0))
-            .fold(0.0, |a, b| a + b) // not `sum`, which gives -0.0 for no GPUs in use
+        self.gpus.iter().map(Gpu::allocated).fold(0.0, |a, b| a + b) // not `sum`, which gives -0.0 for no GPUs in use
     }
 
     /// Online GPUs with no resident, lowest id first.
@@ -425,6 +427,11 @@ impl Cluster {
     /// Records of the live jobs (pending, running, suspended), oldest first:
     /// what a policy is told when it takes over.
     pub fn live_job_infos(&self) -> Vec<JobInfo> {
+        self.live_ids().into_iter().filter_map(|id| self.job_info(id)).collect()
+    }
+
+    /// Ids of the live (pending, running or suspended) jobs, oldest first.
+    pub fn live_ids(&self) -> Vec<JobId> {
         let mut ids: Vec<JobId> = self
             .pending
             .iter()
@@ -433,7 +440,7 @@ impl Cluster {
             .copied()
             .collect();
         ids.sort_unstable();
-        ids.into_iter().filter_map(|id| self.job_info(id)).collect()
+        ids
     }
 
     /// Accept a job at the current time. Refused (with the reason) when it

@@ -74,11 +74,9 @@ pub enum Request {
         /// Name to keep it under.
         name: String,
         /// The compiled plugin.
-        plugin: Plugin,
+        plugin: LoadedPlugin,
         /// Its component bytes, to store.
         bytes: Vec<u8>,
-        /// What it calls itself ([`describe_plugin`]).
-        info: String,
         /// Where to answer.
         reply: Reply<proto::Policy>,
     },
@@ -96,8 +94,6 @@ pub struct CoreHandle {
     tx: Sender<Request>,
     /// The engine plugins are compiled with (compiling happens off the loop).
     pub engine: Engine,
-    /// The backend's name, for the first log line and the cluster view.
-    pub backend: &'static str,
 }
 
 impl CoreHandle {
@@ -112,24 +108,40 @@ impl CoreHandle {
     }
 }
 
-struct LoadedPlugin {
+/// A compiled plugin kept under a name, with what is shown about it.
+pub struct LoadedPlugin {
     plugin: Plugin,
     sha256: String,
     size: usize,
-    /// What the plugin calls itself (from a trial start).
+    /// The name the plugin gives itself (from a trial start).
     info: String,
 }
 
-/// The name a plugin gives itself, from a trial start with no config and
-/// an empty cluster; empty when it will not start that way (it may need
-/// its config).
-pub fn describe_plugin(engine: &Engine, plugin: &Plugin) -> String {
-    match engine.instantiate(plugin, "", 0.0) {
-        Ok(instance) => instance.info().name.clone(),
-        Err(e) => {
-            tracing::debug!(plugin = plugin.name(), error = %e, "trial start without config failed");
-            String::new()
-        }
+impl LoadedPlugin {
+    /// Compile `bytes` as plugin `name` and learn the name it gives itself
+    /// from a trial start with no config and an empty cluster (empty when
+    /// it will not start that way: it may need its config). Slow: call it
+    /// off the scheduler loop.
+    pub fn compile(engine: &Engine, name: &str, bytes: &[u8]) -> Result<LoadedPlugin, crate::engine::LoadError> {
+        let plugin = engine.load_bytes(name, bytes)?;
+        let info = match engine.instantiate(&plugin, "", 0.0) {
+            Ok(instance) => instance.info().name.clone(),
+            Err(e) => {
+                tracing::debug!(plugin = name, error = %e, "trial start without config failed");
+                String::new()
+            }
+        };
+        Ok(LoadedPlugin {
+            plugin,
+            sha256: format!("{:x}", Sha256::digest(bytes)),
+            size: bytes.len(),
+            info,
+        })
+    }
+
+    /// The name the plugin gives itself; empty if it needs its config to start.
+    pub fn self_name(&self) -> &str {
+        &self.info
     }
 }
 
@@ -309,14 +321,7 @@ pub fn start(
     ready_rx
         .recv()
         .map_err(|_| anyhow::anyhow!("the scheduler thread died during recovery"))??;
-    Ok((
-        CoreHandle {
-            tx,
-            engine,
-            backend: "emulated",
-        },
-        thread,
-    ))
+    Ok((CoreHandle { tx, engine }, thread))
 }
 
 fn state_to_proto(state: JobState) -> proto::JobState {
@@ -366,6 +371,13 @@ fn process_spec(spec: &proto::JobSpec) -> Option<ProcessSpec> {
             workdir: (!c.workdir.is_empty()).then(|| c.workdir.clone().into()),
         }),
         _ => None,
+    }
+}
+
+fn job_event(job: proto::Job) -> proto::Event {
+    proto::Event {
+        time: unix_now(),
+        kind: Some(proto::event::Kind::Job(job)),
     }
 }
 
@@ -428,20 +440,9 @@ impl Core {
 
         core.metrics.policy_active(BUILTIN_FIFO);
         for (name, bytes) in recovered.plugins {
-            match engine.load_bytes(&name, &bytes) {
+            match LoadedPlugin::compile(&engine, &name, &bytes) {
                 Ok(plugin) => {
-                    let sha256 = format!("{:x}", Sha256::digest(&bytes));
-                    let size = bytes.len();
-                    let info = describe_plugin(&engine, &plugin);
-                    core.plugins.insert(
-                        name,
-                        LoadedPlugin {
-                            plugin,
-                            sha256,
-                            size,
-                            info,
-                        },
-                    );
+                    core.plugins.insert(name, plugin);
                 }
                 Err(e) => tracing::error!(plugin = %name, error = %e, "a stored plugin no longer loads; dropped"),
             }
@@ -454,19 +455,9 @@ impl Core {
                 .unwrap_or("policy")
                 .to_string();
             let bytes = std::fs::read(path).with_context(|| format!("--policy: cannot read {}", path.display()))?;
-            let plugin = engine
-                .load_bytes(&name, &bytes)
+            let plugin = LoadedPlugin::compile(&engine, &name, &bytes)
                 .map_err(|e| anyhow::anyhow!("--policy {}: {e}", path.display()))?;
-            let info = describe_plugin(&engine, &plugin);
-            core.plugins.insert(
-                name.clone(),
-                LoadedPlugin {
-                    plugin,
-                    sha256: format!("{:x}", Sha256::digest(&bytes)),
-                    size: bytes.len(),
-                    info,
-                },
-            );
+            core.plugins.insert(name.clone(), plugin);
             core.batch.plugins.push((name.clone(), bytes));
             active = Some(ActivePolicyRecord {
                 name,
@@ -591,13 +582,6 @@ impl Core {
         }
     }
 
-    fn job_event(&self, job: &Job) -> proto::Event {
-        proto::Event {
-            time: unix_now(),
-            kind: Some(proto::event::Kind::Job(self.job_message(job))),
-        }
-    }
-
     fn run(mut self, rx: Receiver<Request>) {
         let mut requests = Vec::new();
         loop {
@@ -676,22 +660,23 @@ impl Core {
     /// Put every changed job (and, at checkpoints, every running one) into
     /// the batch, and publish the changed ones.
     fn flush_jobs(&mut self, checkpoint: bool) {
-        let mut ids = std::mem::take(&mut self.changed);
+        let changed = std::mem::take(&mut self.changed);
         let fresh = std::mem::take(&mut self.fresh);
-        for id in &ids {
-            if let Some(job) = self.runtime.host().cluster().job(*id) {
-                if fresh.contains(id) && job.state == JobState::Pending {
-                    continue; // announced at submission, unchanged since
-                }
-                self.pending_events.push(self.job_event(job));
+        let cluster = self.runtime.host().cluster();
+        for &id in &changed {
+            let Some(job) = cluster.job(id) else { continue };
+            let message = self.job_message(job);
+            // A job submitted this turn and still pending was announced at submission.
+            if !(fresh.contains(&id) && job.state == JobState::Pending) {
+                self.pending_events.push(job_event(message.clone()));
             }
+            self.batch.jobs.push(message);
         }
         if checkpoint {
-            ids.extend(self.runtime.host().cluster().running_ids().iter().copied());
-        }
-        for id in ids {
-            if let Some(job) = self.runtime.host().cluster().job(id) {
-                self.batch.jobs.push(self.job_message(job));
+            for &id in cluster.running_ids().difference(&changed) {
+                if let Some(job) = cluster.job(id) {
+                    self.batch.jobs.push(self.job_message(job));
+                }
             }
         }
     }
@@ -718,9 +703,8 @@ impl Core {
                 name,
                 plugin,
                 bytes,
-                info,
                 reply,
-            } => self.add_plugin(name, plugin, bytes, info, reply),
+            } => self.add_plugin(name, plugin, bytes, reply),
             Request::Swap(name, config, reply) => {
                 let result = self.activate(&name, &config);
                 match result {
@@ -754,16 +738,11 @@ impl Core {
     /// Every live job's state, as events.
     fn current_events(&self) -> Vec<proto::Event> {
         let cluster = self.runtime.host().cluster();
-        let mut ids: Vec<JobId> = cluster
-            .ids_in(JobState::Pending)
+        cluster
+            .live_ids()
             .into_iter()
-            .chain(cluster.running_ids().iter().copied())
-            .chain(cluster.ids_in(JobState::Suspended))
-            .collect();
-        ids.sort_unstable();
-        ids.into_iter()
             .filter_map(|id| cluster.job(id))
-            .map(|job| self.job_event(job))
+            .map(|job| job_event(self.job_message(job)))
             .collect()
     }
 
@@ -786,7 +765,7 @@ impl Core {
                 // Announce it as accepted now: the decision later in this
                 // turn may start it, and watchers should see both.
                 if let Some(job) = self.runtime.host().cluster().job(id) {
-                    self.pending_events.push(self.job_event(job));
+                    self.pending_events.push(job_event(self.job_message(job)));
                 }
                 self.metrics.jobs_submitted.inc();
                 self.defer(reply, id);
@@ -857,7 +836,7 @@ impl Core {
                         fraction: r.fraction,
                     })
                     .collect(),
-                allocated: g.residents.iter().map(|r| r.fraction).sum::<f64>().min(1.0),
+                allocated: g.allocated(),
             })
             .collect();
         let nodes = gpus.iter().map(|g| g.node).collect::<BTreeSet<_>>().len() as u32;
@@ -874,7 +853,7 @@ impl Core {
         }
     }
 
-    fn add_plugin(&mut self, name: String, plugin: Plugin, bytes: Vec<u8>, info: String, reply: Reply<proto::Policy>) {
+    fn add_plugin(&mut self, name: String, plugin: LoadedPlugin, bytes: Vec<u8>, reply: Reply<proto::Policy>) {
         if name == BUILTIN_FIFO {
             let _ = reply.send(Err(Status::invalid_argument(format!(
                 "name: {BUILTIN_FIFO} is reserved"
@@ -887,17 +866,7 @@ impl Core {
             ))));
             return;
         }
-        let sha256 = format!("{:x}", Sha256::digest(&bytes));
-        let size = bytes.len();
-        self.plugins.insert(
-            name.clone(),
-            LoadedPlugin {
-                plugin,
-                sha256,
-                size,
-                info,
-            },
-        );
+        self.plugins.insert(name.clone(), plugin);
         self.batch.plugins.push((name.clone(), bytes));
         let message = self.policy_message(&name);
         self.defer(reply, message);
@@ -1029,13 +998,10 @@ impl Core {
                 }
             }
         }
-        for (id, _) in &step.ended {
-            self.changed.insert(*id);
-            self.metrics.observe_end(self.runtime.host().cluster().job(*id));
-        }
-        for (id, _) in &step.backend_errors {
-            self.changed.insert(*id);
-            self.metrics.observe_end(self.runtime.host().cluster().job(*id));
+        let ended = step.ended.iter().map(|(id, _)| *id);
+        for id in ended.chain(step.backend_errors.iter().map(|(id, _)| *id)) {
+            self.changed.insert(id);
+            self.metrics.observe_end(self.runtime.host().cluster().job(id));
         }
 
         let host = self.runtime.host().stats();

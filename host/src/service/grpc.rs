@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::core::{self, CoreHandle, Request as CoreRequest};
+use super::core::{CoreHandle, LoadedPlugin, Request as CoreRequest};
 use crate::proto;
 use crate::proto::job_spec::Work;
 
@@ -360,16 +360,18 @@ impl proto::policies_server::Policies for PoliciesApi {
         } else {
             given.clone()
         };
-        let (plugin, bytes, info) = tokio::task::spawn_blocking(move || {
-            let plugin = engine.load_bytes(&compile_name, &bytes)?;
-            let info = core::describe_plugin(&engine, &plugin);
-            Ok::<_, crate::engine::LoadError>((plugin, bytes, info))
+        let (plugin, bytes) = tokio::task::spawn_blocking(move || {
+            LoadedPlugin::compile(&engine, &compile_name, &bytes).map(|plugin| (plugin, bytes))
         })
         .await
         .map_err(|e| Status::internal(format!("compiling the plugin panicked: {e}")))?
         .map_err(|e| invalid(field, e))?;
         // No name given: the one the plugin gives itself.
-        let name = if given.is_empty() { info.clone() } else { given };
+        let name = if given.is_empty() {
+            plugin.self_name().to_string()
+        } else {
+            given
+        };
         if name.is_empty() {
             return Err(invalid(
                 "name",
@@ -383,7 +385,6 @@ impl proto::policies_server::Policies for PoliciesApi {
                 name,
                 plugin,
                 bytes,
-                info,
                 reply,
             })
             .await?;

@@ -203,10 +203,7 @@ impl Metrics {
 
     /// A job started for the first time just now.
     pub fn observe_start(&self, job: &Job) {
-        if job.preemptions == 0
-            && job.migrations == 0
-            && let Some(start) = job.first_start
-        {
+        if let Some(start) = job.first_start {
             self.queueing.observe((start - job.submit_time).max(0.0));
         }
     }
