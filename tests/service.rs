@@ -171,7 +171,10 @@ fn synthetic(user: &str, gpus: u32, seconds: f64) -> proto::SubmitJobRequest {
             name: format!("{user}-{gpus}x{seconds}"),
             user: user.into(),
             gpus,
-            work: Some(proto::job_spec::Work::Synthetic(proto::Synthetic { seconds })),
+            work: Some(proto::job_spec::Work::Synthetic(proto::Synthetic {
+                seconds,
+                ..Default::default()
+            })),
             ..Default::default()
         }),
     }
@@ -1084,4 +1087,116 @@ async fn a_faulting_plugin_is_ejected_and_no_job_is_lost() {
         list.policies.iter().any(|p| p.name == "hostile"),
         "the plugin stays loaded"
     );
+}
+
+/// A synthetic job that runs the device kernel: `iterations` small ones.
+fn on_device(name: &str, iterations: u64, fault_at: Option<u64>) -> proto::SubmitJobRequest {
+    proto::SubmitJobRequest {
+        spec: Some(proto::JobSpec {
+            name: name.into(),
+            user: "a".into(),
+            gpus: 1,
+            iterations: Some(iterations),
+            memory_per_gpu_bytes: 8 << 20,
+            work: Some(proto::job_spec::Work::Synthetic(proto::Synthetic {
+                seconds: 3600.0,
+                gflops_per_iteration: Some(0.0005),
+                fault_at_iteration: fault_at,
+            })),
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_jobs_run_kernels_are_preempted_and_survive_a_fault_and_a_restart() {
+    // CPU stand-ins for GPUs do the kernel's arithmetic for real: the CUDA
+    // backend's path above the driver, end to end through the service.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    let las = format!(
+        "{}/target/plugins/las.wasm",
+        env!("CARGO_MANIFEST_DIR").trim_end_matches("/host")
+    );
+    let flags = [
+        "--backend",
+        "cpu-devices",
+        "--emulate-gpus",
+        "1",
+        "--policy",
+        las.as_str(),
+        "--config",
+        "thresholds=0.2",
+        "--checkpoint-every",
+        "0.1",
+    ];
+    let mut server = Server::start(&state_dir, &flags);
+    let mut jobs = server.jobs().await;
+    let cluster = proto::cluster_client::ClusterClient::new(server.channel().await)
+        .get_cluster(proto::GetClusterRequest {})
+        .await
+        .expect("cluster")
+        .into_inner();
+    assert_eq!(cluster.backend, "cpu-devices");
+    assert_eq!(cluster.gpus[0].uuid, "CPU-0");
+
+    let long = server.submit(&mut jobs, on_device("long", 2000, None)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let short = server.submit(&mut jobs, on_device("short", 50, None)).await;
+    let ended = wait_ended(&mut jobs, &[long, short], Duration::from_secs(120)).await;
+    let (long_job, short_job) = (&ended[0], &ended[1]);
+    assert_eq!(state(long_job), proto::JobState::Finished, "{long_job:?}");
+    assert_eq!(long_job.iterations_done, Some(2000), "every iteration counted");
+    assert!(long_job.preemptions >= 1, "LAS preempted the long job: {long_job:?}");
+    assert!(short_job.end_time < long_job.end_time);
+    assert_eq!(short_job.progress, Some(1.0));
+
+    // A device fault fails its job with the device's error; the GPU is
+    // checked, reset and keeps running jobs.
+    let faulty = server.submit(&mut jobs, on_device("faulty", 50, Some(3))).await;
+    let faulty = &wait_ended(&mut jobs, &[faulty], Duration::from_secs(60)).await[0];
+    assert_eq!(state(faulty), proto::JobState::Failed);
+    assert!(
+        faulty.failure.starts_with("GPU 0 (cpu): illegal memory access"),
+        "{}",
+        faulty.failure
+    );
+    let after = server.submit(&mut jobs, on_device("after", 20, None)).await;
+    let after = &wait_ended(&mut jobs, &[after], Duration::from_secs(60)).await[0];
+    assert_eq!(state(after), proto::JobState::Finished, "{after:?}");
+
+    // A job killed with the server goes on counting after the restart.
+    let survivor = server.submit(&mut jobs, on_device("survivor", 1_000_000, None)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done_before = loop {
+        // Progress reaches the database at checkpoints and at turns; wait
+        // until some has been stored.
+        let job = jobs
+            .get_job(proto::GetJobRequest { id: survivor })
+            .await
+            .expect("get")
+            .into_inner();
+        if job.iterations_done.unwrap_or(0) > 0 && state(&job) == proto::JobState::Running {
+            break job.iterations_done.unwrap_or(0);
+        }
+        assert!(Instant::now() < deadline, "the survivor never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await; // a checkpoint or more
+    server.kill();
+    let server = Server::start(&state_dir, &flags[..4]);
+    let mut jobs = server.jobs().await;
+    let job = jobs
+        .get_job(proto::GetJobRequest { id: survivor })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(job.recoveries, 1);
+    assert!(
+        job.iterations_done.unwrap_or(0) >= done_before,
+        "the count goes on from the last checkpoint: {job:?}"
+    );
+    jobs.cancel_job(server.authed(proto::CancelJobRequest { id: survivor }))
+        .await
+        .expect("cancel");
 }

@@ -41,7 +41,10 @@ fn submit(token: &str, gpus: u32) -> Request<proto::SubmitJobRequest> {
             name: "bench".into(),
             user: "bench".into(),
             gpus,
-            work: Some(proto::job_spec::Work::Synthetic(proto::Synthetic { seconds: 3600.0 })),
+            work: Some(proto::job_spec::Work::Synthetic(proto::Synthetic {
+                seconds: 3600.0,
+                ..Default::default()
+            })),
             ..Default::default()
         }),
     });

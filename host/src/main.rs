@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use wsched::backend::synthetic::SuspendMemory;
 use wsched::engine::{CompileCache, Engine, Limits};
 use wsched::service::{self, client};
 use wsched::sim::{self, GpuOutage, PolicyChoice, ScheduledSwap, SimConfig};
@@ -69,9 +70,15 @@ struct ServeArgs {
     /// Do not serve /metrics.
     #[arg(long)]
     no_metrics: bool,
-    /// Which backend runs the work.
+    /// Which backend runs the work: cuda when an NVIDIA driver and GPU are
+    /// found (auto), else emulated GPUs.
     #[arg(long, value_enum, default_value_t = service::BackendChoice::Auto)]
     backend: service::BackendChoice,
+    /// CUDA: whether a preempted synthetic job keeps its device memory
+    /// (fast resume; released when another job needs it) or releases it
+    /// to host memory at once.
+    #[arg(long, value_enum, default_value_t = SuspendMemoryArg::Keep)]
+    suspend_memory: SuspendMemoryArg,
     /// GPUs to emulate.
     #[arg(long, default_value_t = 4)]
     emulate_gpus: u32,
@@ -89,8 +96,21 @@ struct ServeArgs {
     /// Config string for --policy.
     #[arg(long, default_value = "")]
     config: String,
+    /// How often running jobs' progress is stored, in seconds: a crash
+    /// loses at most this much of it (state changes are stored at once).
+    #[arg(long, default_value_t = 10.0)]
+    checkpoint_every: f64,
     #[command(flatten)]
     limits: LimitArgs,
+}
+
+/// `--suspend-memory`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SuspendMemoryArg {
+    /// Keep it on the device while no other job needs it.
+    Keep,
+    /// Copy the state to host memory and free the device.
+    Release,
 }
 
 /// Limits for plugins.
@@ -249,10 +269,19 @@ fn run_serve(args: ServeArgs, connect: &client::ConnectArgs, cache: Option<Compi
         .clone()
         .or_else(|| std::env::var("WSCHED_TOKEN").ok().filter(|t| !t.is_empty()));
     config.backend = args.backend;
+    config.suspend_memory = match args.suspend_memory {
+        SuspendMemoryArg::Keep => SuspendMemory::Keep,
+        SuspendMemoryArg::Release => SuspendMemory::Release,
+    };
     config.emulate_gpus = args.emulate_gpus;
     config.gpus_per_node = args.gpus_per_node;
     config.gpu_memory = args.gpu_memory_gib << 30;
     config.initial_policy = args.policy.map(|p| (p, args.config));
+    anyhow::ensure!(
+        args.checkpoint_every.is_finite() && args.checkpoint_every > 0.0,
+        "--checkpoint-every: must be a positive number of seconds"
+    );
+    config.checkpoint_every = std::time::Duration::from_secs_f64(args.checkpoint_every);
     config.limits = args.limits.limits();
     block_on(service::serve(config, cache))
 }

@@ -123,6 +123,10 @@ impl<B: Backend> Runtime<B> {
             }
             step.ended.push((id, ending));
         }
+        for gpu in self.backend.broken_gpus() {
+            tracing::warn!(gpu, backend = self.backend.name(), "GPU broken: taking it offline");
+            self.set_gpu_online(gpu, false);
+        }
 
         let live = self.host.cluster().live_jobs() > 0;
         match self.host.tick_interval() {

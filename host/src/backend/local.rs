@@ -1,30 +1,44 @@
-//! One machine's worth of both kinds of work: synthetic jobs on emulated
-//! GPUs and commands as local processes, side by side.
+//! One machine's worth of work: commands as local processes, and built-in
+//! synthetic jobs either on the machine's CUDA GPUs or on emulated GPUs.
 //!
-//! A service accepts both in one queue, and a policy must see them as one
-//! cluster, so one backend routes each job by what it is: a job with a
-//! command registered goes to [`ProcessBackend`], every other job is
-//! model-driven as on [`super::emulated::EmulatedBackend`].
+//! A service accepts both kinds in one queue, and a policy must see them as
+//! one cluster, so one backend routes each job by what it is: a job with a
+//! command registered goes to [`ProcessBackend`]; a synthetic job runs real
+//! kernels on [`SyntheticBackend`] when the machine has GPUs for it, and is
+//! model-driven as on [`super::emulated::EmulatedBackend`] otherwise.
 
 use std::path::PathBuf;
 
 use super::process::ProcessSpec;
 use super::processes::ProcessBackend;
+use super::synthetic::{SyntheticBackend, Workload};
 use super::{Backend, Ending};
 use crate::cluster::{Applied, Cluster};
-use crate::wit::{Action, JobId};
+use crate::wit::{Action, GpuId, JobId};
 
-/// Emulated GPUs for synthetic jobs, local processes for commands.
+/// Local processes for commands; devices or emulated GPUs for synthetic jobs.
 #[derive(Debug)]
 pub struct LocalBackend {
     processes: ProcessBackend,
+    devices: Option<SyntheticBackend>,
 }
 
 impl LocalBackend {
-    /// Process jobs keep their directories (logs, control socket) under `root`.
+    /// Emulated GPUs: process jobs keep their directories (logs, control
+    /// socket) under `root`; synthetic jobs are driven by the model.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         LocalBackend {
             processes: ProcessBackend::new(root),
+            devices: None,
+        }
+    }
+
+    /// Real devices: synthetic jobs run on `devices` (cluster GPU `i` is
+    /// its device `i`).
+    pub fn with_devices(root: impl Into<PathBuf>, devices: SyntheticBackend) -> Self {
+        LocalBackend {
+            processes: ProcessBackend::new(root),
+            devices: Some(devices),
         }
     }
 
@@ -37,26 +51,45 @@ impl LocalBackend {
         self.processes.set_restarts(id, restarts);
     }
 
+    /// Job `id` is a synthetic job; on real devices it runs `workload`
+    /// (on emulated GPUs the model's declared work is all there is).
+    pub fn register_synthetic(&mut self, id: JobId, workload: Workload) {
+        if let Some(devices) = &mut self.devices {
+            devices.register(id, workload);
+        }
+    }
+
     /// The process backend, for logs and progress of command jobs.
     pub fn processes(&self) -> &ProcessBackend {
         &self.processes
     }
 
-    /// Whether any command job has a live process (they must be polled:
-    /// their ends cannot be predicted).
-    pub fn has_processes(&self) -> bool {
-        self.processes.live_count() > 0
+    /// The device backend, when synthetic jobs run on real devices.
+    pub fn devices(&self) -> Option<&SyntheticBackend> {
+        self.devices.as_ref()
+    }
+
+    /// Whether any job's end cannot be foreseen (a live process, a job
+    /// running kernels): the caller must poll.
+    pub fn needs_polling(&self) -> bool {
+        self.processes.live_count() > 0 || self.devices.as_ref().is_some_and(SyntheticBackend::has_work)
     }
 }
 
 impl Backend for LocalBackend {
     fn name(&self) -> &'static str {
-        "emulated"
+        match &self.devices {
+            Some(devices) => devices.name(),
+            None => "emulated",
+        }
     }
 
     fn carry_out(&mut self, cluster: &Cluster, action: &Action, applied: &Applied) -> Result<(), String> {
-        if self.processes.is_registered(action.job()) {
+        let id = action.job();
+        if self.processes.is_registered(id) {
             self.processes.carry_out(cluster, action, applied)
+        } else if let Some(devices) = self.devices.as_mut().filter(|d| d.is_registered(id)) {
+            devices.carry_out(cluster, action, applied)
         } else {
             Ok(())
         }
@@ -65,27 +98,51 @@ impl Backend for LocalBackend {
     fn sync(&mut self, cluster: &Cluster, id: JobId) -> Result<(), String> {
         if self.processes.is_registered(id) {
             self.processes.sync(cluster, id)
+        } else if let Some(devices) = self.devices.as_mut().filter(|d| d.is_registered(id)) {
+            devices.sync(cluster, id)
         } else {
             Ok(())
         }
     }
 
     fn ended(&mut self, cluster: &Cluster) -> Vec<(JobId, Ending)> {
-        let mut ended: Vec<(JobId, Ending)> = cluster
-            .work_completed()
-            .into_iter()
-            .filter(|id| !self.processes.is_registered(*id))
-            .map(|id| (id, Ok(())))
-            .collect();
+        let mut ended: Vec<(JobId, Ending)> = if self.devices.is_some() {
+            Vec::new()
+        } else {
+            cluster
+                .work_completed()
+                .into_iter()
+                .filter(|id| !self.processes.is_registered(*id))
+                .map(|id| (id, Ok(())))
+                .collect()
+        };
         ended.extend(self.processes.ended(cluster));
+        if let Some(devices) = &mut self.devices {
+            ended.extend(devices.ended(cluster));
+        }
         ended
     }
 
     fn progress(&mut self) -> Vec<(JobId, Option<u64>, Option<f64>)> {
-        Backend::progress(&mut self.processes)
+        let mut reports = Backend::progress(&mut self.processes);
+        if let Some(devices) = &mut self.devices {
+            reports.extend(devices.progress());
+        }
+        reports
+    }
+
+    fn broken_gpus(&mut self) -> Vec<GpuId> {
+        self.devices
+            .as_mut()
+            .map(SyntheticBackend::take_broken)
+            .unwrap_or_default()
     }
 
     fn next_end(&self, cluster: &Cluster) -> Option<f64> {
-        cluster.next_completion()
+        if self.devices.is_some() {
+            None
+        } else {
+            cluster.next_completion()
+        }
     }
 }

@@ -12,11 +12,20 @@
 //! - [`processes`]: each job is a local command, given its GPUs through
 //!   `CUDA_VISIBLE_DEVICES`; it finishes when the process exits.
 //! - [`process`]: one such command, its logs and how it is suspended.
+//! - [`synthetic`]: built-in training jobs running real kernels on
+//!   devices, suspended at iteration boundaries, moved through host memory.
+//! - [`device`]: what those jobs need of a GPU, and a CPU stand-in with
+//!   the same arithmetic; [`cuda`]: the same on NVIDIA GPUs (cudarc).
+//! - [`local`]: one machine's backend: processes for commands, and
+//!   synthetic jobs on CUDA devices or on emulated GPUs.
 
+pub mod cuda;
+pub mod device;
 pub mod emulated;
 pub mod local;
 pub mod process;
 pub mod processes;
+pub mod synthetic;
 
 use crate::cluster::{Applied, Cluster};
 use crate::wit::{Action, JobId};
@@ -49,6 +58,12 @@ pub trait Backend {
     /// iterations done, seconds per iteration), including the last report
     /// of jobs that `ended` just returned. None by default.
     fn progress(&mut self) -> Vec<(JobId, Option<u64>, Option<f64>)> {
+        Vec::new()
+    }
+
+    /// GPUs found broken since the last call: the host takes them offline
+    /// (their jobs are suspended and the policy hears `gpu-changed`).
+    fn broken_gpus(&mut self) -> Vec<crate::wit::GpuId> {
         Vec::new()
     }
 

@@ -142,9 +142,16 @@ pub struct SubmitArgs {
     /// Iterations in total.
     #[arg(long)]
     pub iterations: Option<u64>,
-    /// A synthetic job of this many seconds of work.
+    /// A synthetic job of this many seconds of work (on real GPUs: running
+    /// time, unless --iterations says how many iterations to run).
     #[arg(long, conflicts_with = "command")]
     pub seconds: Option<f64>,
+    /// Synthetic jobs on real GPUs: work per GPU per iteration, in GFLOP.
+    #[arg(long, requires = "seconds")]
+    pub gflops_per_iteration: Option<f64>,
+    /// Device memory per GPU, e.g. 1Gi, 512Mi or bytes.
+    #[arg(long)]
+    pub memory: Option<String>,
     /// The command to run, after `--`.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -301,7 +308,11 @@ pub fn job_json(job: &proto::Job) -> Value {
     let spec = job.spec.clone().unwrap_or_default();
     let work = match &spec.work {
         Some(Work::Command(c)) => json!({"command": c.argv, "env": c.env, "workdir": c.workdir}),
-        Some(Work::Synthetic(s)) => json!({"synthetic": {"seconds": s.seconds}}),
+        Some(Work::Synthetic(s)) => json!({"synthetic": {
+            "seconds": s.seconds,
+            "gflops_per_iteration": s.gflops_per_iteration,
+            "fault_at_iteration": s.fault_at_iteration,
+        }}),
         None => Value::Null,
     };
     json!({
@@ -499,7 +510,11 @@ fn submit_specs(args: &SubmitArgs) -> anyhow::Result<Vec<proto::JobSpec>> {
         return super::manifest::parse(&text, &user).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()));
     }
     let work = match (&args.seconds, args.command.is_empty()) {
-        (Some(seconds), true) => Work::Synthetic(proto::Synthetic { seconds: *seconds }),
+        (Some(seconds), true) => Work::Synthetic(proto::Synthetic {
+            seconds: *seconds,
+            gflops_per_iteration: args.gflops_per_iteration,
+            fault_at_iteration: None,
+        }),
         (None, false) => Work::Command(proto::Command {
             argv: args.command.clone(),
             ..Default::default()
@@ -514,7 +529,10 @@ fn submit_specs(args: &SubmitArgs) -> anyhow::Result<Vec<proto::JobSpec>> {
         priority: args.priority,
         expected_duration_seconds: args.expected_duration,
         iterations: args.iterations,
-        memory_per_gpu_bytes: 0,
+        memory_per_gpu_bytes: match &args.memory {
+            Some(text) => super::manifest::memory_bytes("--memory", text).map_err(|e| anyhow::anyhow!(e))?,
+            None => 0,
+        },
         work: Some(work),
     }])
 }
@@ -728,6 +746,7 @@ pub async fn gpu(command: GpuCommand, connect: &ConnectArgs) -> anyhow::Result<(
                     "id": g.id, "node": g.node, "kind": g.kind, "online": g.online,
                     "memory_total_bytes": g.memory_total_bytes, "memory_used_bytes": g.memory_used_bytes,
                     "allocated": g.allocated,
+                    "uuid": g.uuid, "compute_capability": g.compute_capability,
                     "residents": g.residents.iter().map(|r| json!({"job": r.job, "fraction": r.fraction})).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             });
@@ -763,6 +782,12 @@ pub async fn gpu(command: GpuCommand, connect: &ConnectArgs) -> anyhow::Result<(
                     })
                     .collect();
                 let mut out = table(&["GPU", "NODE", "KIND", "STATE", "ALLOCATED", "MEM_GB", "JOBS"], &rows);
+                for g in state.gpus.iter().filter(|g| !g.uuid.is_empty()) {
+                    out.push_str(&format!(
+                        "GPU {}: {}, compute capability {}\n",
+                        g.id, g.uuid, g.compute_capability
+                    ));
+                }
                 out.push_str(&format!(
                     "\nbackend {}, policy {}, utilisation {:.0}%, jobs: {} pending, {} running, {} suspended\n",
                     state.backend,

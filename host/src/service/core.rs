@@ -26,9 +26,11 @@ use tonic::Status;
 use super::ServeConfig;
 use super::metrics::Metrics;
 use crate::backend::Backend;
+use crate::backend::device::DeviceInfo;
 use crate::backend::local::LocalBackend;
 use crate::backend::process::ProcessSpec;
-use crate::cluster::{Cluster, Job, JobSpec};
+use crate::backend::synthetic::{DEFAULT_FLOPS_PER_ITERATION, SyntheticBackend, Workload};
+use crate::cluster::{Cluster, GpuSpec, Job, JobSpec};
 use crate::engine::{Engine, Plugin};
 use crate::latency::Latencies;
 use crate::native::Fifo;
@@ -186,6 +188,8 @@ struct Core {
     last_checkpoint: Instant,
     checkpoint_every: Duration,
     poll: Duration,
+    /// The real devices behind the cluster's GPUs (none when emulated).
+    devices_info: Vec<DeviceInfo>,
 }
 
 /// Changes waiting for the writer thread: turns that come while it is
@@ -363,6 +367,24 @@ fn model_spec(spec: &proto::JobSpec) -> JobSpec {
     }
 }
 
+/// What a synthetic job runs on real devices; `done` iterations were done
+/// before a restart (synthetic jobs keep no checkpoint: their state starts
+/// over, their count goes on).
+fn synthetic_workload(spec: &proto::JobSpec, done: u64) -> Option<Workload> {
+    let Some(proto::job_spec::Work::Synthetic(s)) = &spec.work else {
+        return None;
+    };
+    Some(Workload {
+        iterations: spec.iterations,
+        seconds: s.seconds,
+        flops_per_iteration: s.gflops_per_iteration.map_or(DEFAULT_FLOPS_PER_ITERATION, |g| g * 1e9),
+        share: spec.gpu_fraction.unwrap_or(1.0),
+        memory_bytes: spec.memory_per_gpu_bytes,
+        fault_at_iteration: s.fault_at_iteration,
+        done_before: done,
+    })
+}
+
 fn process_spec(spec: &proto::JobSpec) -> Option<ProcessSpec> {
     match &spec.work {
         Some(proto::job_spec::Work::Command(c)) => Some(ProcessSpec {
@@ -405,11 +427,30 @@ impl Core {
                 epoch
             }
         };
-        let mut cluster =
-            Cluster::homogeneous(config.emulate_gpus, config.gpus_per_node, "emulated", config.gpu_memory);
+        let mut cluster = if config.devices.is_empty() {
+            Cluster::homogeneous(config.emulate_gpus, config.gpus_per_node, "emulated", config.gpu_memory)
+        } else {
+            Cluster::new(
+                config
+                    .devices
+                    .iter()
+                    .map(|d| GpuSpec {
+                        node: 0,
+                        kind: d.info().name.clone(),
+                        memory_total: d.info().memory_total,
+                    })
+                    .collect(),
+            )
+        };
         cluster.advance(unix_now() - epoch);
         let host = PolicyHost::new(engine.clone(), cluster);
-        let backend = LocalBackend::new(config.state_dir.join("jobs"));
+        let jobs_dir = config.state_dir.join("jobs");
+        let backend = if config.devices.is_empty() {
+            LocalBackend::new(jobs_dir)
+        } else {
+            let devices = SyntheticBackend::new(config.devices.clone()).with_suspend_memory(config.suspend_memory);
+            LocalBackend::with_devices(jobs_dir, devices)
+        };
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let mut core = Core {
             runtime: Runtime::new(host, backend),
@@ -436,6 +477,7 @@ impl Core {
             last_checkpoint: Instant::now(),
             checkpoint_every: config.checkpoint_every,
             poll: config.poll,
+            devices_info: config.devices.iter().map(|d| d.info().clone()).collect(),
         };
 
         core.metrics.policy_active(BUILTIN_FIFO);
@@ -534,6 +576,9 @@ impl Core {
                 if let Some(process) = process_spec(&spec) {
                     core.runtime.backend_mut().register_command(id, process, recoveries);
                 }
+                if let Some(workload) = synthetic_workload(&spec, job.iterations_done.unwrap_or(0)) {
+                    core.runtime.backend_mut().register_synthetic(id, workload);
+                }
                 requeued += 1;
                 core.changed.insert(id);
             }
@@ -556,7 +601,11 @@ impl Core {
     }
 
     fn job_message(&self, job: &Job) -> proto::Job {
+        let counted = job.iterations_done.zip(job.spec.iterations_total.filter(|&t| t > 0));
         let progress = match job.spec.work {
+            // What the backend counted is the truth, where it counts.
+            _ if job.state == JobState::Finished => Some(1.0),
+            _ if counted.is_some() => counted.map(|(done, total)| (done as f64 / total as f64).clamp(0.0, 1.0)),
             Some(w) if w > 0.0 => Some((job.progress / w).clamp(0.0, 1.0)),
             Some(_) => Some(if job.state == JobState::Finished { 1.0 } else { 0.0 }),
             None => None,
@@ -610,7 +659,7 @@ impl Core {
 
     fn time_to_next_turn(&self) -> Duration {
         let mut wait = self.poll;
-        if self.runtime.backend().has_processes() {
+        if self.runtime.backend().needs_polling() {
             wait = wait.min(PROCESS_POLL);
         }
         if let Some(due) = self.runtime.next_due() {
@@ -759,6 +808,9 @@ impl Core {
                 if let Some(process) = process_spec(&spec) {
                     self.runtime.backend_mut().register_command(id, process, 0);
                 }
+                if let Some(workload) = synthetic_workload(&spec, 0) {
+                    self.runtime.backend_mut().register_synthetic(id, workload);
+                }
                 self.specs.insert(id, spec);
                 self.changed.insert(id);
                 self.fresh.insert(id);
@@ -837,6 +889,16 @@ impl Core {
                     })
                     .collect(),
                 allocated: g.allocated(),
+                uuid: self
+                    .devices_info
+                    .get(g.id as usize)
+                    .map(|d| d.uuid.clone())
+                    .unwrap_or_default(),
+                compute_capability: self
+                    .devices_info
+                    .get(g.id as usize)
+                    .map(|d| format!("{}.{}", d.compute_capability.0, d.compute_capability.1))
+                    .unwrap_or_default(),
             })
             .collect();
         let nodes = gpus.iter().map(|g| g.node).collect::<BTreeSet<_>>().len() as u32;

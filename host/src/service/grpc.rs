@@ -75,6 +75,9 @@ fn check_name(field: &str, value: &str, required: bool) -> Result<(), Status> {
     Ok(())
 }
 
+/// Largest synthetic iteration accepted: about a minute on today's GPUs.
+const MAX_GFLOPS_PER_ITERATION: f64 = 1.0e6;
+
 fn check_seconds(field: &str, value: f64) -> Result<(), Status> {
     if !(value.is_finite() && value >= 0.0) {
         return Err(invalid(
@@ -134,7 +137,20 @@ pub fn validate_spec(spec: Option<&proto::JobSpec>) -> Result<&proto::JobSpec, S
                 return Err(invalid("spec.command.env", "names must be non-empty and without '='"));
             }
         }
-        Some(Work::Synthetic(s)) => check_seconds("spec.synthetic.seconds", s.seconds)?,
+        Some(Work::Synthetic(s)) => {
+            check_seconds("spec.synthetic.seconds", s.seconds)?;
+            if let Some(g) = s.gflops_per_iteration
+                && !(g.is_finite() && g > 0.0 && g <= MAX_GFLOPS_PER_ITERATION)
+            {
+                return Err(invalid(
+                    "spec.synthetic.gflops_per_iteration",
+                    format!("must be in (0, {MAX_GFLOPS_PER_ITERATION}], got {g}"),
+                ));
+            }
+            if s.fault_at_iteration == Some(0) {
+                return Err(invalid("spec.synthetic.fault_at_iteration", "iterations count from 1"));
+            }
+        }
     }
     Ok(spec)
 }
@@ -449,7 +465,10 @@ mod tests {
         proto::JobSpec {
             user: "alice".into(),
             gpus,
-            work: Some(Work::Synthetic(proto::Synthetic { seconds })),
+            work: Some(Work::Synthetic(proto::Synthetic {
+                seconds,
+                ..Default::default()
+            })),
             ..Default::default()
         }
     }

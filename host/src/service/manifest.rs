@@ -17,7 +17,9 @@
 //!   workingDir: /data/resnet
 //! ```
 //!
-//! or `synthetic: {seconds: 600}` instead of a command. Several documents
+//! or `synthetic: {seconds: 600}` instead of a command (on real GPUs also
+//! `gflopsPerIteration`, and `faultAtIteration` to try the fault path).
+//! Several documents
 //! separated by `---` are several jobs. Unknown fields are errors (a typo
 //! must not silently drop a setting), reported with the document and line.
 
@@ -74,8 +76,11 @@ struct EnvVar {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct SyntheticSpec {
     seconds: Quantity,
+    gflops_per_iteration: Option<f64>,
+    fault_at_iteration: Option<u64>,
 }
 
 /// A number, or a string with a unit ("90s", "2h", "16Gi").
@@ -120,6 +125,11 @@ fn seconds(field: &str, q: &Quantity) -> Result<f64, String> {
         return Err(format!("{field}: must be a duration >= 0"));
     }
     Ok(value)
+}
+
+/// An amount of memory given as text ("16Gi", "512M", "1048576"), for flags.
+pub fn memory_bytes(field: &str, text: &str) -> Result<u64, String> {
+    bytes(field, &Quantity::Text(text.to_string()))
 }
 
 fn bytes(field: &str, q: &Quantity) -> Result<u64, String> {
@@ -182,6 +192,8 @@ fn to_spec(m: Manifest, default_user: &str) -> Result<proto::JobSpec, String> {
             }
             proto::job_spec::Work::Synthetic(proto::Synthetic {
                 seconds: seconds("spec.synthetic.seconds", &synthetic.seconds)?,
+                gflops_per_iteration: synthetic.gflops_per_iteration,
+                fault_at_iteration: synthetic.fault_at_iteration,
             })
         }
     };

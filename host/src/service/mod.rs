@@ -28,10 +28,14 @@ pub use self::core::BUILTIN_FIFO;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::backend::cuda;
+use crate::backend::device::{CpuDevice, Device};
+use crate::backend::synthetic::SuspendMemory;
 use crate::engine::Limits;
 use crate::proto;
 
@@ -50,6 +54,11 @@ pub enum BackendChoice {
     Emulated,
     /// Real NVIDIA GPUs through the CUDA driver.
     Cuda,
+    /// CPU stand-ins for GPUs (--emulate-gpus of them) that run synthetic
+    /// jobs' kernel arithmetic for real: the CUDA backend's whole path
+    /// above the driver (iterations, suspension, migration, faults) on a
+    /// machine with no GPU. Slow: give jobs small --gflops-per-iteration.
+    CpuDevices,
 }
 
 /// Everything `wsched serve` is configured with.
@@ -69,6 +78,11 @@ pub struct ServeConfig {
     pub initial_policy: Option<(PathBuf, String)>,
     /// Backend choice.
     pub backend: BackendChoice,
+    /// The GPUs synthetic jobs run on (filled in by [`serve`] from the
+    /// backend choice; empty means emulated GPUs).
+    pub devices: Vec<Arc<dyn Device>>,
+    /// Whether a preempted synthetic job keeps its device memory.
+    pub suspend_memory: SuspendMemory,
     /// GPUs to emulate.
     pub emulate_gpus: u32,
     /// GPUs per node (emulated).
@@ -96,6 +110,8 @@ impl ServeConfig {
             token: None,
             initial_policy: None,
             backend: BackendChoice::Auto,
+            devices: Vec::new(),
+            suspend_memory: SuspendMemory::Keep,
             emulate_gpus: 4,
             gpus_per_node: 8,
             gpu_memory: 80 << 30,
@@ -162,23 +178,6 @@ pub fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
     }
 }
 
-/// Whether an NVIDIA driver (libcuda) can be loaded on this machine.
-pub fn cuda_driver_present() -> bool {
-    // dlopen with RTLD_NOLOAD would miss a library not yet loaded; load it
-    // and close it again.
-    for name in [c"libcuda.so.1", c"libcuda.so"] {
-        // SAFETY: dlopen/dlclose with a valid C string; the handle is not used.
-        unsafe {
-            let handle = libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
-            if !handle.is_null() {
-                libc::dlclose(handle);
-                return true;
-            }
-        }
-    }
-    false
-}
-
 /// Run the service until SIGINT or SIGTERM.
 pub async fn serve(config: ServeConfig, cache: Option<crate::engine::CompileCache>) -> anyhow::Result<()> {
     serve_until(config, cache, shutdown_signal()).await
@@ -191,23 +190,59 @@ pub async fn serve_until(
     cache: Option<crate::engine::CompileCache>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let driver = cuda_driver_present();
-    let why = match (config.backend, driver) {
+    let mut config = config;
+    let fallback = match (config.backend, cuda::driver_present()) {
+        (BackendChoice::Emulated, _) => Some("asked for".to_string()),
+        (BackendChoice::CpuDevices, _) => {
+            config.devices = (0..config.emulate_gpus)
+                .map(|i| Arc::new(CpuDevice::new(i, config.gpu_memory, 2)) as Arc<dyn Device>)
+                .collect();
+            None
+        }
         (BackendChoice::Cuda, false) => {
-            anyhow::bail!("--backend cuda: no NVIDIA driver found (libcuda.so.1 does not load); use --backend emulated")
+            anyhow::bail!("--backend cuda: no NVIDIA driver found (libcuda.so does not load); use --backend emulated")
         }
-        (BackendChoice::Cuda, true) => {
-            anyhow::bail!("--backend cuda: the CUDA backend is not part of this build yet; use --backend emulated")
-        }
-        (BackendChoice::Auto, true) => "a CUDA driver is present but this build has no CUDA backend yet",
-        (BackendChoice::Auto, false) => "no CUDA driver found",
-        (BackendChoice::Emulated, _) => "asked for",
+        (BackendChoice::Auto, false) => Some("no NVIDIA driver found".to_string()),
+        (choice, true) => match cuda::discover() {
+            Ok(devices) => {
+                config.devices = devices.into_iter().map(|d| d as Arc<dyn Device>).collect();
+                None
+            }
+            Err(e) if choice == BackendChoice::Cuda => anyhow::bail!("--backend cuda: {e:#}"),
+            Err(e) => Some(format!("a driver is present but the GPUs cannot be used: {e:#}")),
+        },
     };
-    tracing::info!(
-        "wsched serve: backend emulated ({} GPUs, {} per node; {why}); command jobs run as local processes",
-        config.emulate_gpus,
-        config.gpus_per_node
-    );
+    match &fallback {
+        Some(why) => tracing::info!(
+            "wsched serve: backend emulated ({} GPUs, {} per node; {why}); command jobs run as local processes",
+            config.emulate_gpus,
+            config.gpus_per_node
+        ),
+        None => {
+            let names: Vec<String> = config
+                .devices
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{} {} ({} GiB)",
+                        d.info().ordinal,
+                        d.info().name,
+                        d.info().memory_total >> 30
+                    )
+                })
+                .collect();
+            tracing::info!(
+                "wsched serve: backend {} ({} GPU(s): {}); synthetic jobs run kernels, command jobs run as local processes",
+                if config.backend == BackendChoice::CpuDevices {
+                    "cpu-devices"
+                } else {
+                    "cuda"
+                },
+                config.devices.len(),
+                names.join(", ")
+            );
+        }
+    }
     anyhow::ensure!(config.emulate_gpus > 0, "--emulate-gpus: must be at least 1");
     anyhow::ensure!(config.gpus_per_node > 0, "--gpus-per-node: must be at least 1");
 
