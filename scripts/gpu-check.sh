@@ -90,10 +90,8 @@ if [ "$backend" = cpu-devices ]; then
     gflops=(--gflops-per-iteration 0.0005)
 else
     echo
-    echo "== GPU tests (tests/devices.rs, on_cuda)"
-    timeout 240 "$tests" --ignored --test-threads 4 on_cuda:: || status=1
-    echo "== GPU fault test, in its own process (a fault resets the device's context)"
-    timeout 120 "$tests" --ignored on_cuda_faults || status=1
+    echo "== GPU tests (tests/devices.rs: on_cuda in this process, on_cuda_workers and faults in worker processes)"
+    WSCHED_BIN=$wsched timeout 300 "$tests" --ignored --test-threads 4 || status=1
 fi
 
 echo
@@ -166,6 +164,6 @@ grep -E "WARN|ERROR" "$state/serve.log" | tail -5 || true
 if [ "$backend" = cuda ]; then
     echo
     echo "== benchmark (host/benches/gpu.rs)"
-    timeout 300 "$bench" || status=1
+    WSCHED_BIN=$wsched timeout 300 "$bench" || status=1
 fi
 exit $status

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use wsched::backend::Backend;
 use wsched::backend::device::{CpuDevice, Device, Kernel, initial_word, reference_rounds};
 use wsched::backend::synthetic::{SAMPLE_WORDS, SuspendMemory, SyntheticBackend, Workload};
-use wsched::backend::{Ending, cuda};
+use wsched::backend::{Ending, cuda, worker};
 use wsched::cluster::{Cluster, GpuSpec, JobSpec};
 use wsched::wit::{Action, GpuId, JobId, Placement, SharedPlacement};
 
@@ -40,10 +40,30 @@ fn cpu_devices(n: u32) -> Vec<Arc<dyn Device>> {
 
 fn cuda_devices(n: u32) -> Vec<Arc<dyn Device>> {
     let found = cuda::discover().expect("these tests need an NVIDIA GPU");
-    // Fewer physical GPUs than asked: cluster GPUs share them round-robin.
-    (0..n as usize)
-        .map(|i| found[i % found.len()].clone() as Arc<dyn Device>)
-        .collect()
+    round_robin(found.into_iter().map(|d| d as Arc<dyn Device>).collect(), n)
+}
+
+/// Fewer physical devices than cluster GPUs: cluster GPUs share them.
+fn round_robin(found: Vec<Arc<dyn Device>>, n: u32) -> Vec<Arc<dyn Device>> {
+    (0..n as usize).map(|i| found[i % found.len()].clone()).collect()
+}
+
+/// The `wsched` program that runs device workers (`WSCHED_BIN` where the
+/// tests run from a bundle, on a machine where cargo's path is not valid).
+fn wsched_bin() -> std::path::PathBuf {
+    std::env::var_os("WSCHED_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_wsched").into())
+}
+
+fn cpu_workers(n: u32) -> Vec<Arc<dyn Device>> {
+    let found = worker::cpu_workers(&wsched_bin(), n, 64 << 20).expect("start CPU device workers");
+    found.into_iter().map(|d| d as Arc<dyn Device>).collect()
+}
+
+fn cuda_workers(n: u32) -> Vec<Arc<dyn Device>> {
+    let found = worker::discover_cuda(&wsched_bin()).expect("these tests need an NVIDIA GPU");
+    round_robin(found.into_iter().map(|d| d as Arc<dyn Device>).collect(), n)
 }
 
 const CPU: Kit = Kit {
@@ -52,6 +72,14 @@ const CPU: Kit = Kit {
 };
 const CUDA: Kit = Kit {
     devices: cuda_devices,
+    flops: 2.0e10,
+};
+const CPU_WORKERS: Kit = Kit {
+    devices: cpu_workers,
+    flops: 1.0e6,
+};
+const CUDA_WORKERS: Kit = Kit {
+    devices: cuda_workers,
     flops: 2.0e10,
 };
 
@@ -296,7 +324,7 @@ fn a_device_fault_fails_its_jobs_and_the_gpu_comes_back(kit: &Kit) {
     // A fault takes a device's whole context down; a job on another device
     // must not notice. With one physical GPU there is no other device.
     let probe = (kit.devices)(2);
-    let separate = probe[0].info().uuid != probe[1].info().uuid;
+    let separate = !Arc::ptr_eq(&probe[0], &probe[1]) && probe[0].info().uuid != probe[1].info().uuid;
     drop(probe);
     let mut rig = Rig::new(kit, if separate { 2 } else { 1 });
     let faulty = Workload {
@@ -361,8 +389,14 @@ macro_rules! scenarios {
         mod on_cpu {
             $(#[test] fn $name() { super::$name(&super::CPU); })*
         }
+        mod on_cpu_workers {
+            $(#[test] fn $name() { super::$name(&super::CPU_WORKERS); })*
+        }
         mod on_cuda {
             $(#[test] #[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh"] fn $name() { super::$name(&super::CUDA); })*
+        }
+        mod on_cuda_workers {
+            $(#[test] #[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh"] fn $name() { super::$name(&super::CUDA_WORKERS); })*
         }
     };
 }
@@ -377,19 +411,31 @@ scenarios!(
     cancelling_stops_the_work,
 );
 
-// Last on a GPU: a sticky fault resets the context of the whole device.
-mod on_cpu_faults {
+// A sticky device fault can only be cleared by a new process, so on a GPU
+// this runs with worker processes (as the service does).
+mod faults {
     #[test]
-    fn a_device_fault_fails_its_jobs_and_the_gpu_comes_back() {
+    fn on_cpu() {
         super::a_device_fault_fails_its_jobs_and_the_gpu_comes_back(&super::CPU);
     }
-}
 
-mod on_cuda_faults {
     #[test]
-    #[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs it in its own process"]
-    fn a_device_fault_fails_its_jobs_and_the_gpu_comes_back() {
-        super::a_device_fault_fails_its_jobs_and_the_gpu_comes_back(&super::CUDA);
+    fn on_cpu_workers() {
+        super::a_device_fault_fails_its_jobs_and_the_gpu_comes_back(&super::CPU_WORKERS);
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh"]
+    fn on_cuda_workers() {
+        super::a_device_fault_fails_its_jobs_and_the_gpu_comes_back(&super::CUDA_WORKERS);
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh"]
+    fn in_process_cuda_cannot_recover_and_says_so() {
+        let devices = super::cuda_devices(1);
+        let err = devices[0].reset().unwrap_err();
+        assert!(err.message.contains("worker process"), "{}", err.message);
     }
 }
 

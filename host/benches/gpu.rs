@@ -6,15 +6,19 @@
 //! `WSCHED_GPU_BENCH_DEVICE=cpu` runs the same program on CPU devices, to
 //! check the harness on a machine with no GPU (the figures then mean
 //! nothing). `WSCHED_GPU_BENCH_SECONDS` sets each throughput window
-//! (default 2).
+//! (default 2). Devices run in worker processes, as in the service;
+//! `WSCHED_GPU_BENCH_IN_PROCESS=1` opens them in the bench's own process.
+//!
+//! Suspend and resume figures are medians of five rounds; "first" is the
+//! first round, which also pins the host buffer that later rounds reuse.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wsched::backend::Backend;
-use wsched::backend::cuda;
 use wsched::backend::device::{CpuDevice, Device, Kernel};
 use wsched::backend::synthetic::{SuspendMemory, SyntheticBackend, Workload};
+use wsched::backend::{cuda, worker};
 use wsched::cluster::{Cluster, GpuSpec, JobSpec};
 use wsched::wit::{Action, GpuId, JobId, Placement, SharedPlacement};
 
@@ -152,22 +156,36 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(2.0),
     );
-    let (devices, flops): (Vec<Arc<dyn Device>>, f64) = if on_cpu {
-        (
-            (0..2)
-                .map(|i| Arc::new(CpuDevice::new(i, 4 << 30, 2)) as Arc<dyn Device>)
-                .collect(),
-            2e7,
-        )
-    } else {
-        match cuda::discover() {
-            Ok(found) => (found.into_iter().map(|d| d as Arc<dyn Device>).collect(), 2e11),
-            Err(e) => {
-                eprintln!("gpu bench: {e:#}");
-                std::process::exit(2);
-            }
+    // Devices in worker processes, as the service runs them
+    // (`WSCHED_BIN` names the wsched program where cargo's path is stale).
+    let program: std::path::PathBuf = std::env::var_os("WSCHED_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_wsched").into());
+    let in_process = std::env::var("WSCHED_GPU_BENCH_IN_PROCESS").is_ok_and(|v| v == "1");
+    let found: anyhow::Result<Vec<Arc<dyn Device>>> = match (on_cpu, in_process) {
+        (true, true) => Ok((0..2)
+            .map(|i| Arc::new(CpuDevice::new(i, 4 << 30, 2)) as Arc<dyn Device>)
+            .collect()),
+        (true, false) => worker::cpu_workers(&program, 2, 4 << 30).map(|d| d.into_iter().map(|d| d as _).collect()),
+        (false, true) => cuda::discover().map(|d| d.into_iter().map(|d| d as _).collect()),
+        (false, false) => worker::discover_cuda(&program).map(|d| d.into_iter().map(|d| d as _).collect()),
+    };
+    let devices = match found {
+        Ok(devices) => devices,
+        Err(e) => {
+            eprintln!("gpu bench: {e:#}");
+            std::process::exit(2);
         }
     };
+    let flops = if on_cpu { 2e7 } else { 2e11 };
+    println!(
+        "devices {}",
+        if in_process {
+            "in this process"
+        } else {
+            "in worker processes (as the service runs them)"
+        }
+    );
     let info = devices[0].info().clone();
     let full = Kernel::sized(info.multiprocessors, 1.0, flops);
     println!(
@@ -284,11 +302,12 @@ fn main() {
             ups.push(ms(bench.resume(id, gpu)));
         }
         bench.cancel(id);
+        let first = downs[0] + ups[0];
         let (down, up) = (median(downs), median(ups));
         rows.push(row(
             format!("suspend -> resume, 1 GiB, {label}"),
             format!(
-                "{:.2} ms (suspend {down:.2} + resume {up:.2}; start {:.1})",
+                "{:.2} ms (suspend {down:.2} + resume {up:.2}; first {first:.1}; start {:.1})",
                 down + up,
                 ms(start)
             ),

@@ -37,6 +37,10 @@ enum Command {
     /// Submit, list, inspect, cancel and watch jobs on a running server.
     #[command(subcommand)]
     Job(client::JobCommand),
+    /// Serve one GPU to `wsched serve` from a process of its own (started
+    /// by the server; a device fault then costs only this process).
+    #[command(hide = true)]
+    DeviceWorker(DeviceWorkerArgs),
     /// Show the server's GPUs.
     #[command(subcommand)]
     Gpu(client::GpuCommand),
@@ -102,6 +106,40 @@ struct ServeArgs {
     checkpoint_every: f64,
     #[command(flatten)]
     limits: LimitArgs,
+}
+
+/// `wsched device-worker`.
+#[derive(Args)]
+struct DeviceWorkerArgs {
+    /// Unix socket to serve the host on.
+    #[arg(long)]
+    socket: PathBuf,
+    /// NVIDIA GPU ordinal.
+    #[arg(long, conflicts_with = "cpu")]
+    cuda: Option<u32>,
+    /// A CPU stand-in numbered so.
+    #[arg(long)]
+    cpu: Option<u32>,
+    /// The CPU stand-in's memory, in bytes.
+    #[arg(long, default_value_t = 80 << 30)]
+    memory: u64,
+    /// The CPU stand-in's multiprocessors.
+    #[arg(long, default_value_t = 2)]
+    multiprocessors: u32,
+}
+
+fn run_device_worker(args: DeviceWorkerArgs) -> anyhow::Result<()> {
+    use wsched::backend::worker::{WorkerKind, serve};
+    let kind = match (args.cuda, args.cpu) {
+        (Some(ordinal), None) => WorkerKind::Cuda { ordinal },
+        (None, Some(ordinal)) => WorkerKind::Cpu {
+            ordinal,
+            memory: args.memory,
+            multiprocessors: args.multiprocessors,
+        },
+        _ => bail!("device-worker: give --cuda N or --cpu N"),
+    };
+    serve::run(&args.socket, &kind)
 }
 
 /// `--suspend-memory`.
@@ -209,7 +247,7 @@ fn main() -> ExitCode {
     // A server's log is its record (which backend, swaps, ejections,
     // recoveries): info by default. Other commands print their results and
     // only warnings.
-    let default_level = if matches!(cli.command, Command::Serve(_)) {
+    let default_level = if matches!(cli.command, Command::Serve(_) | Command::DeviceWorker(_)) {
         "info"
     } else {
         "warn"
@@ -237,6 +275,7 @@ fn main() -> ExitCode {
         Command::Job(command) => block_on(client::job(command, &cli.connect)),
         Command::Gpu(command) => block_on(client::gpu(command, &cli.connect)),
         Command::Serve(args) => run_serve(args, &cli.connect, cli.cache.cache()),
+        Command::DeviceWorker(args) => run_device_worker(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

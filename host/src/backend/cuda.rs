@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cudarc::driver::sys::{CUdevice_attribute, cudaError_enum};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg};
 
-use super::device::{CHAINS, Device, DeviceError, DeviceInfo, FMA_A, FMA_B, Kernel, Lane, THREADS_PER_BLOCK};
+use super::device::{
+    CHAINS, Device, DeviceError, DeviceInfo, FMA_A, FMA_B, HostState, Kernel, Lane, Saved, THREADS_PER_BLOCK,
+};
 
 /// The synthetic training step and the state initialiser (see
 /// [`super::device`] for what they compute; the CPU reference must match).
@@ -63,8 +65,9 @@ pub fn nvrtc_present() -> bool {
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
-/// Every visible GPU, opened and ready to run synthetic jobs.
-pub fn discover() -> anyhow::Result<Vec<Arc<CudaDevice>>> {
+/// How many GPUs the driver sees (an error says why none can be used:
+/// no driver, no NVRTC, no GPU).
+pub fn device_count() -> anyhow::Result<usize> {
     anyhow::ensure!(driver_present(), "no NVIDIA driver found (libcuda.so does not load)");
     anyhow::ensure!(
         nvrtc_present(),
@@ -73,16 +76,36 @@ pub fn discover() -> anyhow::Result<Vec<Arc<CudaDevice>>> {
     );
     let count = CudaContext::device_count().map_err(|e| anyhow::anyhow!("cannot count GPUs: {}", describe(e)))?;
     anyhow::ensure!(count > 0, "the NVIDIA driver sees no GPU");
+    Ok(count as usize)
+}
+
+fn compile() -> anyhow::Result<String> {
     let ptx = cudarc::nvrtc::compile_ptx(kernel_source())
         .map_err(|e| anyhow::anyhow!("NVRTC cannot compile the synthetic kernel: {e:?}"))?;
-    let ptx_src = ptx.to_src();
-    (0..count as usize)
+    Ok(ptx.to_src())
+}
+
+/// Every visible GPU, opened in this process and ready to run synthetic
+/// jobs. (The service opens each GPU in a worker process instead, see
+/// [`super::worker`], so that a device fault costs only that process.)
+pub fn discover() -> anyhow::Result<Vec<Arc<CudaDevice>>> {
+    let count = device_count()?;
+    let ptx = compile()?;
+    (0..count)
         .map(|ordinal| {
-            CudaDevice::open(ordinal, &ptx_src)
+            CudaDevice::open(ordinal, &ptx)
                 .map(Arc::new)
                 .map_err(|e| anyhow::anyhow!("GPU {ordinal}: {e}"))
         })
         .collect()
+}
+
+/// GPU `ordinal`, opened in this process.
+pub fn open(ordinal: usize) -> anyhow::Result<CudaDevice> {
+    let count = device_count()?;
+    anyhow::ensure!(ordinal < count, "no GPU {ordinal}: the driver sees {count}");
+    let ptx = compile()?;
+    CudaDevice::open(ordinal, &ptx).map_err(|e| anyhow::anyhow!("GPU {ordinal}: {e}"))
 }
 
 /// The driver's name and description of an error, e.g.
@@ -147,8 +170,97 @@ impl Loaded {
 /// One NVIDIA GPU.
 pub struct CudaDevice {
     info: DeviceInfo,
-    ptx: String,
     loaded: Mutex<Option<Loaded>>,
+    staging: Arc<StagingPool>,
+}
+
+/// Most host memory kept pinned for reuse per device, in bytes.
+const STAGING_POOL_BYTES: usize = 16 << 30;
+
+/// Pinned (page-locked) host buffers for jobs' saved state, kept for
+/// reuse. A copy between the device and pinned memory runs at the bus's
+/// full speed, several times faster than through ordinary memory, but
+/// pinning a large buffer costs more than the copy: a time-sliced or
+/// migrating job reuses the same buffers every time.
+///
+/// The buffers are ordinary allocations registered with the driver
+/// (`cuMemHostRegister`), not driver allocations: if a fault resets the
+/// device's context, the registration goes but the memory (and any state
+/// saved in it) stays valid.
+#[derive(Default)]
+struct StagingPool {
+    free: Mutex<Vec<Vec<f32>>>,
+}
+
+impl StagingPool {
+    /// A buffer of exactly `len` words, pinned if it can be.
+    fn take(&self, context: &CudaContext, len: usize) -> Vec<f32> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = free.iter().position(|b| b.len() == len) {
+            return free.swap_remove(i);
+        }
+        drop(free);
+        let mut buffer = vec![0.0f32; len];
+        if context.bind_to_thread().is_ok() {
+            // SAFETY: the range is one live allocation that stays put
+            // until `unpin` (a Vec never reallocates unless it grows).
+            let rc = unsafe {
+                cudarc::driver::sys::cuMemHostRegister_v2(
+                    buffer.as_mut_ptr().cast(),
+                    len * 4,
+                    cudarc::driver::sys::CU_MEMHOSTREGISTER_PORTABLE,
+                )
+            };
+            if rc != cudaError_enum::CUDA_SUCCESS {
+                tracing::debug!(error = %describe(DriverError(rc)), "cannot pin a staging buffer; copies go through pageable memory");
+            }
+        }
+        buffer
+    }
+
+    /// Keep `buffer` for reuse, or let it go when the pool is full.
+    fn give_back(&self, mut buffer: Vec<f32>) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let held: usize = free.iter().map(|b| b.len() * 4).sum();
+        if held + buffer.len() * 4 <= STAGING_POOL_BYTES {
+            free.push(buffer);
+        } else {
+            drop(free);
+            unpin(&mut buffer);
+        }
+    }
+}
+
+impl Drop for StagingPool {
+    fn drop(&mut self) {
+        for mut buffer in self.free.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            unpin(&mut buffer);
+        }
+    }
+}
+
+fn unpin(buffer: &mut [f32]) {
+    // SAFETY: unregistering a range that may or may not be registered
+    // (a context reset drops registrations) only returns an error.
+    let _ = unsafe { cudarc::driver::sys::cuMemHostUnregister(buffer.as_mut_ptr().cast()) };
+}
+
+/// A saved state in a staging buffer; the buffer goes back to its pool.
+struct Staged {
+    buffer: Vec<f32>,
+    pool: Arc<StagingPool>,
+}
+
+impl HostState for Staged {
+    fn words(&self) -> &[f32] {
+        &self.buffer
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        self.pool.give_back(std::mem::take(&mut self.buffer));
+    }
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -177,8 +289,8 @@ impl CudaDevice {
         };
         Ok(CudaDevice {
             info,
-            ptx: ptx.to_string(),
             loaded: Mutex::new(Some(loaded)),
+            staging: Arc::default(),
         })
     }
 
@@ -220,6 +332,14 @@ impl Device for CudaDevice {
     }
 
     fn open(&self, words: u64, state: Option<&[f32]>) -> Result<Box<dyn Lane>, DeviceError> {
+        if let Some(state) = state
+            && state.len() as u64 != words
+        {
+            return Err(DeviceError::call(format!(
+                "saved state has {} words, the job has {words}",
+                state.len()
+            )));
+        }
         self.with_loaded(|loaded| {
             let stream = loaded.context.new_stream().map_err(device_error)?;
             let len = usize::try_from(words).map_err(|_| DeviceError::call("state too large"))?;
@@ -240,9 +360,11 @@ impl Device for CudaDevice {
             stream.synchronize().map_err(device_error)?;
             Ok(Box::new(CudaLane {
                 step: loaded.step.clone(),
+                context: loaded.context.clone(),
                 state: slice,
                 stream,
                 words,
+                staging: self.staging.clone(),
             }) as Box<dyn Lane>)
         })
     }
@@ -254,12 +376,36 @@ impl Device for CudaDevice {
     }
 
     fn reset(&self) -> Result<(), DeviceError> {
-        let mut loaded = self.lock();
-        // Dropping the last reference releases the primary context, which
-        // destroys it; retaining it again makes a fresh one.
-        *loaded = None;
-        *loaded = Some(Loaded::new(self.info.ordinal as usize, &self.ptx).map_err(device_error)?);
-        Ok(())
+        // A sticky error stays with the process: on an H200 (driver 580)
+        // neither releasing every reference nor cuDevicePrimaryCtxReset
+        // cleared CUDA_ERROR_ILLEGAL_ADDRESS. Only a new process gets a
+        // working GPU back, which is what `super::worker` does.
+        Err(DeviceError {
+            message: "a sticky CUDA error cannot be cleared inside the process that met it; \
+                      run the GPU in a worker process (backend::worker) to recover from faults"
+                .into(),
+            sticky: true,
+        })
+    }
+
+    fn pin(&self, memory: &mut [f32]) {
+        let _ = self.with_loaded(|l| l.context.bind_to_thread().map_err(device_error));
+        // SAFETY: `memory` is one live allocation that the caller keeps
+        // in place until `unpin`.
+        let rc = unsafe {
+            cudarc::driver::sys::cuMemHostRegister_v2(
+                memory.as_mut_ptr().cast(),
+                std::mem::size_of_val(memory),
+                cudarc::driver::sys::CU_MEMHOSTREGISTER_PORTABLE,
+            )
+        };
+        if rc != cudaError_enum::CUDA_SUCCESS {
+            tracing::debug!(error = %describe(DriverError(rc)), "cannot pin host memory; copies go through pageable memory");
+        }
+    }
+
+    fn unpin(&self, memory: &mut [f32]) {
+        unpin(memory);
     }
 
     fn memory_free(&self) -> Option<u64> {
@@ -286,9 +432,11 @@ impl ForBlocks for LaunchConfig {
 /// A job's state on one GPU and its stream.
 struct CudaLane {
     step: CudaFunction,
+    context: Arc<CudaContext>,
     state: CudaSlice<f32>,
     stream: Arc<CudaStream>,
     words: u64,
+    staging: Arc<StagingPool>,
 }
 
 impl Lane for CudaLane {
@@ -313,10 +461,21 @@ impl Lane for CudaLane {
         self.stream.synchronize().map_err(device_error)
     }
 
-    fn save(&mut self) -> Result<Vec<f32>, DeviceError> {
-        let host = self.stream.clone_dtoh(&self.state).map_err(device_error)?;
-        self.stream.synchronize().map_err(device_error)?;
-        Ok(host)
+    fn save(&mut self) -> Result<Saved, DeviceError> {
+        let mut staged = Staged {
+            buffer: self.staging.take(&self.context, self.state.len()),
+            pool: self.staging.clone(),
+        };
+        self.save_into(staged.buffer.as_mut_slice())?;
+        Ok(Box::new(staged))
+    }
+
+    fn save_into(&mut self, out: &mut [f32]) -> Result<(), DeviceError> {
+        if out.len() != self.state.len() {
+            return Err(DeviceError::call("save_into: wrong length"));
+        }
+        self.stream.memcpy_dtoh(&self.state, out).map_err(device_error)?;
+        self.stream.synchronize().map_err(device_error)
     }
 
     fn peek(&mut self, n: usize) -> Result<Vec<f32>, DeviceError> {

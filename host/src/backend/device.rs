@@ -49,7 +49,7 @@ pub fn reference_rounds(mut x: f32, rounds: u64) -> f32 {
 }
 
 /// One device as discovered.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceInfo {
     /// Ordinal in the driver's numbering (what `CUDA_VISIBLE_DEVICES` names).
     pub ordinal: u32,
@@ -66,7 +66,7 @@ pub struct DeviceInfo {
 }
 
 /// A failure on a device.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceError {
     /// What the driver said, e.g. "CUDA_ERROR_ILLEGAL_ADDRESS, an illegal
     /// memory access was encountered".
@@ -91,6 +91,22 @@ impl std::fmt::Display for DeviceError {
         f.write_str(&self.message)
     }
 }
+
+/// A job's state copied out of a device, in host memory (plain or pinned,
+/// as the device likes it for the copy back).
+pub trait HostState: Send {
+    /// The state's words.
+    fn words(&self) -> &[f32];
+}
+
+impl HostState for Vec<f32> {
+    fn words(&self) -> &[f32] {
+        self
+    }
+}
+
+/// What [`Lane::save`] returns.
+pub type Saved = Box<dyn HostState>;
 
 /// One iteration's launch on one device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +163,13 @@ pub trait Device: Send + Sync + std::fmt::Debug {
     fn memory_free(&self) -> Option<u64> {
         None
     }
+
+    /// Page-lock host memory that state will be copied to and from, so the
+    /// copies run at full speed. Nothing by default.
+    fn pin(&self, _memory: &mut [f32]) {}
+
+    /// Undo [`Device::pin`].
+    fn unpin(&self, _memory: &mut [f32]) {}
 }
 
 /// One job's state on one device, and the stream its iterations run on.
@@ -159,7 +182,10 @@ pub trait Lane: Send {
     fn wait(&mut self) -> Result<(), DeviceError>;
 
     /// Copy the whole state into host memory.
-    fn save(&mut self) -> Result<Vec<f32>, DeviceError>;
+    fn save(&mut self) -> Result<Saved, DeviceError>;
+
+    /// Copy the whole state into `out` (exactly as long as the state).
+    fn save_into(&mut self, out: &mut [f32]) -> Result<(), DeviceError>;
 
     /// The first `n` words of state, for checks.
     fn peek(&mut self, n: usize) -> Result<Vec<f32>, DeviceError>;
@@ -259,6 +285,12 @@ impl Device for CpuDevice {
             }
         }
         let data = match state {
+            Some(state) if state.len() as u64 != words => {
+                return Err(DeviceError::call(format!(
+                    "saved state has {} words, the job has {words}",
+                    state.len()
+                )));
+            }
             Some(state) => state.to_vec(),
             None => (0..words).map(initial_word).collect(),
         };
@@ -324,9 +356,18 @@ impl Lane for CpuLane {
         self.device.alive(self.generation)
     }
 
-    fn save(&mut self) -> Result<Vec<f32>, DeviceError> {
+    fn save(&mut self) -> Result<Saved, DeviceError> {
         self.device.alive(self.generation)?;
-        Ok(self.data.clone())
+        Ok(Box::new(self.data.clone()))
+    }
+
+    fn save_into(&mut self, out: &mut [f32]) -> Result<(), DeviceError> {
+        self.device.alive(self.generation)?;
+        if out.len() != self.data.len() {
+            return Err(DeviceError::call("save_into: wrong length"));
+        }
+        out.copy_from_slice(&self.data);
+        Ok(())
     }
 
     fn peek(&mut self, n: usize) -> Result<Vec<f32>, DeviceError> {

@@ -16,6 +16,8 @@
 //!   devices, suspended at iteration boundaries, moved through host memory.
 //! - [`device`]: what those jobs need of a GPU, and a CPU stand-in with
 //!   the same arithmetic; [`cuda`]: the same on NVIDIA GPUs (cudarc).
+//! - [`worker`]: each device in a process of its own, restarted after a
+//!   fault (what the service uses).
 //! - [`local`]: one machine's backend: processes for commands, and
 //!   synthetic jobs on CUDA devices or on emulated GPUs.
 
@@ -26,6 +28,7 @@ pub mod local;
 pub mod process;
 pub mod processes;
 pub mod synthetic;
+pub mod worker;
 
 use crate::cluster::{Applied, Cluster};
 use crate::wit::{Action, JobId};

@@ -35,7 +35,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::device::{Device, DeviceError, Kernel, Lane};
+use super::device::{Device, DeviceError, Kernel, Lane, Saved};
 use super::{Backend, Ending};
 use crate::cluster::{Applied, Cluster};
 use crate::wit::{Action, GpuId, JobId, JobState};
@@ -508,7 +508,7 @@ enum Placement {
     /// Nowhere yet: it starts from the initial state.
     Fresh,
     /// In host memory (released or moving).
-    Host(Vec<f32>),
+    Host(Saved),
     /// On these GPUs, one lane each (replicas).
     Device(Vec<(GpuId, Box<dyn Lane>)>),
 }
@@ -619,7 +619,7 @@ impl JobThread {
             let Some(device) = self.devices.get(gpu as usize) else {
                 return Err((vec![gpu], DeviceError::call(format!("no device for GPU {gpu}"))));
             };
-            match device.open(self.words, state.as_deref()) {
+            match device.open(self.words, state.as_ref().map(|s| s.words())) {
                 Ok(lane) => lanes.push((gpu, lane)),
                 Err(e) => {
                     // Keep what we had: a failed move must not lose the state.
@@ -674,9 +674,9 @@ impl JobThread {
     }
 }
 
-fn save(lanes: &mut [(GpuId, Box<dyn Lane>)]) -> Result<Vec<f32>, (Vec<GpuId>, DeviceError)> {
+fn save(lanes: &mut [(GpuId, Box<dyn Lane>)]) -> Result<Saved, (Vec<GpuId>, DeviceError)> {
     let Some((gpu, lane)) = lanes.first_mut() else {
-        return Ok(Vec::new());
+        return Ok(Box::new(Vec::new()));
     };
     lane.save().map_err(|e| (vec![*gpu], e))
 }

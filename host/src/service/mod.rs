@@ -33,9 +33,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::backend::cuda;
-use crate::backend::device::{CpuDevice, Device};
+use crate::backend::device::Device;
 use crate::backend::synthetic::SuspendMemory;
+use crate::backend::{cuda, worker};
 use crate::engine::Limits;
 use crate::proto;
 
@@ -194,23 +194,30 @@ pub async fn serve_until(
     let fallback = match (config.backend, cuda::driver_present()) {
         (BackendChoice::Emulated, _) => Some("asked for".to_string()),
         (BackendChoice::CpuDevices, _) => {
-            config.devices = (0..config.emulate_gpus)
-                .map(|i| Arc::new(CpuDevice::new(i, config.gpu_memory, 2)) as Arc<dyn Device>)
-                .collect();
+            let program = std::env::current_exe().context("cannot find this program to start device workers")?;
+            let workers = worker::cpu_workers(&program, config.emulate_gpus, config.gpu_memory)?;
+            config.devices = workers.into_iter().map(|d| d as Arc<dyn Device>).collect();
             None
         }
         (BackendChoice::Cuda, false) => {
             anyhow::bail!("--backend cuda: no NVIDIA driver found (libcuda.so does not load); use --backend emulated")
         }
         (BackendChoice::Auto, false) => Some("no NVIDIA driver found".to_string()),
-        (choice, true) => match cuda::discover() {
-            Ok(devices) => {
-                config.devices = devices.into_iter().map(|d| d as Arc<dyn Device>).collect();
-                None
+        (choice, true) => {
+            // Each GPU in a worker process of its own: a device fault costs
+            // that process, not the server, and the GPU comes back.
+            let found = std::env::current_exe()
+                .context("cannot find this program to start GPU workers")
+                .and_then(|program| worker::discover_cuda(&program));
+            match found {
+                Ok(devices) => {
+                    config.devices = devices.into_iter().map(|d| d as Arc<dyn Device>).collect();
+                    None
+                }
+                Err(e) if choice == BackendChoice::Cuda => anyhow::bail!("--backend cuda: {e:#}"),
+                Err(e) => Some(format!("a driver is present but the GPUs cannot be used: {e:#}")),
             }
-            Err(e) if choice == BackendChoice::Cuda => anyhow::bail!("--backend cuda: {e:#}"),
-            Err(e) => Some(format!("a driver is present but the GPUs cannot be used: {e:#}")),
-        },
+        }
     };
     match &fallback {
         Some(why) => tracing::info!(
