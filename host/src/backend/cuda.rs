@@ -11,7 +11,7 @@
 //! GPU run side by side (Gandiva's packing) and a job's copies never wait
 //! for another job's kernels.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{CUdevice_attribute, cudaError_enum};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg};
@@ -170,7 +170,7 @@ impl Loaded {
 /// One NVIDIA GPU.
 pub struct CudaDevice {
     info: DeviceInfo,
-    loaded: Mutex<Option<Loaded>>,
+    loaded: Loaded,
     staging: Arc<StagingPool>,
 }
 
@@ -289,24 +289,9 @@ impl CudaDevice {
         };
         Ok(CudaDevice {
             info,
-            loaded: Mutex::new(Some(loaded)),
+            loaded,
             staging: Arc::default(),
         })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Option<Loaded>> {
-        self.loaded.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn with_loaded<T>(&self, f: impl FnOnce(&Loaded) -> Result<T, DeviceError>) -> Result<T, DeviceError> {
-        let loaded = self.lock();
-        let Some(loaded) = loaded.as_ref() else {
-            return Err(DeviceError {
-                message: "the device's context could not be recreated after a fault".into(),
-                sticky: true,
-            });
-        };
-        f(loaded)
     }
 }
 
@@ -340,33 +325,32 @@ impl Device for CudaDevice {
                 state.len()
             )));
         }
-        self.with_loaded(|loaded| {
-            let stream = loaded.context.new_stream().map_err(device_error)?;
-            let len = usize::try_from(words).map_err(|_| DeviceError::call("state too large"))?;
-            let slice = match state {
-                Some(state) => stream.clone_htod(state).map_err(device_error)?,
-                None => {
-                    // SAFETY: every word is written by wsched_init below
-                    // before anything reads it.
-                    let mut slice = unsafe { stream.alloc::<f32>(len) }.map_err(device_error)?;
-                    let blocks = (words.div_ceil(u64::from(THREADS_PER_BLOCK))).clamp(1, 65_535) as u32;
-                    let mut launch = stream.launch_builder(&loaded.init);
-                    launch.arg(&mut slice).arg(&words);
-                    // SAFETY: the arguments match wsched_init's signature.
-                    unsafe { launch.launch(LaunchConfig::for_blocks(blocks)) }.map_err(device_error)?;
-                    slice
-                }
-            };
-            stream.synchronize().map_err(device_error)?;
-            Ok(Box::new(CudaLane {
-                step: loaded.step.clone(),
-                context: loaded.context.clone(),
-                state: slice,
-                stream,
-                words,
-                staging: self.staging.clone(),
-            }) as Box<dyn Lane>)
-        })
+        let loaded = &self.loaded;
+        let stream = loaded.context.new_stream().map_err(device_error)?;
+        let len = usize::try_from(words).map_err(|_| DeviceError::call("state too large"))?;
+        let slice = match state {
+            Some(state) => stream.clone_htod(state).map_err(device_error)?,
+            None => {
+                // SAFETY: every word is written by wsched_init below
+                // before anything reads it.
+                let mut slice = unsafe { stream.alloc::<f32>(len) }.map_err(device_error)?;
+                let blocks = (words.div_ceil(u64::from(THREADS_PER_BLOCK))).clamp(1, 65_535) as u32;
+                let mut launch = stream.launch_builder(&loaded.init);
+                launch.arg(&mut slice).arg(&words);
+                // SAFETY: the arguments match wsched_init's signature.
+                unsafe { launch.launch(LaunchConfig::for_blocks(blocks)) }.map_err(device_error)?;
+                slice
+            }
+        };
+        stream.synchronize().map_err(device_error)?;
+        Ok(Box::new(CudaLane {
+            step: loaded.step.clone(),
+            context: loaded.context.clone(),
+            state: slice,
+            stream,
+            words,
+            staging: self.staging.clone(),
+        }) as Box<dyn Lane>)
     }
 
     fn check(&self) -> Result<(), DeviceError> {
@@ -389,7 +373,7 @@ impl Device for CudaDevice {
     }
 
     fn pin(&self, memory: &mut [f32]) {
-        let _ = self.with_loaded(|l| l.context.bind_to_thread().map_err(device_error));
+        let _ = self.loaded.context.bind_to_thread();
         // SAFETY: `memory` is one live allocation that the caller keeps
         // in place until `unpin`.
         let rc = unsafe {
@@ -409,9 +393,7 @@ impl Device for CudaDevice {
     }
 
     fn memory_free(&self) -> Option<u64> {
-        self.with_loaded(|l| l.context.mem_get_info().map_err(device_error))
-            .ok()
-            .map(|(free, _)| free as u64)
+        self.loaded.context.mem_get_info().ok().map(|(free, _)| free as u64)
     }
 }
 

@@ -162,13 +162,6 @@ impl Drop for Worker {
     }
 }
 
-/// Measured costs of the backend's own work, for benchmarks.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Timings {
-    /// Last time it took a worker to carry out a change, end to end.
-    pub last_change: Duration,
-}
-
 /// Runs synthetic jobs as real kernels on devices (one per cluster GPU,
 /// in GPU id order).
 pub struct SyntheticBackend {
@@ -188,7 +181,6 @@ pub struct SyntheticBackend {
     final_progress: Vec<(JobId, Option<u64>, Option<f64>)>,
     /// The first words of each finished job's state.
     samples: HashMap<JobId, Vec<f32>>,
-    timings: Timings,
 }
 
 impl std::fmt::Debug for SyntheticBackend {
@@ -214,7 +206,6 @@ impl SyntheticBackend {
             lost: Vec::new(),
             final_progress: Vec::new(),
             samples: HashMap::new(),
-            timings: Timings::default(),
         }
     }
 
@@ -269,11 +260,6 @@ impl SyntheticBackend {
             .get(&id)
             .map(|w| w.control.lock().held.clone())
             .unwrap_or_default()
-    }
-
-    /// Costs of the backend's own work.
-    pub fn timings(&self) -> Timings {
-        self.timings
     }
 
     /// Words of state job `id` holds per GPU: its memory, at least the
@@ -337,7 +323,6 @@ impl SyntheticBackend {
         let Some(worker) = self.workers.get(&id) else {
             return Ok(());
         };
-        let started = Instant::now();
         let control = worker.control.clone();
         let mut status = control.lock();
         status.want = want.clone();
@@ -355,7 +340,6 @@ impl SyntheticBackend {
             .unwrap_or_else(|e| e.into_inner());
         let ended_badly = matches!(status.ending, Some(Err(_)));
         drop(status);
-        self.timings.last_change = started.elapsed();
         if timeout.timed_out() {
             return Err(format!(
                 "job {id}: its worker did not reach an iteration boundary within {:?}",

@@ -151,7 +151,6 @@ struct Worker {
     dir: PathBuf,
     socket: PathBuf,
     control: Connection,
-    generation: u64,
 }
 
 impl Drop for Worker {
@@ -182,7 +181,7 @@ impl std::fmt::Debug for WorkerDevice {
 
 static WORKERS_STARTED: AtomicU64 = AtomicU64::new(0);
 
-fn start(program: &Path, kind: &WorkerKind, generation: u64) -> anyhow::Result<Worker> {
+fn start(program: &Path, kind: &WorkerKind) -> anyhow::Result<Worker> {
     let n = WORKERS_STARTED.fetch_add(1, Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("wsched-worker-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -227,7 +226,6 @@ fn start(program: &Path, kind: &WorkerKind, generation: u64) -> anyhow::Result<W
         dir,
         socket,
         control,
-        generation,
     })
 }
 
@@ -235,7 +233,7 @@ impl WorkerDevice {
     /// Start a worker running `program device-worker` for `kind`, sharing
     /// `pool` for saved states with the other devices of the backend.
     pub fn start(program: &Path, kind: WorkerKind, pool: Arc<StatePool>) -> anyhow::Result<WorkerDevice> {
-        let mut worker = start(program, &kind, 0)?;
+        let mut worker = start(program, &kind)?;
         let info: DeviceInfo = worker
             .control
             .call(&Request::Info)
@@ -307,17 +305,13 @@ impl Device for WorkerDevice {
                 }
             },
         };
-        let (socket, generation) = {
-            let worker = self.lock();
-            (worker.socket.clone(), worker.generation)
-        };
+        let socket = self.lock().socket.clone();
         let mut connection = Connection::open(&socket).map_err(gone)?;
         let lane: u64 = connection.call(&Request::Open { words, state: path })?;
         Ok(Box::new(WorkerLane {
             connection,
             lane,
             words,
-            generation,
             pool: self.pool.clone(),
         }))
     }
@@ -328,9 +322,8 @@ impl Device for WorkerDevice {
 
     fn reset(&self) -> Result<(), DeviceError> {
         let mut worker = self.lock();
-        let generation = worker.generation + 1;
         tracing::info!(device = self.info.ordinal, "starting a fresh GPU worker process");
-        let fresh = start(&self.program, &self.kind, generation).map_err(|e| DeviceError {
+        let fresh = start(&self.program, &self.kind).map_err(|e| DeviceError {
             message: format!("cannot restart the GPU worker: {e:#}"),
             sticky: true,
         })?;
@@ -348,8 +341,6 @@ struct WorkerLane {
     connection: Connection,
     lane: u64,
     words: u64,
-    #[allow(dead_code)]
-    generation: u64,
     pool: Arc<StatePool>,
 }
 
