@@ -372,6 +372,31 @@ fn a_device_fault_fails_its_jobs_and_the_gpu_comes_back(kit: &Kit) {
     }
 }
 
+fn the_gpu_measures_itself(kit: &Kit) {
+    let mut rig = Rig::new(kit, 1);
+    let id = rig.submit(
+        1,
+        Workload {
+            memory_bytes: 64 << 20,
+            ..rig.workload(1_000_000)
+        },
+    );
+    rig.start(id, &[0]);
+    rig.wait_iterations(id, 2);
+    let device = rig.backend.devices()[0].clone();
+    device.measure().expect("a measurement"); // the start of a sample period
+    std::thread::sleep(Duration::from_millis(1500));
+    let busy = device.measure().expect("a measurement");
+    assert!(busy.utilisation > 0.2 && busy.utilisation <= 1.0, "{busy:?}");
+    assert!(busy.memory_used >= 48 << 20, "the job's memory is counted: {busy:?}");
+    // The backend passes samples on to the model (at most once a second).
+    let samples = rig.backend.measure();
+    assert_eq!(samples.iter().map(|s| s.0).collect::<Vec<_>>(), vec![0]);
+    assert!(rig.backend.measure().is_empty(), "not sampled again within the second");
+    rig.cluster.fail(id, "cancelled");
+    rig.backend.sync(&rig.cluster, id).unwrap();
+}
+
 fn cancelling_stops_the_work(kit: &Kit) {
     let mut rig = Rig::new(kit, 1);
     let id = rig.submit(1, rig.workload(1_000_000));
@@ -408,6 +433,7 @@ scenarios!(
     migrates_and_resizes_without_losing_work,
     shared_jobs_run_side_by_side,
     memory_pressure_releases_parked_jobs,
+    the_gpu_measures_itself,
     cancelling_stops_the_work,
 );
 

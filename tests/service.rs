@@ -1150,6 +1150,18 @@ async fn device_jobs_run_kernels_are_preempted_and_survive_a_fault_and_a_restart
     assert!(long_job.preemptions >= 1, "LAS preempted the long job: {long_job:?}");
     assert!(short_job.end_time < long_job.end_time);
     assert_eq!(short_job.progress, Some(1.0));
+    // What the device measured of itself reached the model (and policies).
+    let cluster = proto::cluster_client::ClusterClient::new(server.channel().await)
+        .get_cluster(proto::GetClusterRequest {})
+        .await
+        .expect("cluster")
+        .into_inner();
+    let measured = cluster.gpus[0].measured_utilisation;
+    assert!(
+        measured.is_some_and(|u| (0.0..=1.0).contains(&u)),
+        "{:?}",
+        cluster.gpus[0]
+    );
 
     // A device fault fails its job with the device's error; the GPU is
     // checked, reset and keeps running jobs.

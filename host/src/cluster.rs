@@ -13,7 +13,9 @@
 //! the job's full gang, so the simulator can predict completions and real
 //! backends can report measured progress into the same field.
 
-use crate::wit::{Action, ClusterStats, GpuId, GpuInfo, JobId, JobInfo, JobState, Resident, RunningJob};
+use crate::wit::{
+    Action, ClusterStats, GpuId, GpuInfo, GpuMeasurement, JobId, JobInfo, JobState, Resident, RunningJob,
+};
 use std::collections::{BTreeSet, HashMap};
 
 /// Fractions are compared with this slack so that 0.5 + 0.5 fits in 1.0.
@@ -164,6 +166,8 @@ pub struct Gpu {
     pub online: bool,
     /// Jobs placed here and their shares.
     pub residents: Vec<Resident>,
+    /// What the GPU's own counters said at the last sample (real GPUs).
+    pub measured: Option<GpuMeasurement>,
 }
 
 impl Gpu {
@@ -221,6 +225,7 @@ impl Cluster {
                 memory_used: 0,
                 online: true,
                 residents: Vec::new(),
+                measured: None,
             })
             .collect();
         let free_gpus = gpus.len() as u32;
@@ -578,6 +583,13 @@ impl Cluster {
             job.iteration_time = iteration_time;
         }
         true
+    }
+
+    /// Record what GPU `gpu` measured (a backend's sample).
+    pub fn set_measured(&mut self, gpu: GpuId, measured: GpuMeasurement) {
+        if let Some(g) = self.gpus.get_mut(gpu as usize) {
+            g.measured = Some(measured);
+        }
     }
 
     /// Take a GPU offline (its residents are suspended, keeping progress) or

@@ -123,6 +123,9 @@ impl<B: Backend> Runtime<B> {
             }
             step.ended.push((id, ending));
         }
+        for (gpu, measured) in self.backend.measure() {
+            self.host.report_measurement(gpu, measured);
+        }
         for gpu in self.backend.broken_gpus() {
             tracing::warn!(gpu, backend = self.backend.name(), "GPU broken: taking it offline");
             self.set_gpu_online(gpu, false);

@@ -233,6 +233,12 @@ impl PolicyHost {
         self.cluster.report_progress(id, iterations, iteration_time);
     }
 
+    /// A backend sampled a GPU's own counters; policies read them through
+    /// `cluster-view.measured`; no event.
+    pub fn report_measurement(&mut self, gpu: GpuId, measured: crate::wit::GpuMeasurement) {
+        self.cluster.set_measured(gpu, measured);
+    }
+
     /// A GPU went away or came back; the jobs it held are suspended and the
     /// policy hears of each (`job-preempted`), then of the GPU.
     pub fn set_gpu_online(&mut self, gpu: GpuId, online: bool) -> Vec<JobId> {

@@ -15,8 +15,8 @@ wasmtime::component::bindgen!({
 });
 
 pub use wsched::policy::types::{
-    Action, ClusterStats, Decision, Event, GpuId, GpuInfo, JobId, JobInfo, JobState, Level, Placement, PolicyInfo,
-    Rejection, Resident, RunningJob, SharedPlacement,
+    Action, ClusterStats, Decision, Event, GpuId, GpuInfo, GpuMeasurement, JobId, JobInfo, JobState, Level, Placement,
+    PolicyInfo, Rejection, Resident, RunningJob, SharedPlacement,
 };
 
 /// The host side of a `cluster-view` handle. It carries nothing: there is

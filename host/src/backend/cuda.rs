@@ -53,6 +53,20 @@ extern "C" __global__ void wsched_step(float* state, unsigned int rounds, int fa
     )
 }
 
+/// NVML (the driver's management library: utilisation and memory as the
+/// GPU counts them), opened once; none where it does not load.
+fn nvml() -> Option<&'static nvml_wrapper::Nvml> {
+    static NVML: std::sync::OnceLock<Option<nvml_wrapper::Nvml>> = std::sync::OnceLock::new();
+    NVML.get_or_init(|| match nvml_wrapper::Nvml::init() {
+        Ok(nvml) => Some(nvml),
+        Err(e) => {
+            tracing::info!(error = %e, "NVML does not load: GPU utilisation will not be measured");
+            None
+        }
+    })
+    .as_ref()
+}
+
 /// Whether the NVIDIA driver library can be loaded here.
 pub fn driver_present() -> bool {
     // SAFETY: only tries to open the library by its usual names.
@@ -369,6 +383,17 @@ impl Device for CudaDevice {
                       run the GPU in a worker process (backend::worker) to recover from faults"
                 .into(),
             sticky: true,
+        })
+    }
+
+    fn measure(&self) -> Option<crate::wit::GpuMeasurement> {
+        let nvml = nvml()?;
+        let device = nvml.device_by_uuid(self.info.uuid.as_str()).ok()?;
+        let utilisation = device.utilization_rates().ok()?;
+        let memory = device.memory_info().ok()?;
+        Some(crate::wit::GpuMeasurement {
+            utilisation: f64::from(utilisation.gpu) / 100.0,
+            memory_used: memory.used,
         })
     }
 

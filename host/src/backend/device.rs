@@ -164,6 +164,11 @@ pub trait Device: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// What the device's own counters say now, when it can tell.
+    fn measure(&self) -> Option<crate::wit::GpuMeasurement> {
+        None
+    }
+
     /// Page-lock host memory that state will be copied to and from, so the
     /// copies run at full speed. Nothing by default.
     fn pin(&self, _memory: &mut [f32]) {}
@@ -208,6 +213,9 @@ pub struct CpuDevice {
 #[derive(Debug, Default)]
 struct CpuShared {
     used: AtomicU64,
+    /// Nanoseconds spent running kernels, and when they were last measured.
+    busy_nanos: AtomicU64,
+    sampled: Mutex<Option<(std::time::Instant, u64)>>,
     /// A sticky fault poisons the device; a reset starts a new generation,
     /// and lanes of an older one stay dead.
     state: Mutex<CpuState>,
@@ -322,6 +330,26 @@ impl Device for CpuDevice {
                 .saturating_sub(self.shared.used.load(Ordering::SeqCst)),
         )
     }
+
+    /// Busy share since the last sample (the time spent in kernels), and
+    /// the memory its lanes hold: what NVML would say of a GPU.
+    fn measure(&self) -> Option<crate::wit::GpuMeasurement> {
+        let now = std::time::Instant::now();
+        let busy = self.shared.busy_nanos.load(Ordering::SeqCst);
+        let mut sampled = self.shared.sampled.lock().unwrap_or_else(|e| e.into_inner());
+        let utilisation = match *sampled {
+            Some((at, was)) => {
+                let elapsed = now.duration_since(at).as_nanos().max(1) as f64;
+                (busy.saturating_sub(was) as f64 / elapsed).clamp(0.0, 1.0)
+            }
+            None => 0.0,
+        };
+        *sampled = Some((now, busy));
+        Some(crate::wit::GpuMeasurement {
+            utilisation,
+            memory_used: self.shared.used.load(Ordering::SeqCst),
+        })
+    }
 }
 
 /// A job's state in host memory standing in for device memory.
@@ -341,6 +369,7 @@ impl Lane for CpuLane {
                 sticky: true,
             });
         }
+        let started = std::time::Instant::now();
         let n = (kernel.working_set() as usize).min(self.data.len());
         for x in &mut self.data[..n] {
             let mut v = *x;
@@ -349,6 +378,8 @@ impl Lane for CpuLane {
             }
             *x = v;
         }
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.device.busy_nanos.fetch_add(took, Ordering::SeqCst);
         Ok(())
     }
 

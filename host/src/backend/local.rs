@@ -131,6 +131,10 @@ impl Backend for LocalBackend {
         reports
     }
 
+    fn measure(&mut self) -> Vec<(GpuId, crate::wit::GpuMeasurement)> {
+        self.devices.as_mut().map(Backend::measure).unwrap_or_default()
+    }
+
     fn broken_gpus(&mut self) -> Vec<GpuId> {
         self.devices
             .as_mut()

@@ -64,6 +64,12 @@ pub trait Backend {
         Vec::new()
     }
 
+    /// What GPUs' own counters say, sampled since the last call (real
+    /// GPUs only). None by default.
+    fn measure(&mut self) -> Vec<(crate::wit::GpuId, crate::wit::GpuMeasurement)> {
+        Vec::new()
+    }
+
     /// GPUs found broken since the last call: the host takes them offline
     /// (their jobs are suspended and the policy hears `gpu-changed`).
     fn broken_gpus(&mut self) -> Vec<crate::wit::GpuId> {

@@ -44,6 +44,9 @@ use crate::wit::{Action, GpuId, JobId, JobState};
 /// H100-class GPU.
 pub const DEFAULT_FLOPS_PER_ITERATION: f64 = 2.0e11;
 
+/// How often GPUs' own counters are read.
+pub const MEASURE_EVERY: Duration = Duration::from_secs(1);
+
 /// Words of a finished job's state kept for checks.
 pub const SAMPLE_WORDS: usize = 64;
 
@@ -181,6 +184,7 @@ pub struct SyntheticBackend {
     final_progress: Vec<(JobId, Option<u64>, Option<f64>)>,
     /// The first words of each finished job's state.
     samples: HashMap<JobId, Vec<f32>>,
+    last_measured: Option<Instant>,
 }
 
 impl std::fmt::Debug for SyntheticBackend {
@@ -206,6 +210,7 @@ impl SyntheticBackend {
             lost: Vec::new(),
             final_progress: Vec::new(),
             samples: HashMap::new(),
+            last_measured: None,
         }
     }
 
@@ -732,6 +737,20 @@ impl Backend for SyntheticBackend {
         }
         reports.sort_unstable_by_key(|r| r.0);
         reports
+    }
+
+    fn measure(&mut self) -> Vec<(GpuId, crate::wit::GpuMeasurement)> {
+        // The counters are sampled by the driver about once a second, and
+        // reading them costs a system call or two: no need to ask more often.
+        if self.last_measured.is_some_and(|t| t.elapsed() < MEASURE_EVERY) {
+            return Vec::new();
+        }
+        self.last_measured = Some(Instant::now());
+        self.devices
+            .iter()
+            .enumerate()
+            .filter_map(|(gpu, device)| device.measure().map(|m| (gpu as GpuId, m)))
+            .collect()
     }
 
     fn next_end(&self, _cluster: &Cluster) -> Option<f64> {

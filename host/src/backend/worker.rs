@@ -80,6 +80,7 @@ enum Request {
     Info,
     Check,
     MemoryFree,
+    Measure,
     Open {
         words: u64,
         state: Option<PathBuf>,
@@ -333,6 +334,14 @@ impl Device for WorkerDevice {
 
     fn memory_free(&self) -> Option<u64> {
         self.lock().control.call(&Request::MemoryFree).ok().flatten()
+    }
+
+    fn measure(&self) -> Option<crate::wit::GpuMeasurement> {
+        let (utilisation, memory_used): (f64, u64) = self.lock().control.call(&Request::Measure).ok().flatten()?;
+        Some(crate::wit::GpuMeasurement {
+            utilisation,
+            memory_used,
+        })
     }
 }
 
@@ -664,6 +673,9 @@ pub mod serve {
                 Request::Info => json(serde_json::to_value(self.device.info()).unwrap_or_default()),
                 Request::Check => self.device.check().map(|()| serde_json::Value::Null),
                 Request::MemoryFree => json(serde_json::json!(self.device.memory_free())),
+                Request::Measure => json(serde_json::json!(
+                    self.device.measure().map(|m| (m.utilisation, m.memory_used))
+                )),
                 Request::Open { words, state } => {
                     let lane = match state {
                         None => self.device.open(words, None)?,

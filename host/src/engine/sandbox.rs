@@ -11,7 +11,9 @@
 //! randomness a plugin cannot make a simulation nondeterministic.
 
 use crate::cluster::Cluster;
-use crate::wit::{self, ClusterStats, GpuId, GpuInfo, JobId, JobInfo, JobState, Level, RunningJob, ViewToken};
+use crate::wit::{
+    self, ClusterStats, GpuId, GpuInfo, GpuMeasurement, JobId, JobInfo, JobState, Level, RunningJob, ViewToken,
+};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -187,6 +189,9 @@ impl wit::wsched::policy::host::HostClusterView for PluginState {
     }
     fn free_gpus(&mut self, _: Resource<ViewToken>) -> Vec<GpuId> {
         self.cluster.free_gpu_ids()
+    }
+    fn measured(&mut self, _: Resource<ViewToken>, id: GpuId) -> Option<GpuMeasurement> {
+        self.cluster.gpus().get(id as usize).and_then(|g| g.measured)
     }
     fn drop(&mut self, _: Resource<ViewToken>) -> wasmtime::Result<()> {
         // The view is host-owned and only ever lent; nothing to free.

@@ -747,6 +747,8 @@ pub async fn gpu(command: GpuCommand, connect: &ConnectArgs) -> anyhow::Result<(
                     "memory_total_bytes": g.memory_total_bytes, "memory_used_bytes": g.memory_used_bytes,
                     "allocated": g.allocated,
                     "uuid": g.uuid, "compute_capability": g.compute_capability,
+                    "measured_utilisation": g.measured_utilisation,
+                    "measured_memory_used_bytes": g.measured_memory_used_bytes,
                     "residents": g.residents.iter().map(|r| json!({"job": r.job, "fraction": r.fraction})).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             });
@@ -783,8 +785,14 @@ pub async fn gpu(command: GpuCommand, connect: &ConnectArgs) -> anyhow::Result<(
                     .collect();
                 let mut out = table(&["GPU", "NODE", "KIND", "STATE", "ALLOCATED", "MEM_GB", "JOBS"], &rows);
                 for g in state.gpus.iter().filter(|g| !g.uuid.is_empty()) {
+                    let measured = match (g.measured_utilisation, g.measured_memory_used_bytes) {
+                        (Some(u), Some(m)) => {
+                            format!("; measured: {:.0}% busy, {:.1} GB used", u * 100.0, m as f64 / 1e9)
+                        }
+                        _ => String::new(),
+                    };
                     out.push_str(&format!(
-                        "GPU {}: {}, compute capability {}\n",
+                        "GPU {}: {}, compute capability {}{measured}\n",
                         g.id, g.uuid, g.compute_capability
                     ));
                 }

@@ -899,6 +899,8 @@ impl Core {
                     .get(g.id as usize)
                     .map(|d| format!("{}.{}", d.compute_capability.0, d.compute_capability.1))
                     .unwrap_or_default(),
+                measured_utilisation: g.measured.map(|m| m.utilisation),
+                measured_memory_used_bytes: g.measured.map(|m| m.memory_used),
             })
             .collect();
         let nodes = gpus.iter().map(|g| g.node).collect::<BTreeSet<_>>().len() as u32;

@@ -53,8 +53,8 @@ pub mod bindings {
 }
 
 pub use bindings::wsched::policy::types::{
-    Action, ClusterStats, Decision, Event, GpuId, GpuInfo, JobId, JobInfo, JobState, Level, Placement, PolicyInfo,
-    Rejection, Resident, RunningJob, SharedPlacement,
+    Action, ClusterStats, Decision, Event, GpuId, GpuInfo, GpuMeasurement, JobId, JobInfo, JobState, Level, Placement,
+    PolicyInfo, Rejection, Resident, RunningJob, SharedPlacement,
 };
 
 /// A read-only view of the cluster during one decision.
@@ -79,6 +79,11 @@ pub trait View {
     fn gpu(&self, id: GpuId) -> Option<GpuInfo>;
     /// Online GPUs with no resident, lowest id first.
     fn free_gpus(&self) -> Vec<GpuId>;
+    /// What GPU `id`'s own counters said at the last sample (real GPUs
+    /// only; `None` on emulated GPUs, in the simulator and in fakes).
+    fn measured(&self, _id: GpuId) -> Option<GpuMeasurement> {
+        None
+    }
 }
 
 impl View for bindings::wsched::policy::host::ClusterView {
@@ -105,6 +110,9 @@ impl View for bindings::wsched::policy::host::ClusterView {
     }
     fn free_gpus(&self) -> Vec<GpuId> {
         ClusterView::free_gpus(self)
+    }
+    fn measured(&self, id: GpuId) -> Option<GpuMeasurement> {
+        ClusterView::measured(self, id)
     }
 }
 
