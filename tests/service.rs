@@ -1212,3 +1212,37 @@ async fn device_jobs_run_kernels_are_preempted_and_survive_a_fault_and_a_restart
         .await
         .expect("cancel");
 }
+
+#[test]
+fn without_a_driver_cuda_is_one_clear_error_and_auto_falls_back_saying_so() {
+    if wsched::backend::cuda::driver_present() {
+        return; // a GPU machine: scripts/gpu-check.sh covers the CUDA side
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(env!("CARGO_BIN_EXE_wsched"))
+        .args([
+            "serve",
+            "--backend",
+            "cuda",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-metrics",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("cuda"))
+        .output()
+        .expect("run wsched serve");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--backend cuda: no NVIDIA driver found"), "{stderr}");
+
+    let state = dir.path().join("auto");
+    let server = Server::start(&state, &[]);
+    let log = strip_ansi(&std::fs::read_to_string(state.with_extension("log")).expect("log"));
+    let first = log.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("backend emulated") && first.contains("no NVIDIA driver found"),
+        "{first}"
+    );
+    drop(server);
+}
