@@ -51,8 +51,8 @@ pub const MEASURE_EVERY: Duration = Duration::from_secs(1);
 pub const SAMPLE_WORDS: usize = 64;
 
 /// How long the backend waits for a worker to reach an iteration boundary
-/// and carry out a change, by default.
-pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// and carry out a change.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a synthetic job runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +77,11 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// The launch of one iteration on `device`.
+    pub fn kernel_on(&self, device: &dyn Device) -> Kernel {
+        Kernel::sized(device.info().multiprocessors, self.share, self.flops_per_iteration)
+    }
+
     /// `seconds` of running time at the default size, on whole GPUs.
     pub fn seconds(seconds: f64) -> Self {
         Workload {
@@ -129,8 +134,8 @@ struct Status {
     reported: u64,
     ran: Duration,
     ending: Option<Ending>,
-    /// GPUs whose context a fault may have taken down.
-    faulted: Vec<GpuId>,
+    /// The GPU whose context a fault may have taken down.
+    faulted: Option<GpuId>,
     /// Device memory held now, per GPU.
     held: Vec<(GpuId, u64)>,
     parked_since: Option<Instant>,
@@ -172,7 +177,6 @@ pub struct SyntheticBackend {
     workloads: HashMap<JobId, Workload>,
     workers: HashMap<JobId, Worker>,
     suspend_memory: SuspendMemory,
-    ack_timeout: Duration,
     /// Device memory the backend lets jobs hold on each GPU, when less
     /// than the device has.
     memory_limit: Option<u64>,
@@ -204,7 +208,6 @@ impl SyntheticBackend {
             workloads: HashMap::new(),
             workers: HashMap::new(),
             suspend_memory: SuspendMemory::default(),
-            ack_timeout: DEFAULT_ACK_TIMEOUT,
             memory_limit: None,
             broken: Vec::new(),
             lost: Vec::new(),
@@ -273,9 +276,7 @@ impl SyntheticBackend {
         let working_set = self
             .devices
             .iter()
-            .map(|d| {
-                Kernel::sized(d.info().multiprocessors, workload.share, workload.flops_per_iteration).working_set()
-            })
+            .map(|d| workload.kernel_on(d.as_ref()).working_set())
             .max()
             .unwrap_or(0);
         (workload.memory_bytes / 4).max(working_set)
@@ -295,7 +296,7 @@ impl SyntheticBackend {
                 reported: done_before,
                 ran: Duration::ZERO,
                 ending: None,
-                faulted: Vec::new(),
+                faulted: None,
                 held: Vec::new(),
                 parked_since: None,
                 sample: Vec::new(),
@@ -339,21 +340,17 @@ impl SyntheticBackend {
             (Want::Stop, _) => true,
             _ => false,
         };
+        // A worker that ended instead (a device error) counts as done: the
+        // ending is reported by `ended`, with the device's error.
         let (status, timeout) = control
             .changed
-            .wait_timeout_while(status, self.ack_timeout, |s| !done(s))
+            .wait_timeout_while(status, ACK_TIMEOUT, |s| !done(s))
             .unwrap_or_else(|e| e.into_inner());
-        let ended_badly = matches!(status.ending, Some(Err(_)));
         drop(status);
         if timeout.timed_out() {
             return Err(format!(
-                "job {id}: its worker did not reach an iteration boundary within {:?}",
-                self.ack_timeout
+                "job {id}: its worker did not reach an iteration boundary within {ACK_TIMEOUT:?}"
             ));
-        }
-        if ended_badly {
-            // The ending is reported by `ended`, with the device's error.
-            tracing::debug!(job = id, "the job's worker ended while carrying out a change");
         }
         Ok(())
     }
@@ -421,9 +418,7 @@ impl SyntheticBackend {
             }
             JobState::Pending => Ok(()),
             JobState::Finished | JobState::Failed => {
-                if let Some(worker) = self.workers.remove(&id) {
-                    drop(worker); // stops and joins
-                }
+                self.workers.remove(&id); // the worker stops and is joined as it drops
                 self.workloads.remove(&id);
                 Ok(())
             }
@@ -483,6 +478,9 @@ impl SyntheticBackend {
     }
 }
 
+/// A device error, with the GPU it happened on.
+type Fault = (GpuId, DeviceError);
+
 /// One job's worker: owns its lanes, runs its iterations.
 struct JobThread {
     id: JobId,
@@ -513,18 +511,15 @@ impl JobThread {
         match result {
             Ok(true) => status.ending = Some(Ok(())),
             Ok(false) => {} // stopped: the model already ended it
-            Err((gpus, error)) => {
+            Err((gpu, error)) => {
                 if error.sticky {
-                    status.faulted = gpus.clone();
+                    status.faulted = Some(gpu);
                 }
-                let names: Vec<String> = gpus
-                    .iter()
-                    .map(|&g| match self.devices.get(g as usize) {
-                        Some(d) => format!("GPU {g} ({})", d.info().name),
-                        None => format!("GPU {g}"),
-                    })
-                    .collect();
-                status.ending = Some(Err(format!("{}: {}", names.join(", "), error.message)));
+                let name = match self.devices.get(gpu as usize) {
+                    Some(d) => format!("GPU {gpu} ({})", d.info().name),
+                    None => format!("GPU {gpu}"),
+                };
+                status.ending = Some(Err(format!("{name}: {}", error.message)));
             }
         }
         drop(status);
@@ -533,18 +528,14 @@ impl JobThread {
 
     /// Iterate until done (`Ok(true)`), stopped (`Ok(false)`) or a device
     /// error (with the GPUs it concerns).
-    fn iterate(&self, placement: &mut Placement) -> Result<bool, (Vec<GpuId>, DeviceError)> {
+    fn iterate(&self, placement: &mut Placement) -> Result<bool, Fault> {
         let kernels: Vec<Kernel> = self
             .devices
             .iter()
-            .map(|d| {
-                Kernel::sized(
-                    d.info().multiprocessors,
-                    self.workload.share,
-                    self.workload.flops_per_iteration,
-                )
-            })
+            .map(|d| self.workload.kernel_on(d.as_ref()))
             .collect();
+        // Whether `At::Running` on the current placement has been reported.
+        let mut running_reported = false;
         loop {
             let want = {
                 let mut status = self.control.lock();
@@ -569,6 +560,7 @@ impl JobThread {
                     }
                     let on_device = matches!(placement, Placement::Device(_));
                     self.report(At::Parked { on_device }, placement);
+                    running_reported = false;
                 }
                 Want::Run(gpus) => {
                     let here = match placement {
@@ -577,15 +569,17 @@ impl JobThread {
                     };
                     if !here {
                         self.place(placement, &gpus)?;
+                        running_reported = false;
                     }
-                    if self.control.lock().at != At::Running(gpus.clone()) {
-                        self.report(At::Running(gpus.clone()), placement);
+                    if !running_reported {
+                        self.report(At::Running(gpus), placement);
+                        running_reported = true;
                     }
                     if self.step(placement, &kernels)? {
                         if let Placement::Device(lanes) = placement
                             && let Some((gpu, lane)) = lanes.first_mut()
                         {
-                            let sample = lane.peek(SAMPLE_WORDS).map_err(|e| (vec![*gpu], e))?;
+                            let sample = lane.peek(SAMPLE_WORDS).map_err(|e| (*gpu, e))?;
                             self.control.lock().sample = sample;
                         }
                         return Ok(true);
@@ -596,7 +590,7 @@ impl JobThread {
     }
 
     /// Move the state onto `gpus`, through host memory.
-    fn place(&self, placement: &mut Placement, gpus: &[GpuId]) -> Result<(), (Vec<GpuId>, DeviceError)> {
+    fn place(&self, placement: &mut Placement, gpus: &[GpuId]) -> Result<(), Fault> {
         tracing::debug!(job = self.id, ?gpus, "placing the job's state");
         let state = match std::mem::replace(placement, Placement::Fresh) {
             Placement::Fresh => None,
@@ -606,7 +600,7 @@ impl JobThread {
         let mut lanes = Vec::with_capacity(gpus.len());
         for &gpu in gpus {
             let Some(device) = self.devices.get(gpu as usize) else {
-                return Err((vec![gpu], DeviceError::call(format!("no device for GPU {gpu}"))));
+                return Err((gpu, DeviceError::call(format!("no device for GPU {gpu}"))));
             };
             match device.open(self.words, state.as_ref().map(|s| s.words())) {
                 Ok(lane) => lanes.push((gpu, lane)),
@@ -615,7 +609,7 @@ impl JobThread {
                     if let Some(state) = state {
                         *placement = Placement::Host(state);
                     }
-                    return Err((vec![gpu], e));
+                    return Err((gpu, e));
                 }
             }
         }
@@ -624,7 +618,7 @@ impl JobThread {
     }
 
     /// One iteration on every lane; true when the job is done.
-    fn step(&self, placement: &mut Placement, kernels: &[Kernel]) -> Result<bool, (Vec<GpuId>, DeviceError)> {
+    fn step(&self, placement: &mut Placement, kernels: &[Kernel]) -> Result<bool, Fault> {
         let Placement::Device(lanes) = placement else {
             return Ok(false);
         };
@@ -632,11 +626,10 @@ impl JobThread {
         let fault = self.workload.fault_at_iteration == Some(iteration);
         let started = Instant::now();
         for (gpu, lane) in lanes.iter_mut() {
-            lane.launch(kernels[*gpu as usize], fault)
-                .map_err(|e| (vec![*gpu], e))?;
+            lane.launch(kernels[*gpu as usize], fault).map_err(|e| (*gpu, e))?;
         }
         for (gpu, lane) in lanes.iter_mut() {
-            lane.wait().map_err(|e| (vec![*gpu], e))?;
+            lane.wait().map_err(|e| (*gpu, e))?;
         }
         let took = started.elapsed();
         let mut status = self.control.lock();
@@ -663,11 +656,11 @@ impl JobThread {
     }
 }
 
-fn save(lanes: &mut [(GpuId, Box<dyn Lane>)]) -> Result<Saved, (Vec<GpuId>, DeviceError)> {
+fn save(lanes: &mut [(GpuId, Box<dyn Lane>)]) -> Result<Saved, Fault> {
     let Some((gpu, lane)) = lanes.first_mut() else {
         return Ok(Box::new(Vec::new()));
     };
-    lane.save().map_err(|e| (vec![*gpu], e))
+    lane.save().map_err(|e| (*gpu, e))
 }
 
 impl Backend for SyntheticBackend {
@@ -699,7 +692,7 @@ impl Backend for SyntheticBackend {
                 continue;
             }
             let ending = status.ending.take();
-            faulted.append(&mut status.faulted);
+            faulted.extend(status.faulted.take());
             let report = (id, Some(status.iterations), status.iteration_time);
             let sample = std::mem::take(&mut status.sample);
             drop(status);
