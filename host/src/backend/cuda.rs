@@ -11,13 +11,13 @@
 //! GPU run side by side (Gandiva's packing) and a job's copies never wait
 //! for another job's kernels.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use cudarc::driver::sys::{CUdevice_attribute, cudaError_enum};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg};
 
 use super::device::{
-    CHAINS, Device, DeviceError, DeviceInfo, FMA_A, FMA_B, HostState, Kernel, Lane, Saved, THREADS_PER_BLOCK,
+    CHAINS, Device, DeviceError, DeviceInfo, FMA_A, FMA_B, HostState, Kernel, Lane, ReusePool, Saved, THREADS_PER_BLOCK,
 };
 
 /// The synthetic training step and the state initialiser (see
@@ -198,58 +198,59 @@ const STAGING_POOL_BYTES: usize = 16 << 30;
 /// migrating job reuses the same buffers every time.
 ///
 /// The buffers are ordinary allocations registered with the driver
-/// (`cuMemHostRegister`), not driver allocations: if a fault resets the
-/// device's context, the registration goes but the memory (and any state
-/// saved in it) stays valid.
-#[derive(Default)]
+/// (`cuMemHostRegister`), not driver allocations, so a saved state's memory
+/// belongs to the host, not to the device's context.
 struct StagingPool {
-    free: Mutex<Vec<Vec<f32>>>,
+    free: ReusePool<Vec<f32>>,
 }
 
 impl StagingPool {
+    fn new() -> Self {
+        StagingPool {
+            free: ReusePool::new(STAGING_POOL_BYTES, Vec::len),
+        }
+    }
+
     /// A buffer of exactly `len` words, pinned if it can be.
     fn take(&self, context: &CudaContext, len: usize) -> Vec<f32> {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = free.iter().position(|b| b.len() == len) {
-            return free.swap_remove(i);
-        }
-        drop(free);
-        let mut buffer = vec![0.0f32; len];
-        if context.bind_to_thread().is_ok() {
-            // SAFETY: the range is one live allocation that stays put
-            // until `unpin` (a Vec never reallocates unless it grows).
-            let rc = unsafe {
-                cudarc::driver::sys::cuMemHostRegister_v2(
-                    buffer.as_mut_ptr().cast(),
-                    len * 4,
-                    cudarc::driver::sys::CU_MEMHOSTREGISTER_PORTABLE,
-                )
-            };
-            if rc != cudaError_enum::CUDA_SUCCESS {
-                tracing::debug!(error = %describe(DriverError(rc)), "cannot pin a staging buffer; copies go through pageable memory");
-            }
-        }
-        buffer
+        self.free.take(len).unwrap_or_else(|| {
+            let mut buffer = vec![0.0f32; len];
+            pin(context, &mut buffer);
+            buffer
+        })
     }
 
     /// Keep `buffer` for reuse, or let it go when the pool is full.
-    fn give_back(&self, mut buffer: Vec<f32>) {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        let held: usize = free.iter().map(|b| b.len() * 4).sum();
-        if held + buffer.len() * 4 <= STAGING_POOL_BYTES {
-            free.push(buffer);
-        } else {
-            drop(free);
-            unpin(&mut buffer);
+    fn give_back(&self, buffer: Vec<f32>) {
+        if let Some(mut rejected) = self.free.give_back(buffer) {
+            unpin(&mut rejected);
         }
     }
 }
 
 impl Drop for StagingPool {
     fn drop(&mut self) {
-        for mut buffer in self.free.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for mut buffer in self.free.drain() {
             unpin(&mut buffer);
         }
+    }
+}
+
+/// Page-lock `memory` for fast copies to and from `context`'s device (and,
+/// being portable, any other); a failure only leaves copies slower.
+fn pin(context: &CudaContext, memory: &mut [f32]) {
+    let _ = context.bind_to_thread();
+    // SAFETY: `memory` is one live allocation that the caller keeps in
+    // place until `unpin` (a Vec never moves unless it grows).
+    let rc = unsafe {
+        cudarc::driver::sys::cuMemHostRegister_v2(
+            memory.as_mut_ptr().cast(),
+            std::mem::size_of_val(memory),
+            cudarc::driver::sys::CU_MEMHOSTREGISTER_PORTABLE,
+        )
+    };
+    if rc != cudaError_enum::CUDA_SUCCESS {
+        tracing::debug!(error = %describe(DriverError(rc)), "cannot pin host memory; copies go through pageable memory");
     }
 }
 
@@ -304,7 +305,7 @@ impl CudaDevice {
         Ok(CudaDevice {
             info,
             loaded,
-            staging: Arc::default(),
+            staging: Arc::new(StagingPool::new()),
         })
     }
 }
@@ -398,19 +399,7 @@ impl Device for CudaDevice {
     }
 
     fn pin(&self, memory: &mut [f32]) {
-        let _ = self.loaded.context.bind_to_thread();
-        // SAFETY: `memory` is one live allocation that the caller keeps
-        // in place until `unpin`.
-        let rc = unsafe {
-            cudarc::driver::sys::cuMemHostRegister_v2(
-                memory.as_mut_ptr().cast(),
-                std::mem::size_of_val(memory),
-                cudarc::driver::sys::CU_MEMHOSTREGISTER_PORTABLE,
-            )
-        };
-        if rc != cudaError_enum::CUDA_SUCCESS {
-            tracing::debug!(error = %describe(DriverError(rc)), "cannot pin host memory; copies go through pageable memory");
-        }
+        pin(&self.loaded.context, memory);
     }
 
     fn unpin(&self, memory: &mut [f32]) {

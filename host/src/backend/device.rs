@@ -108,6 +108,56 @@ impl HostState for Vec<f32> {
 /// What [`Lane::save`] returns.
 pub type Saved = Box<dyn HostState>;
 
+/// Host buffers for saved states, kept for reuse by exact length up to a
+/// budget in bytes. Pinning a buffer (or mapping one into a worker) costs
+/// more than a copy through it, and a job that is suspended again and
+/// again, or moves, needs a buffer of the same length every time.
+pub(crate) struct ReusePool<T> {
+    free: Mutex<Vec<T>>,
+    budget_bytes: usize,
+    words: fn(&T) -> usize,
+}
+
+impl<T> ReusePool<T> {
+    /// An empty pool keeping at most `budget_bytes`; `words` measures a buffer.
+    pub(crate) fn new(budget_bytes: usize, words: fn(&T) -> usize) -> Self {
+        ReusePool {
+            free: Mutex::new(Vec::new()),
+            budget_bytes,
+            words,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<T>> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A kept buffer of exactly `words`, if there is one.
+    pub(crate) fn take(&self, words: usize) -> Option<T> {
+        let mut free = self.lock();
+        let i = free.iter().position(|b| (self.words)(b) == words)?;
+        Some(free.swap_remove(i))
+    }
+
+    /// Keep `buffer`; it comes back when the pool is full, for the caller
+    /// to let go of.
+    pub(crate) fn give_back(&self, buffer: T) -> Option<T> {
+        let mut free = self.lock();
+        let held: usize = free.iter().map(|b| (self.words)(b) * 4).sum();
+        if held + (self.words)(&buffer) * 4 <= self.budget_bytes {
+            free.push(buffer);
+            None
+        } else {
+            Some(buffer)
+        }
+    }
+
+    /// Every kept buffer, emptying the pool.
+    pub(crate) fn drain(&mut self) -> Vec<T> {
+        std::mem::take(self.free.get_mut().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// One iteration's launch on one device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kernel {
@@ -423,6 +473,21 @@ impl Drop for CpuLane {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pools_reuse_by_length_within_their_budget() {
+        let mut pool = ReusePool::new(64, Vec::<f32>::len);
+        assert!(pool.give_back(vec![0.0; 8]).is_none());
+        assert!(pool.give_back(vec![0.0; 4]).is_none());
+        assert_eq!(
+            pool.give_back(vec![0.0; 8]).map(|b| b.len()),
+            Some(8),
+            "over the 64-byte budget"
+        );
+        assert_eq!(pool.take(4).map(|b| b.len()), Some(4));
+        assert!(pool.take(4).is_none());
+        assert_eq!(pool.drain().len(), 1);
+    }
 
     #[test]
     fn kernel_size_follows_share_and_work() {

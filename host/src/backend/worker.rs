@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::device::{Device, DeviceError, DeviceInfo, HostState, Kernel, Lane, Saved};
+use super::device::{Device, DeviceError, DeviceInfo, HostState, Kernel, Lane, ReusePool, Saved};
 
 /// How long a new worker gets to open its device and listen.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -407,7 +407,7 @@ impl Drop for WorkerLane {
 pub struct StatePool {
     dir: PathBuf,
     next: AtomicU64,
-    free: Mutex<Vec<SharedBuffer>>,
+    free: ReusePool<SharedBuffer>,
     /// Where each buffer handed out lives, by address: a saved state given
     /// back to [`Device::open`] is found by its slice.
     live: Mutex<HashMap<usize, PathBuf>>,
@@ -431,17 +431,13 @@ impl StatePool {
         Ok(StatePool {
             dir,
             next: AtomicU64::new(0),
-            free: Mutex::new(Vec::new()),
+            free: ReusePool::new(POOL_BYTES, |b| b.len),
             live: Mutex::new(HashMap::new()),
         })
     }
 
     fn take(self: &Arc<Self>, words: usize) -> std::io::Result<PooledState> {
-        let reused = {
-            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-            free.iter().position(|b| b.len == words).map(|i| free.swap_remove(i))
-        };
-        let buffer = match reused {
+        let buffer = match self.free.take(words) {
             Some(buffer) => buffer,
             None => {
                 let path = self
@@ -474,11 +470,8 @@ impl StatePool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&(buffer.ptr as usize));
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        let held: usize = free.iter().map(|b| b.len * 4).sum();
-        if held + buffer.len * 4 <= POOL_BYTES {
-            free.push(buffer);
-        }
+        // A buffer the pool does not keep is unmapped and removed as it drops.
+        drop(self.free.give_back(buffer));
     }
 }
 
@@ -486,7 +479,7 @@ static POOLS: AtomicU64 = AtomicU64::new(0);
 
 impl Drop for StatePool {
     fn drop(&mut self) {
-        self.free.get_mut().unwrap_or_else(|e| e.into_inner()).clear();
+        self.free.drain();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
