@@ -489,6 +489,113 @@ async fn malformed_requests_get_invalid_argument_naming_the_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_jobs_is_accepted_all_or_none_and_survives_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    let mut server = Server::start(&state_dir, &["--emulate-gpus", "2"]);
+    let mut jobs = server.jobs().await;
+    let batch = |specs: Vec<proto::SubmitJobRequest>| proto::SubmitJobsRequest {
+        specs: specs.into_iter().filter_map(|r| r.spec).collect(),
+    };
+    let listed = |jobs: Vec<proto::Job>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
+
+    let status = jobs
+        .submit_jobs(Request::new(batch(vec![synthetic("a", 1, 1.0)])))
+        .await
+        .expect_err("no token");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    // Refused as a whole, naming the spec: by the request checks, by the
+    // cluster (3 GPUs on a 2-GPU cluster) and by size.
+    let too_many = (0..=wsched::service::grpc::MAX_SPECS_PER_REQUEST)
+        .map(|_| synthetic("a", 1, 1.0))
+        .collect();
+    for (request, field) in [
+        (batch(vec![]), "specs:"),
+        (
+            batch(vec![
+                synthetic("a", 1, 1.0),
+                synthetic("a", 0, 1.0),
+                synthetic("a", 1, 1.0),
+            ]),
+            "specs[1].gpus:",
+        ),
+        (
+            batch(vec![synthetic("a", 1, 1.0), synthetic("", 1, 1.0)]),
+            "specs[1].user:",
+        ),
+        (
+            batch(vec![
+                synthetic("a", 1, 1.0),
+                synthetic("a", 2, 1.0),
+                synthetic("a", 3, 1.0),
+            ]),
+            "specs[2]:",
+        ),
+        (batch(too_many), "specs:"),
+    ] {
+        let status = jobs.submit_jobs(server.authed(request)).await.expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().starts_with(field), "{field}: {}", status.message());
+    }
+    let all = jobs
+        .list_jobs(proto::ListJobsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs;
+    assert!(all.is_empty(), "a refused batch left jobs behind: {:?}", listed(all));
+
+    // Accepted: ids in the order of the specs, each job as asked.
+    let specs: Vec<proto::SubmitJobRequest> = (0..20)
+        .map(|i| {
+            let mut r = synthetic("sweep", 1 + i % 2, 0.02);
+            r.spec.as_mut().expect("spec").name = format!("trial-{i}");
+            r
+        })
+        .collect();
+    let ids = jobs
+        .submit_jobs(server.authed(batch(specs)))
+        .await
+        .expect("batch")
+        .into_inner()
+        .ids;
+    assert_eq!(ids.len(), 20);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let ended = wait_ended(&mut jobs, &ids, Duration::from_secs(30)).await;
+    for (i, job) in ended.iter().enumerate() {
+        let spec = job.spec.as_ref().expect("spec");
+        assert_eq!(spec.name, format!("trial-{i}"));
+        assert_eq!(spec.gpus, 1 + i as u32 % 2);
+        assert_eq!(state(job), proto::JobState::Finished, "{job:?}");
+    }
+
+    // A second batch, acknowledged, then SIGKILL: every job is there after a restart.
+    let long: Vec<proto::SubmitJobRequest> = (0..30).map(|_| synthetic("sweep", 1, 600.0)).collect();
+    let acked = jobs
+        .submit_jobs(server.authed(batch(long)))
+        .await
+        .expect("batch")
+        .into_inner()
+        .ids;
+    server.kill();
+    let server = Server::start(&state_dir, &["--emulate-gpus", "2"]);
+    let mut jobs = server.jobs().await;
+    let after: BTreeMap<u64, proto::Job> = jobs
+        .list_jobs(proto::ListJobsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs
+        .into_iter()
+        .map(|j| (j.id, j))
+        .collect();
+    for id in ids.iter().chain(&acked) {
+        assert!(after.contains_key(id), "job {id} lost in the crash");
+    }
+    assert_eq!(after.len(), 50, "{:?}", after.keys());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapping_under_load_loses_and_duplicates_no_job() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(&dir.path().join("state"), &["--emulate-gpus", "4"]);
@@ -926,6 +1033,25 @@ async fn the_command_line_drives_the_server() {
     let (ok, _, err) = wsched(&["job", "submit", "-f", manifest.to_str().expect("path")]);
     assert!(!ok);
     assert!(err.contains("unknown field `gpu`"), "{err}");
+    // A file of several jobs goes all or none: the second cannot fit, so
+    // neither is submitted, and the error says which document.
+    std::fs::write(
+        &manifest,
+        "apiVersion: wsched.dev/v1\nkind: Job\nmetadata: {name: fits}\nspec: {gpus: 1, synthetic: {seconds: 1}}\n---\napiVersion: wsched.dev/v1\nkind: Job\nmetadata: {name: too-big}\nspec: {gpus: 3, synthetic: {seconds: 1}}\n",
+    )
+    .expect("manifest");
+    let (ok, _, err) = wsched(&["job", "submit", "-f", manifest.to_str().expect("path")]);
+    assert!(!ok);
+    assert!(
+        err.contains("jobs.yaml: documents 1-2, none submitted (specs[i] is document 1+i)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("specs[1]: job asks for 3 GPUs, the cluster has 2"),
+        "{err}"
+    );
+    let (ok, out, _) = wsched(&["job", "list", "-o", "json"]);
+    assert!(ok && !out.contains("fits"), "{out}");
     let (ok, _, err) = wsched(&["job", "submit", "--gpus", "5", "--seconds", "1"]);
     assert!(!ok);
     assert!(

@@ -6,7 +6,8 @@ It shows the three things a client usually does:
 
   1. watch: a server stream of events (Jobs.Watch), read in a background
      thread and printed one line per event;
-  2. submit: synthetic jobs (Jobs.SubmitJob), half before and half after ...
+  2. submit: synthetic jobs, half one by one (Jobs.SubmitJob) before and
+     half as one all-or-none batch (Jobs.SubmitJobs, as for a sweep) after ...
   3. swap: ... loading a policy plugin (Policies.LoadPolicy) and making it the
      active policy while the first jobs run (Policies.SwapPolicy);
 
@@ -207,19 +208,34 @@ def load_and_swap(policies, auth, name, wasm, config):
 
 
 # --- Jobs --------------------------------------------------------------------
-def submit(jobs_stub, auth, i, seconds):
-    """Submit synthetic job number i: `seconds` of work on 1 or 2 GPUs."""
-    gpus = 1 + i % 2
-    spec = pb.JobSpec(
+def job_spec(i, seconds):
+    """Synthetic job number i: `seconds` of work on 1 or 2 GPUs."""
+    return pb.JobSpec(
         name=f"py-{i}",
         user=USER,
-        gpus=gpus,
+        gpus=1 + i % 2,
         synthetic=pb.Synthetic(seconds=seconds),  # sets the `work` oneof
         expected_duration_seconds=seconds,  # lets SJF-like policies plan
     )
+
+
+def submit(jobs_stub, auth, i, seconds):
+    """Submit synthetic job number i on its own; its id."""
+    spec = job_spec(i, seconds)
     resp = call("SubmitJob", jobs_stub.SubmitJob, pb.SubmitJobRequest(spec=spec), metadata=auth, timeout=CALL_TIMEOUT)
-    say(f"submitted job {resp.id} (py-{i}, {gpus} GPU, {seconds:g}s)")
+    say(f"submitted job {resp.id} (py-{i}, {spec.gpus} GPU, {seconds:g}s)")
     return resp.id
+
+
+def submit_batch(jobs_stub, auth, indices, seconds):
+    """Submit several synthetic jobs in one call, all or none; their ids."""
+    specs = [job_spec(i, seconds) for i in indices]
+    if not specs:
+        return []
+    resp = call("SubmitJobs", jobs_stub.SubmitJobs, pb.SubmitJobsRequest(specs=specs), metadata=auth,
+                timeout=CALL_TIMEOUT)
+    say(f"submitted jobs {', '.join(map(str, resp.ids))} in one batch")
+    return list(resp.ids)
 
 
 def wait_for(jobs_stub, ids, timeout):
@@ -356,7 +372,7 @@ def main():
         # Let the first jobs start, so that the swap happens mid-run.
         time.sleep(min(1.0, args.seconds / 2))
         swap = load_and_swap(policies, auth, policy_name, wasm, args.policy_config)
-        ids += [submit(jobs_stub, auth, i, args.seconds) for i in range(first, args.jobs)]
+        ids += submit_batch(jobs_stub, auth, range(first, args.jobs), args.seconds)
 
         say(f"waiting for {len(ids)} jobs (at most {args.timeout:g}s)...")
         jobs = wait_for(jobs_stub, ids, args.timeout)

@@ -8,8 +8,10 @@
 //! behind a job that holds every GPU (so the queue stays put and every
 //! decision sees it), then submits from many concurrent clients over real
 //! gRPC. Bounded in count and time: `WSCHED_BENCH_SUBMITS` (default 20,000)
-//! submissions or 60 s, whichever comes first. Prints one table, one row
-//! per policy and concurrency (`WSCHED_BENCH_POLICIES=fifo,las` by default).
+//! jobs or 60 s, whichever comes first. Prints one table, one row per
+//! policy, call and concurrency (`WSCHED_BENCH_POLICIES=fifo,las` by
+//! default): `SubmitJob` (one job per call), `SubmitJobs` with 16 jobs per
+//! call (a sweep), and `GetJob` as the floor under a submission.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,34 +25,45 @@ use wsched::service::{ServeConfig, serve_until};
 const QUEUED: usize = 1_000;
 const TIME_LIMIT: Duration = Duration::from_secs(60);
 const CHANNELS: usize = 4;
+/// Jobs per `SubmitJobs` call in the batch rows.
+const BATCH: usize = 16;
 
 struct Row {
-    rpc: &'static str,
+    rpc: String,
     policy: String,
     clients: usize,
-    submits: usize,
+    /// Jobs submitted (or read).
+    jobs: usize,
+    /// Calls made (latencies are per call).
+    calls: usize,
     seconds: f64,
     p50: Duration,
     p99: Duration,
     max: Duration,
 }
 
-fn submit(token: &str, gpus: u32) -> Request<proto::SubmitJobRequest> {
-    let mut request = Request::new(proto::SubmitJobRequest {
-        spec: Some(proto::JobSpec {
-            name: "bench".into(),
-            user: "bench".into(),
-            gpus,
-            work: Some(proto::job_spec::Work::Synthetic(proto::Synthetic {
-                seconds: 3600.0,
-                ..Default::default()
-            })),
+fn spec(gpus: u32) -> proto::JobSpec {
+    proto::JobSpec {
+        name: "bench".into(),
+        user: "bench".into(),
+        gpus,
+        work: Some(proto::job_spec::Work::Synthetic(proto::Synthetic {
+            seconds: 3600.0,
             ..Default::default()
-        }),
-    });
+        })),
+        ..Default::default()
+    }
+}
+
+fn authed<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
     let value = format!("Bearer {token}").parse().expect("token header");
     request.metadata_mut().insert("authorization", value);
     request
+}
+
+fn submit(token: &str, gpus: u32) -> Request<proto::SubmitJobRequest> {
+    authed(token, proto::SubmitJobRequest { spec: Some(spec(gpus)) })
 }
 
 /// What the clients send.
@@ -58,6 +71,8 @@ fn submit(token: &str, gpus: u32) -> Request<proto::SubmitJobRequest> {
 enum Load {
     /// SubmitJob: validated, decided on, stored durably, acknowledged.
     Submit,
+    /// SubmitJobs with this many jobs per call: the same, all or none.
+    Batch(usize),
     /// GetJob: the same path through gRPC and the scheduler loop, without
     /// a write; the floor under the cost of a submission.
     Get,
@@ -99,7 +114,11 @@ async fn run(policy: Option<&PathBuf>, clients: usize, total: usize, load: Load)
         jobs.submit_job(submit(token, 1)).await?;
     }
 
-    let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(total));
+    let per_call = match load {
+        Load::Batch(n) => n,
+        _ => 1,
+    };
+    let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(total / per_call));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -120,6 +139,11 @@ async fn run(policy: Option<&PathBuf>, clients: usize, total: usize, load: Load)
                 match load {
                     Load::Submit => {
                         jobs.submit_job(submit(token, 1)).await?;
+                    }
+                    Load::Batch(n) => {
+                        let specs = (0..n).map(|_| spec(1)).collect();
+                        jobs.submit_jobs(authed(token, proto::SubmitJobsRequest { specs }))
+                            .await?;
                     }
                     Load::Get => {
                         jobs.get_job(proto::GetJobRequest { id: 1 }).await?;
@@ -144,10 +168,15 @@ async fn run(policy: Option<&PathBuf>, clients: usize, total: usize, load: Load)
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "builtin-fifo".into());
     Ok(Row {
-        rpc: if load == Load::Submit { "submit" } else { "get" },
+        rpc: match load {
+            Load::Submit => "submit".into(),
+            Load::Batch(n) => format!("submit{n}"),
+            Load::Get => "get".into(),
+        },
         policy: name,
         clients,
-        submits: latencies.len(),
+        jobs: latencies.len() * per_call,
+        calls: latencies.len(),
         seconds,
         p50: at(0.5),
         p99: at(0.99),
@@ -182,24 +211,30 @@ fn main() -> anyhow::Result<()> {
             let count = if clients == 1 { total / 10 } else { total };
             rows.push(runtime.block_on(run(Some(&path), clients, count, Load::Submit))?);
         }
+        // Batches go faster: five times the jobs, for as long a run.
+        for clients in [1, 4, 16] {
+            rows.push(runtime.block_on(run(Some(&path), clients, total * 5, Load::Batch(BATCH)))?);
+        }
         rows.push(runtime.block_on(run(Some(&path), 64, total, Load::Get))?);
     }
     println!(
         "submissions with {QUEUED} jobs queued, acknowledged after a durable commit; loopback gRPC, {} CPUs",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
+    println!("(submit: SubmitJob; submit{BATCH}: SubmitJobs of {BATCH} jobs; get: GetJob; latencies per call)");
     println!(
-        "{:<7} {:<8} {:>7} {:>8} {:>10} {:>9} {:>9} {:>9}",
-        "rpc", "policy", "clients", "submits", "submits/s", "p50_ms", "p99_ms", "max_ms"
+        "{:<8} {:<8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
+        "rpc", "policy", "clients", "jobs", "jobs/s", "calls/s", "p50_ms", "p99_ms", "max_ms"
     );
     for r in &rows {
         println!(
-            "{:<7} {:<8} {:>7} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
+            "{:<8} {:<8} {:>7} {:>8} {:>8.0} {:>8.0} {:>9.2} {:>9.2} {:>9.2}",
             r.rpc,
             r.policy,
             r.clients,
-            r.submits,
-            r.submits as f64 / r.seconds,
+            r.jobs,
+            r.jobs as f64 / r.seconds,
+            r.calls as f64 / r.seconds,
             r.p50.as_secs_f64() * 1e3,
             r.p99.as_secs_f64() * 1e3,
             r.max.as_secs_f64() * 1e3

@@ -448,10 +448,9 @@ impl Cluster {
         ids
     }
 
-    /// Accept a job at the current time. Refused (with the reason) when it
-    /// can never run here: no GPUs asked for, or more than the cluster has,
-    /// or more memory per GPU than the largest GPU has.
-    pub fn submit(&mut self, spec: JobSpec) -> Result<JobId, String> {
+    /// Why [`Cluster::submit`] would refuse `spec`, without submitting it
+    /// (to accept several jobs all or none).
+    pub fn check_submission(&self, spec: &JobSpec) -> Result<(), String> {
         if spec.gpus == 0 {
             return Err("a job must ask for at least one GPU".to_string());
         }
@@ -467,13 +466,23 @@ impl Cluster {
         {
             return Err(format!("job work must be a finite number of seconds >= 0, got {w}"));
         }
-        let largest = self.gpus.iter().map(|g| g.spec.memory_total).max().unwrap_or(0);
-        if spec.memory_per_gpu > largest {
-            return Err(format!(
-                "job needs {} bytes per GPU, the largest GPU has {largest}",
-                spec.memory_per_gpu
-            ));
+        if spec.memory_per_gpu > 0 {
+            let largest = self.gpus.iter().map(|g| g.spec.memory_total).max().unwrap_or(0);
+            if spec.memory_per_gpu > largest {
+                return Err(format!(
+                    "job needs {} bytes per GPU, the largest GPU has {largest}",
+                    spec.memory_per_gpu
+                ));
+            }
         }
+        Ok(())
+    }
+
+    /// Accept a job at the current time. Refused (with the reason) when it
+    /// can never run here: no GPUs asked for, or more than the cluster has,
+    /// or more memory per GPU than the largest GPU has.
+    pub fn submit(&mut self, spec: JobSpec) -> Result<JobId, String> {
+        self.check_submission(&spec)?;
         let priority = spec.priority.filter(|p| p.is_finite() && *p > 0.0).unwrap_or(1.0);
         let id = self.next_id;
         self.next_id += 1;

@@ -420,19 +420,46 @@ pub async fn job(command: JobCommand, connect: &ConnectArgs) -> anyhow::Result<(
     let client = connect.connect().await?;
     match command {
         JobCommand::Submit(args) => {
-            let specs = submit_specs(&args)?;
-            let mut ids = Vec::new();
-            for spec in specs {
-                let request = client.request(proto::SubmitJobRequest { spec: Some(spec) })?;
-                let id = client
-                    .jobs()
-                    .submit_job(request)
-                    .await
-                    .map_err(status_error)?
-                    .into_inner()
-                    .id;
-                ids.push(id);
-            }
+            let mut specs = submit_specs(&args)?;
+            // One job through SubmitJob; several (a file of documents) all
+            // or none through SubmitJobs, in requests of at most its limit.
+            let ids = if specs.len() == 1 {
+                let request = client.request(proto::SubmitJobRequest { spec: specs.pop() })?;
+                vec![
+                    client
+                        .jobs()
+                        .submit_job(request)
+                        .await
+                        .map_err(status_error)?
+                        .into_inner()
+                        .id,
+                ]
+            } else {
+                let mut ids = Vec::with_capacity(specs.len());
+                let chunk_len = super::grpc::MAX_SPECS_PER_REQUEST;
+                for (k, chunk) in specs.chunks(chunk_len).enumerate() {
+                    let request = client.request(proto::SubmitJobsRequest { specs: chunk.to_vec() })?;
+                    let response = client.jobs().submit_jobs(request).await.map_err(|status| {
+                        let first = k * chunk_len + 1;
+                        let error = status_error(status);
+                        match &args.file {
+                            Some(file) => error.context(format!(
+                                "{}: documents {first}-{}, none submitted{} (specs[i] is document {first}+i)",
+                                file.display(),
+                                first + chunk.len() - 1,
+                                if ids.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!("; the earlier ones were, as jobs {ids:?}")
+                                }
+                            )),
+                            None => error,
+                        }
+                    })?;
+                    ids.extend(response.into_inner().ids);
+                }
+                ids
+            };
             client.print(&json!({ "ids": ids }), || {
                 ids.iter().map(|id| format!("job {id} submitted\n")).collect()
             });

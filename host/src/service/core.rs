@@ -61,6 +61,8 @@ type Reply<T> = oneshot::Sender<Result<T, Status>>;
 pub enum Request {
     /// Accept a job.
     Submit(proto::JobSpec, Reply<u64>),
+    /// Several jobs, all or none.
+    SubmitMany(Vec<proto::JobSpec>, Reply<Vec<u64>>),
     /// One job.
     Get(u64, Reply<proto::Job>),
     /// Jobs matching a filter.
@@ -733,6 +735,7 @@ impl Core {
     fn handle(&mut self, req: Request) {
         match req {
             Request::Submit(spec, reply) => self.submit(spec, reply),
+            Request::SubmitMany(specs, reply) => self.submit_many(specs, reply),
             Request::Get(id, reply) => {
                 let job = self.runtime.host().cluster().job(id);
                 let _ = reply.send(
@@ -803,29 +806,61 @@ impl Core {
     }
 
     fn submit(&mut self, spec: proto::JobSpec, reply: Reply<u64>) {
-        match self.runtime.submit(model_spec(&spec)) {
-            Ok(id) => {
-                if let Some(process) = process_spec(&spec) {
-                    self.runtime.backend_mut().register_command(id, process, 0);
-                }
-                if let Some(workload) = synthetic_workload(&spec, 0) {
-                    self.runtime.backend_mut().register_synthetic(id, workload);
-                }
-                self.specs.insert(id, spec);
-                self.changed.insert(id);
-                self.fresh.insert(id);
-                // Announce it as accepted now: the decision later in this
-                // turn may start it, and watchers should see both.
-                if let Some(job) = self.runtime.host().cluster().job(id) {
-                    self.pending_events.push(job_event(self.job_message(job)));
-                }
-                self.metrics.jobs_submitted.inc();
-                self.defer(reply, id);
-            }
+        match self.accept(spec) {
+            Ok(id) => self.defer(reply, id),
             Err(why) => {
                 let _ = reply.send(Err(Status::invalid_argument(format!("spec: {why}"))));
             }
         }
+    }
+
+    /// Accept every job or none: all are checked against the cluster
+    /// before the first is submitted, and one reply follows their commit.
+    fn submit_many(&mut self, specs: Vec<proto::JobSpec>, reply: Reply<Vec<u64>>) {
+        let cluster = self.runtime.host().cluster();
+        for (i, spec) in specs.iter().enumerate() {
+            if let Err(why) = cluster.check_submission(&model_spec(spec)) {
+                let _ = reply.send(Err(Status::invalid_argument(format!("specs[{i}]: {why}"))));
+                return;
+            }
+        }
+        let mut ids = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.into_iter().enumerate() {
+            match self.accept(spec) {
+                Ok(id) => ids.push(id),
+                Err(why) => {
+                    // Checked above, so this cannot happen; if it does, the
+                    // jobs already accepted stay (they are in the model) and
+                    // the client is told which one failed.
+                    let _ = reply.send(Err(Status::internal(format!(
+                        "specs[{i}]: {why} (jobs {ids:?} were accepted)"
+                    ))));
+                    return;
+                }
+            }
+        }
+        self.defer(reply, ids);
+    }
+
+    /// Put one job into the model and the backend, and announce it.
+    fn accept(&mut self, spec: proto::JobSpec) -> Result<JobId, String> {
+        let id = self.runtime.submit(model_spec(&spec))?;
+        if let Some(process) = process_spec(&spec) {
+            self.runtime.backend_mut().register_command(id, process, 0);
+        }
+        if let Some(workload) = synthetic_workload(&spec, 0) {
+            self.runtime.backend_mut().register_synthetic(id, workload);
+        }
+        self.specs.insert(id, spec);
+        self.changed.insert(id);
+        self.fresh.insert(id);
+        // Announce it as accepted now: the decision later in this turn may
+        // start it, and watchers should see both.
+        if let Some(job) = self.runtime.host().cluster().job(id) {
+            self.pending_events.push(job_event(self.job_message(job)));
+        }
+        self.metrics.jobs_submitted.inc();
+        Ok(id)
     }
 
     fn cancel(&mut self, id: JobId, reply: Reply<proto::Job>) {

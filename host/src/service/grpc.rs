@@ -62,68 +62,75 @@ fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {why}"))
 }
 
-fn check_name(field: &str, value: &str, required: bool) -> Result<(), Status> {
+/// What is wrong with a name or user field, if anything.
+fn check_name(value: &str, required: bool) -> Result<(), String> {
     if required && value.trim().is_empty() {
-        return Err(invalid(field, "required"));
+        return Err("required".into());
     }
     if value.len() > MAX_NAME {
-        return Err(invalid(field, format!("longer than {MAX_NAME} bytes")));
+        return Err(format!("longer than {MAX_NAME} bytes"));
     }
     if value.chars().any(char::is_control) {
-        return Err(invalid(field, "contains control characters"));
+        return Err("contains control characters".into());
     }
     Ok(())
 }
 
+/// Most jobs one `SubmitJobs` request may carry: enough for any sweep,
+/// small enough that one request cannot stall the scheduler loop for long.
+pub const MAX_SPECS_PER_REQUEST: usize = 10_000;
+
 /// Largest synthetic iteration accepted: about a minute on today's GPUs.
 const MAX_GFLOPS_PER_ITERATION: f64 = 1.0e6;
 
-fn check_seconds(field: &str, value: f64) -> Result<(), Status> {
+/// What is wrong with a number of seconds, if anything.
+fn check_seconds(value: f64) -> Result<(), String> {
     if !(value.is_finite() && value >= 0.0) {
-        return Err(invalid(
-            field,
-            format!("must be a finite number of seconds >= 0, got {value}"),
-        ));
+        return Err(format!("must be a finite number of seconds >= 0, got {value}"));
     }
     Ok(())
 }
 
 /// Check a job spec as far as it can be without the cluster (the loop
-/// checks the GPU count and memory against the GPUs it has).
-pub fn validate_spec(spec: Option<&proto::JobSpec>) -> Result<&proto::JobSpec, Status> {
-    let spec = spec.ok_or_else(|| invalid("spec", "required"))?;
-    check_name("spec.name", &spec.name, false)?;
-    check_name("spec.user", &spec.user, true)?;
+/// checks the GPU count and memory against the GPUs it has). `field` is
+/// where the spec sits in the request (`spec`, `specs[3]`), so that an
+/// error names the field as the client wrote it.
+pub fn validate_spec<'a>(spec: Option<&'a proto::JobSpec>, field: &str) -> Result<&'a proto::JobSpec, Status> {
+    // The field's full name is only spelled out for an error.
+    let at = |name: &str| format!("{field}.{name}");
+    let spec = spec.ok_or_else(|| invalid(field, "required"))?;
+    check_name(&spec.name, false).map_err(|why| invalid(&at("name"), why))?;
+    check_name(&spec.user, true).map_err(|why| invalid(&at("user"), why))?;
     if spec.gpus == 0 {
-        return Err(invalid("spec.gpus", "must be at least 1"));
+        return Err(invalid(&at("gpus"), "must be at least 1"));
     }
     if let Some(f) = spec.gpu_fraction {
         if !(f > 0.0 && f <= 1.0) {
-            return Err(invalid("spec.gpu_fraction", format!("must be in (0, 1], got {f}")));
+            return Err(invalid(&at("gpu_fraction"), format!("must be in (0, 1], got {f}")));
         }
         if spec.gpus != 1 {
-            return Err(invalid("spec.gpu_fraction", "only for jobs of 1 GPU"));
+            return Err(invalid(&at("gpu_fraction"), "only for jobs of 1 GPU"));
         }
     }
     if let Some(p) = spec.priority
         && !(p.is_finite() && p > 0.0)
     {
         return Err(invalid(
-            "spec.priority",
+            &at("priority"),
             format!("must be a finite number > 0, got {p}"),
         ));
     }
     if let Some(d) = spec.expected_duration_seconds {
-        check_seconds("spec.expected_duration_seconds", d)?;
+        check_seconds(d).map_err(|why| invalid(&at("expected_duration_seconds"), why))?;
     }
     match &spec.work {
-        None => return Err(invalid("spec.work", "set either command or synthetic")),
+        None => return Err(invalid(&at("work"), "set either command or synthetic")),
         Some(Work::Command(c)) => {
             let Some(program) = c.argv.first() else {
-                return Err(invalid("spec.command.argv", "empty: give at least the program"));
+                return Err(invalid(&at("command.argv"), "empty: give at least the program"));
             };
             if program.is_empty() {
-                return Err(invalid("spec.command.argv[0]", "the program is empty"));
+                return Err(invalid(&at("command.argv[0]"), "the program is empty"));
             }
             if c.argv
                 .iter()
@@ -131,24 +138,24 @@ pub fn validate_spec(spec: Option<&proto::JobSpec>) -> Result<&proto::JobSpec, S
                 .chain(c.env.values())
                 .any(|s| s.contains('\0'))
             {
-                return Err(invalid("spec.command", "contains a NUL byte"));
+                return Err(invalid(&at("command"), "contains a NUL byte"));
             }
             if c.env.keys().any(|k| k.is_empty() || k.contains('=')) {
-                return Err(invalid("spec.command.env", "names must be non-empty and without '='"));
+                return Err(invalid(&at("command.env"), "names must be non-empty and without '='"));
             }
         }
         Some(Work::Synthetic(s)) => {
-            check_seconds("spec.synthetic.seconds", s.seconds)?;
+            check_seconds(s.seconds).map_err(|why| invalid(&at("synthetic.seconds"), why))?;
             if let Some(g) = s.gflops_per_iteration
                 && !(g.is_finite() && g > 0.0 && g <= MAX_GFLOPS_PER_ITERATION)
             {
                 return Err(invalid(
-                    "spec.synthetic.gflops_per_iteration",
+                    &at("synthetic.gflops_per_iteration"),
                     format!("must be in (0, {MAX_GFLOPS_PER_ITERATION}], got {g}"),
                 ));
             }
             if s.fault_at_iteration == Some(0) {
-                return Err(invalid("spec.synthetic.fault_at_iteration", "iterations count from 1"));
+                return Err(invalid(&at("synthetic.fault_at_iteration"), "iterations count from 1"));
             }
         }
     }
@@ -218,10 +225,35 @@ impl proto::jobs_server::Jobs for JobsApi {
     ) -> Result<Response<proto::SubmitJobResponse>, Status> {
         self.auth.check(&request)?;
         let request = request.into_inner();
-        validate_spec(request.spec.as_ref())?;
+        validate_spec(request.spec.as_ref(), "spec")?;
         let spec = request.spec.unwrap_or_default();
         let id = self.core.ask(|reply| CoreRequest::Submit(spec, reply)).await?;
         Ok(Response::new(proto::SubmitJobResponse { id }))
+    }
+
+    async fn submit_jobs(
+        &self,
+        request: Request<proto::SubmitJobsRequest>,
+    ) -> Result<Response<proto::SubmitJobsResponse>, Status> {
+        self.auth.check(&request)?;
+        let specs = request.into_inner().specs;
+        if specs.is_empty() {
+            return Err(invalid("specs", "empty: give at least one job"));
+        }
+        if specs.len() > MAX_SPECS_PER_REQUEST {
+            return Err(invalid(
+                "specs",
+                format!(
+                    "{} jobs in one request, at most {MAX_SPECS_PER_REQUEST}: split them",
+                    specs.len()
+                ),
+            ));
+        }
+        for (i, spec) in specs.iter().enumerate() {
+            validate_spec(Some(spec), &format!("specs[{i}]"))?;
+        }
+        let ids = self.core.ask(|reply| CoreRequest::SubmitMany(specs, reply)).await?;
+        Ok(Response::new(proto::SubmitJobsResponse { ids }))
     }
 
     async fn get_job(&self, request: Request<proto::GetJobRequest>) -> Result<Response<proto::Job>, Status> {
@@ -242,7 +274,7 @@ impl proto::jobs_server::Jobs for JobsApi {
                 Ok(_) => {}
             }
         }
-        check_name("user", &filter.user, false)?;
+        check_name(&filter.user, false).map_err(|why| invalid("user", why))?;
         let jobs = self.core.ask(|reply| CoreRequest::List(filter, reply)).await?;
         Ok(Response::new(proto::ListJobsResponse { jobs }))
     }
@@ -480,7 +512,7 @@ mod tests {
 
     #[test]
     fn every_malformed_spec_is_refused_naming_its_field() {
-        assert_eq!(field_of(validate_spec(None).unwrap_err()), "spec");
+        assert_eq!(field_of(validate_spec(None, "spec").unwrap_err()), "spec");
         let cases: Vec<(&str, proto::JobSpec)> = vec![
             ("spec.gpus", synthetic(0, 1.0)),
             (
@@ -543,9 +575,13 @@ mod tests {
             ),
         ];
         for (field, spec) in cases {
-            assert_eq!(field_of(validate_spec(Some(&spec)).unwrap_err()), field, "{spec:?}");
+            assert_eq!(
+                field_of(validate_spec(Some(&spec), "spec").unwrap_err()),
+                field,
+                "{spec:?}"
+            );
         }
-        assert!(validate_spec(Some(&synthetic(2, 10.0))).is_ok());
+        assert!(validate_spec(Some(&synthetic(2, 10.0)), "spec").is_ok());
     }
 
     #[test]
