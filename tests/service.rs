@@ -184,17 +184,23 @@ fn state(job: &proto::Job) -> proto::JobState {
     proto::JobState::try_from(job.state).expect("known state")
 }
 
+/// Every job the server has, by id.
+async fn all_jobs(jobs: &mut JobsClient<Channel>) -> BTreeMap<u64, proto::Job> {
+    jobs.list_jobs(proto::ListJobsRequest::default())
+        .await
+        .expect("list jobs")
+        .into_inner()
+        .jobs
+        .into_iter()
+        .map(|j| (j.id, j))
+        .collect()
+}
+
 /// Wait until every job in `ids` has ended; returns them.
 async fn wait_ended(jobs: &mut JobsClient<Channel>, ids: &[u64], timeout: Duration) -> Vec<proto::Job> {
     let deadline = Instant::now() + timeout;
     loop {
-        let all = jobs
-            .list_jobs(proto::ListJobsRequest::default())
-            .await
-            .expect("list")
-            .into_inner()
-            .jobs;
-        let by_id: BTreeMap<u64, proto::Job> = all.into_iter().map(|j| (j.id, j)).collect();
+        let by_id = all_jobs(jobs).await;
         let ended = ids
             .iter()
             .filter(|id| {
@@ -497,7 +503,6 @@ async fn a_batch_of_jobs_is_accepted_all_or_none_and_survives_a_crash() {
     let batch = |specs: Vec<proto::SubmitJobRequest>| proto::SubmitJobsRequest {
         specs: specs.into_iter().filter_map(|r| r.spec).collect(),
     };
-    let listed = |jobs: Vec<proto::Job>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
 
     let status = jobs
         .submit_jobs(Request::new(batch(vec![synthetic("a", 1, 1.0)])))
@@ -537,13 +542,8 @@ async fn a_batch_of_jobs_is_accepted_all_or_none_and_survives_a_crash() {
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert!(status.message().starts_with(field), "{field}: {}", status.message());
     }
-    let all = jobs
-        .list_jobs(proto::ListJobsRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .jobs;
-    assert!(all.is_empty(), "a refused batch left jobs behind: {:?}", listed(all));
+    let all = all_jobs(&mut jobs).await;
+    assert!(all.is_empty(), "a refused batch left jobs behind: {:?}", all.keys());
 
     // Accepted: ids in the order of the specs, each job as asked.
     let specs: Vec<proto::SubmitJobRequest> = (0..20)
@@ -580,15 +580,7 @@ async fn a_batch_of_jobs_is_accepted_all_or_none_and_survives_a_crash() {
     server.kill();
     let server = Server::start(&state_dir, &["--emulate-gpus", "2"]);
     let mut jobs = server.jobs().await;
-    let after: BTreeMap<u64, proto::Job> = jobs
-        .list_jobs(proto::ListJobsRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .jobs
-        .into_iter()
-        .map(|j| (j.id, j))
-        .collect();
+    let after = all_jobs(&mut jobs).await;
     for id in ids.iter().chain(&acked) {
         assert!(after.contains_key(id), "job {id} lost in the crash");
     }
@@ -671,14 +663,9 @@ async fn swapping_under_load_loses_and_duplicates_no_job() {
         done.iter().all(|j| state(j) == proto::JobState::Finished),
         "a job did not finish"
     );
-    let all = jobs
-        .list_jobs(proto::ListJobsRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .jobs;
+    let all = all_jobs(&mut jobs).await;
     assert_eq!(
-        all.iter().map(|j| j.id).collect::<BTreeSet<_>>(),
+        all.keys().copied().collect::<BTreeSet<_>>(),
         unique,
         "the server has other jobs than were acknowledged"
     );
@@ -838,15 +825,7 @@ async fn a_server_killed_mid_stream_loses_no_acknowledged_job() {
         short.push(server.submit(&mut jobs, synthetic("a", 1, 0.05)).await);
     }
     wait_ended(&mut jobs, &short, Duration::from_secs(20)).await;
-    let before: BTreeMap<u64, proto::Job> = jobs
-        .list_jobs(proto::ListJobsRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .jobs
-        .into_iter()
-        .map(|j| (j.id, j))
-        .collect();
+    let before = all_jobs(&mut jobs).await;
 
     // A watcher streaming, and submitters in flight, when the server dies.
     let mut watch = jobs
@@ -902,15 +881,7 @@ async fn a_server_killed_mid_stream_loses_no_acknowledged_job() {
     // Restart on the same state.
     let server = Server::start(&state_dir, &["--emulate-gpus", "4"]);
     let mut jobs = server.jobs().await;
-    let after: BTreeMap<u64, proto::Job> = jobs
-        .list_jobs(proto::ListJobsRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .jobs
-        .into_iter()
-        .map(|j| (j.id, j))
-        .collect();
+    let after = all_jobs(&mut jobs).await;
     for id in &acked {
         let job = after.get(id).unwrap_or_else(|| panic!("acknowledged job {id} lost"));
         assert!(
