@@ -436,11 +436,10 @@ pub async fn job(command: JobCommand, connect: &ConnectArgs) -> anyhow::Result<(
                 ]
             } else {
                 let mut ids = Vec::with_capacity(specs.len());
-                let chunk_len = super::grpc::MAX_SPECS_PER_REQUEST;
-                for (k, chunk) in specs.chunks(chunk_len).enumerate() {
+                for chunk in request_chunks(&specs) {
+                    let first = ids.len() + 1;
                     let request = client.request(proto::SubmitJobsRequest { specs: chunk.to_vec() })?;
                     let response = client.jobs().submit_jobs(request).await.map_err(|status| {
-                        let first = k * chunk_len + 1;
                         let error = status_error(status);
                         match &args.file {
                             Some(file) => error.context(format!(
@@ -520,6 +519,28 @@ pub async fn job(command: JobCommand, connect: &ConnectArgs) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// Split specs into `SubmitJobs` requests within the server's limits on
+/// count and size (half the byte limit, leaving room for the framing).
+fn request_chunks(specs: &[proto::JobSpec]) -> Vec<&[proto::JobSpec]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, spec) in specs.iter().enumerate() {
+        let len = prost::Message::encoded_len(spec) + 4;
+        if i > start
+            && (i - start == super::grpc::MAX_SPECS_PER_REQUEST
+                || bytes + len > super::grpc::MAX_JOBS_REQUEST_BYTES / 2)
+        {
+            chunks.push(&specs[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += len;
+    }
+    if start < specs.len() {
+        chunks.push(&specs[start..]);
+    }
+    chunks
 }
 
 fn submit_specs(args: &SubmitArgs) -> anyhow::Result<Vec<proto::JobSpec>> {
@@ -837,4 +858,39 @@ pub async fn gpu(command: GpuCommand, connect: &ConnectArgs) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sized(bytes: usize) -> proto::JobSpec {
+        proto::JobSpec {
+            name: "x".repeat(bytes),
+            user: "u".into(),
+            gpus: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn batches_stay_within_the_servers_count_and_size_limits() {
+        let many = vec![sized(10); 25_000];
+        let lens: Vec<usize> = request_chunks(&many).iter().map(|c| c.len()).collect();
+        assert_eq!(lens, vec![10_000, 10_000, 5_000]);
+
+        let big = vec![sized(1 << 20); 20];
+        let chunks = request_chunks(&big);
+        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 20);
+        for chunk in &chunks {
+            let bytes: usize = chunk.iter().map(prost::Message::encoded_len).sum();
+            assert!(bytes <= super::super::grpc::MAX_JOBS_REQUEST_BYTES / 2, "{bytes}");
+        }
+
+        // A single spec over the limit still goes (the server says it is too large).
+        let huge = vec![sized(9 << 20), sized(1)];
+        let lens: Vec<usize> = request_chunks(&huge).iter().map(|c| c.len()).collect();
+        assert_eq!(lens, vec![1, 1]);
+        assert!(request_chunks(&[]).is_empty());
+    }
 }

@@ -80,6 +80,10 @@ fn check_name(value: &str, required: bool) -> Result<(), String> {
 /// small enough that one request cannot stall the scheduler loop for long.
 pub const MAX_SPECS_PER_REQUEST: usize = 10_000;
 
+/// Largest `Jobs` request, in bytes (gRPC's default of 4 MiB is tight for
+/// 10,000 specs with long command lines).
+pub const MAX_JOBS_REQUEST_BYTES: usize = 16 << 20;
+
 /// Largest synthetic iteration accepted: about a minute on today's GPUs.
 const MAX_GFLOPS_PER_ITERATION: f64 = 1.0e6;
 

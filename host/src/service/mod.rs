@@ -286,7 +286,8 @@ pub async fn serve_until(
 
     let auth = grpc::Auth::new(&token);
     let max_message = config.limits.max_plugin_size + (1 << 20);
-    let jobs = proto::jobs_server::JobsServer::new(grpc::JobsApi::new(handle.clone(), auth.clone()));
+    let jobs = proto::jobs_server::JobsServer::new(grpc::JobsApi::new(handle.clone(), auth.clone()))
+        .max_decoding_message_size(grpc::MAX_JOBS_REQUEST_BYTES);
     let policies = proto::policies_server::PoliciesServer::new(grpc::PoliciesApi::new(
         handle.clone(),
         auth,
