@@ -446,10 +446,11 @@ pub async fn job(command: JobCommand, connect: &ConnectArgs) -> anyhow::Result<(
                                 "{}: documents {first}-{}, none submitted{} (specs[i] is document {first}+i)",
                                 file.display(),
                                 first + chunk.len() - 1,
-                                if ids.is_empty() {
-                                    String::new()
-                                } else {
-                                    format!("; the earlier ones were, as jobs {ids:?}")
+                                match (ids.first(), ids.last()) {
+                                    (Some(low), Some(high)) => {
+                                        format!("; documents 1-{} were, as jobs {low} to {high}", first - 1)
+                                    }
+                                    _ => String::new(),
                                 }
                             )),
                             None => error,
