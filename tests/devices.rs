@@ -352,13 +352,20 @@ fn a_device_fault_fails_its_jobs_and_the_gpu_comes_back(kit: &Kit) {
     let Err(why) = rig.wait_end(id) else {
         panic!("the faulting job must fail")
     };
-    assert!(why.starts_with("GPU 0 ("), "{why}");
-    assert!(why.contains("illegal") || why.contains("ILLEGAL"), "{why}");
     // Its neighbour on the same GPU lost its state with the context.
     let Err(lost) = rig.wait_end(neighbour) else {
         panic!("a job on the faulted GPU cannot go on")
     };
-    assert!(lost.contains("GPU 0"), "{lost}");
+    // A fault is sticky to the whole context, so whichever job touches the
+    // device first after it reports the device error (as on a real GPU),
+    // perhaps both; one that did not is told it lost its state. Both name
+    // the GPU, and the error is reported.
+    assert!(why.contains("GPU 0") && lost.contains("GPU 0"), "{why} / {lost}");
+    let reported = [&why, &lost]
+        .into_iter()
+        .filter(|m| m.starts_with("GPU 0 (") && (m.contains("illegal") || m.contains("ILLEGAL")))
+        .count();
+    assert!(reported >= 1, "no job reports the device error: {why} / {lost}");
     // The GPU was checked, reset and returned to the pool: a new job runs there.
     assert!(rig.backend.take_broken().is_empty(), "the GPU came back");
     let after = rig.submit(1, rig.workload(10));
