@@ -806,7 +806,8 @@ impl Core {
     }
 
     fn submit(&mut self, spec: proto::JobSpec, reply: Reply<u64>) {
-        match self.accept(spec) {
+        let model = model_spec(&spec);
+        match self.accept(spec, model) {
             Ok(id) => self.defer(reply, id),
             Err(why) => {
                 let _ = reply.send(Err(Status::invalid_argument(format!("spec: {why}"))));
@@ -817,16 +818,17 @@ impl Core {
     /// Accept every job or none: all are checked against the cluster
     /// before the first is submitted, and one reply follows their commit.
     fn submit_many(&mut self, specs: Vec<proto::JobSpec>, reply: Reply<Vec<u64>>) {
+        let models: Vec<JobSpec> = specs.iter().map(model_spec).collect();
         let cluster = self.runtime.host().cluster();
-        for (i, spec) in specs.iter().enumerate() {
-            if let Err(why) = cluster.check_submission(&model_spec(spec)) {
+        for (i, model) in models.iter().enumerate() {
+            if let Err(why) = cluster.check_submission(model) {
                 let _ = reply.send(Err(Status::invalid_argument(format!("specs[{i}]: {why}"))));
                 return;
             }
         }
         let mut ids = Vec::with_capacity(specs.len());
-        for (i, spec) in specs.into_iter().enumerate() {
-            match self.accept(spec) {
+        for (i, (spec, model)) in specs.into_iter().zip(models).enumerate() {
+            match self.accept(spec, model) {
                 Ok(id) => ids.push(id),
                 Err(why) => {
                     // Checked above, so this cannot happen; if it does, the
@@ -842,9 +844,10 @@ impl Core {
         self.defer(reply, ids);
     }
 
-    /// Put one job into the model and the backend, and announce it.
-    fn accept(&mut self, spec: proto::JobSpec) -> Result<JobId, String> {
-        let id = self.runtime.submit(model_spec(&spec))?;
+    /// Put one job (`model` is `spec` as the cluster sees it) into the
+    /// model and the backend, and announce it.
+    fn accept(&mut self, spec: proto::JobSpec, model: JobSpec) -> Result<JobId, String> {
+        let id = self.runtime.submit(model)?;
         if let Some(process) = process_spec(&spec) {
             self.runtime.backend_mut().register_command(id, process, 0);
         }
