@@ -1223,7 +1223,10 @@ async fn device_jobs_run_kernels_are_preempted_and_survive_a_fault_and_a_restart
         "--policy",
         las.as_str(),
         "--config",
-        "thresholds=0.2",
+        // One boundary well above what the short job needs (about 0.3 s of
+        // device time) and below what the long one has when it arrives, so
+        // that a slow machine does not put both in the same queue.
+        "thresholds=0.8",
         "--checkpoint-every",
         "0.1",
     ];
@@ -1238,14 +1241,17 @@ async fn device_jobs_run_kernels_are_preempted_and_survive_a_fault_and_a_restart
     assert_eq!(cluster.gpus[0].uuid, "CPU-0");
 
     let long = server.submit(&mut jobs, on_device("long", 2000, None)).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let short = server.submit(&mut jobs, on_device("short", 50, None)).await;
     let ended = wait_ended(&mut jobs, &[long, short], Duration::from_secs(120)).await;
     let (long_job, short_job) = (&ended[0], &ended[1]);
     assert_eq!(state(long_job), proto::JobState::Finished, "{long_job:?}");
     assert_eq!(long_job.iterations_done, Some(2000), "every iteration counted");
     assert!(long_job.preemptions >= 1, "LAS preempted the long job: {long_job:?}");
-    assert!(short_job.end_time < long_job.end_time);
+    assert!(
+        short_job.end_time < long_job.end_time,
+        "LAS ran the short job first: {short_job:?} {long_job:?}"
+    );
     assert_eq!(short_job.progress, Some(1.0));
     // What the device measured of itself reached the model (and policies).
     let cluster = proto::cluster_client::ClusterClient::new(server.channel().await)
