@@ -12,6 +12,8 @@
 //! policy, call and concurrency (`WSCHED_BENCH_POLICIES=fifo,las` by
 //! default): `SubmitJob` (one job per call), `SubmitJobs` with 16 jobs per
 //! call (a sweep), and `GetJob` as the floor under a submission.
+//! `WSCHED_BENCH_ROWS=submit:64,get:64` runs only the rows named by call
+//! and clients (for profiling one of them).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +42,21 @@ struct Row {
     p50: Duration,
     p99: Duration,
     max: Duration,
+    /// CPU time of the whole process (server and clients) per job: steadier
+    /// than jobs/s on a noisy VM, and 2 cores / this is the ceiling.
+    cpu_per_job: Duration,
+}
+
+/// CPU time this process has used, user and system, all threads.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 fn spec(gpus: u32) -> proto::JobSpec {
@@ -120,6 +137,7 @@ async fn run(policy: Option<&PathBuf>, clients: usize, total: usize, load: Load)
     };
     let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(total / per_call));
     let started = Instant::now();
+    let cpu_before = process_cpu();
     let mut tasks = Vec::new();
     for c in 0..clients {
         let mut jobs = proto::jobs_client::JobsClient::new(channels[c % CHANNELS].clone());
@@ -159,6 +177,7 @@ async fn run(policy: Option<&PathBuf>, clients: usize, total: usize, load: Load)
         latencies.extend(task.await??);
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = process_cpu().saturating_sub(cpu_before);
     let _ = stop_tx.send(());
     server.await??;
     latencies.sort_unstable();
@@ -181,6 +200,7 @@ async fn run(policy: Option<&PathBuf>, clients: usize, total: usize, load: Load)
         p50: at(0.5),
         p99: at(0.99),
         max: *latencies.last().unwrap_or(&Duration::ZERO),
+        cpu_per_job: cpu / (latencies.len() * per_call).max(1) as u32,
     })
 }
 
@@ -197,6 +217,11 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
+    let only = std::env::var("WSCHED_BENCH_ROWS").ok();
+    let wanted = |rpc: &str, clients: usize| {
+        only.as_deref()
+            .is_none_or(|list| list.split(',').any(|row| row == format!("{rpc}:{clients}")))
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut rows = Vec::new();
     let names = std::env::var("WSCHED_BENCH_POLICIES").unwrap_or_else(|_| "fifo,las".into());
@@ -208,15 +233,23 @@ fn main() -> anyhow::Result<()> {
             path.display()
         );
         for clients in [1, 16, 64] {
+            if !wanted("submit", clients) {
+                continue;
+            }
             let count = if clients == 1 { total / 10 } else { total };
             rows.push(runtime.block_on(run(Some(&path), clients, count, Load::Submit))?);
         }
         // As many jobs as the single-job rows, so that the queue the policy
         // sees grows alike.
         for clients in [1, 4, 16] {
+            if !wanted(&format!("submit{BATCH}"), clients) {
+                continue;
+            }
             rows.push(runtime.block_on(run(Some(&path), clients, total, Load::Batch(BATCH)))?);
         }
-        rows.push(runtime.block_on(run(Some(&path), 64, total, Load::Get))?);
+        if wanted("get", 64) {
+            rows.push(runtime.block_on(run(Some(&path), 64, total, Load::Get))?);
+        }
     }
     println!(
         "submissions with {QUEUED} jobs queued, acknowledged after a durable commit; loopback gRPC, {} CPUs",
@@ -224,12 +257,12 @@ fn main() -> anyhow::Result<()> {
     );
     println!("(submit: SubmitJob; submit{BATCH}: SubmitJobs of {BATCH} jobs; get: GetJob; latencies per call)");
     println!(
-        "{:<8} {:<8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
-        "rpc", "policy", "clients", "jobs", "jobs/s", "calls/s", "p50_ms", "p99_ms", "max_ms"
+        "{:<8} {:<8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>10}",
+        "rpc", "policy", "clients", "jobs", "jobs/s", "calls/s", "p50_ms", "p99_ms", "max_ms", "cpu_us/job"
     );
     for r in &rows {
         println!(
-            "{:<8} {:<8} {:>7} {:>8} {:>8.0} {:>8.0} {:>9.2} {:>9.2} {:>9.2}",
+            "{:<8} {:<8} {:>7} {:>8} {:>8.0} {:>8.0} {:>9.2} {:>9.2} {:>9.2} {:>10.1}",
             r.rpc,
             r.policy,
             r.clients,
@@ -238,7 +271,8 @@ fn main() -> anyhow::Result<()> {
             r.calls as f64 / r.seconds,
             r.p50.as_secs_f64() * 1e3,
             r.p99.as_secs_f64() * 1e3,
-            r.max.as_secs_f64() * 1e3
+            r.max.as_secs_f64() * 1e3,
+            r.cpu_per_job.as_secs_f64() * 1e6
         );
     }
     Ok(())

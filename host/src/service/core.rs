@@ -221,7 +221,7 @@ impl Writer {
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("wsched-writer".into())
-            .spawn(move || write_loop(&store, &thread_shared))
+            .spawn(move || write_loop(store, &thread_shared))
             .context("cannot start the database writer thread")?;
         Ok(Writer {
             shared,
@@ -253,7 +253,7 @@ impl Writer {
     }
 }
 
-fn write_loop(store: &Store, shared: &(Mutex<Outbox>, Condvar)) {
+fn write_loop(mut store: Store, shared: &(Mutex<Outbox>, Condvar)) {
     let (lock, ready) = shared;
     loop {
         let (batch, replies, closed) = {
@@ -419,7 +419,7 @@ fn policy_event(time: f64, from: &str, to: &str, reason: &str, state_handed_over
 
 impl Core {
     fn recover(config: &ServeConfig, engine: Engine, metrics: Metrics) -> anyhow::Result<Core> {
-        let store = Store::open(&config.state_dir.join("wsched.redb"))?;
+        let mut store = Store::open(&config.state_dir.join("wsched.redb"))?;
         let recovered = store.recover()?;
         let epoch = match recovered.epoch {
             Some(epoch) => epoch,
