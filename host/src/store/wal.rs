@@ -103,8 +103,16 @@ impl Segment {
                 .with_context(|| format!("cannot sync the directory {}", dir.display()))?;
         }
         let Some(generation) = parse_header(&bytes) else {
-            // New, or a header torn while being reset: its records were
-            // checkpointed before the reset began.
+            // A header is written only over zeros or over a valid header
+            // whose records were checkpointed, in one sector; anything else
+            // there is damage, and the records behind it may be jobs that
+            // were acknowledged. Refuse rather than drop them unseen.
+            let header = &bytes[..bytes.len().min(HEADER_BYTES as usize)];
+            anyhow::ensure!(
+                header.iter().all(|&b| b == 0),
+                "{}: not a wsched log, or its header is damaged; move it away to start without the jobs it may hold",
+                path.display()
+            );
             return Ok((segment, Vec::new()));
         };
         segment.generation = generation;
@@ -467,6 +475,26 @@ mod tests {
         let db = db.lock().unwrap();
         assert_eq!(db[&1], b"kept");
         assert!(!db.contains_key(&2));
+    }
+
+    #[test]
+    fn a_damaged_header_is_an_error_naming_the_file_not_a_silent_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, write) = memory_db();
+        let active = {
+            let (mut log, _) = open(dir.path(), &write);
+            log.append(vec![(1, b"acknowledged".to_vec())]).unwrap();
+            log.active
+        };
+        let damaged = &paths(dir.path())[active];
+        let file = OpenOptions::new().write(true).open(damaged).unwrap();
+        file.write_all_at(b"garbage!", 0).unwrap();
+        let [a, b] = paths(dir.path());
+        let error = Log::open([&a, &b], write.clone()).err().expect("refused");
+        let message = format!("{error:#}");
+        assert!(message.contains(&damaged.display().to_string()), "{message}");
+        assert!(message.contains("header is damaged"), "{message}");
+        assert!(db.lock().unwrap().is_empty());
     }
 
     #[test]
