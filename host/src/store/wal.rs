@@ -84,6 +84,17 @@ impl Segment {
             .open(path)
             .with_context(|| format!("cannot open the log {}", path.display()))?;
         let bytes = std::fs::read(path).with_context(|| format!("cannot read the log {}", path.display()))?;
+        // A header is written only over zeros or over a valid header whose
+        // records were checkpointed, in one sector; anything else there is
+        // damage, and the records behind it may be jobs that were
+        // acknowledged. Refuse (before touching the file) rather than drop
+        // them unseen.
+        let generation = parse_header(&bytes);
+        anyhow::ensure!(
+            generation.is_some() || bytes.iter().take(HEADER_BYTES as usize).all(|&b| b == 0),
+            "{}: not a wsched log, or its header is damaged; move it away to start without the jobs it may hold",
+            path.display()
+        );
         let mut segment = Segment {
             file,
             path: path.to_path_buf(),
@@ -102,17 +113,8 @@ impl Segment {
                 .and_then(|d| d.sync_all())
                 .with_context(|| format!("cannot sync the directory {}", dir.display()))?;
         }
-        let Some(generation) = parse_header(&bytes) else {
-            // A header is written only over zeros or over a valid header
-            // whose records were checkpointed, in one sector; anything else
-            // there is damage, and the records behind it may be jobs that
-            // were acknowledged. Refuse rather than drop them unseen.
-            let header = &bytes[..bytes.len().min(HEADER_BYTES as usize)];
-            anyhow::ensure!(
-                header.iter().all(|&b| b == 0),
-                "{}: not a wsched log, or its header is damaged; move it away to start without the jobs it may hold",
-                path.display()
-            );
+        let Some(generation) = generation else {
+            // New, or created and not yet given its first header.
             return Ok((segment, Vec::new()));
         };
         segment.generation = generation;
