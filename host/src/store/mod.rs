@@ -1,11 +1,12 @@
 //! Durable state of a long-running scheduler: every acknowledged job, the
 //! loaded plugins and the active policy, in one embedded database file.
 //!
-//! Why an embedded database rather than a log we write ourselves: the
-//! promise to operators is that an acknowledged job survives `kill -9` and
-//! a power cut, which needs atomic, fsynced commits and a file that is
-//! never left half-written. redb gives exactly that (copy-on-write B-trees,
-//! checksummed commits) with no server to install.
+//! Why an embedded database: the promise to operators is that an
+//! acknowledged job survives `kill -9` and a power cut, which needs atomic,
+//! fsynced commits and a file that is never left half-written. redb gives
+//! exactly that (copy-on-write B-trees, checksummed commits) with no server
+//! to install. Only the hot path, job records, goes through a small log of
+//! our own first ([`wal`]), for the cost of its commits.
 //!
 //! Jobs are stored as the service's own `Job` message (protobuf bytes), so
 //! the record format is the one in `proto/`, not a second definition. Many

@@ -269,24 +269,29 @@ impl Checkpointer {
         })
     }
 
-    fn send(&mut self, records: Records) -> anyhow::Result<()> {
-        let sender = self.jobs.as_ref().context("the checkpoint thread has stopped")?;
-        sender
-            .send(records)
-            .map_err(|_| anyhow::anyhow!("the checkpoint thread has stopped"))?;
-        self.in_flight = true;
-        Ok(())
+    /// Hand `records` to the thread; if it is gone, keep them for `wait` to
+    /// write here.
+    fn send(&mut self, records: Records) {
+        match &self.jobs {
+            Some(sender) => match sender.send(records) {
+                Ok(()) => self.in_flight = true,
+                Err(mpsc::SendError(records)) => self.failed = Some(records),
+            },
+            None => self.failed = Some(records),
+        }
     }
 
     /// Wait until the last checkpoint is in the database, retrying it here
     /// if it failed.
     fn wait(&mut self) -> anyhow::Result<()> {
         if self.in_flight {
-            self.in_flight = false;
+            // A thread that died took its records with it: stay in flight,
+            // so that their segment is never reset (a restart replays it).
             let (records, result) = self
                 .done
                 .recv()
-                .map_err(|_| anyhow::anyhow!("the checkpoint thread died"))?;
+                .map_err(|_| anyhow::anyhow!("the checkpoint thread died; restart to replay the log"))?;
+            self.in_flight = false;
             if let Err(e) = result {
                 tracing::warn!(error = %format!("{e:#}"), "checkpoint failed; retrying");
                 self.failed = Some(records);
@@ -408,7 +413,8 @@ impl Log {
         self.next_generation += 1;
         self.active = next;
         let full = std::mem::take(&mut self.pending);
-        self.checkpointer.send(full)
+        self.checkpointer.send(full);
+        Ok(())
     }
 }
 
