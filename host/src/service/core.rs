@@ -170,7 +170,9 @@ struct Core {
     writer: Option<Writer>,
     /// Unix time of the model's clock zero.
     epoch: f64,
-    specs: HashMap<JobId, proto::JobSpec>,
+    /// Boxed for the reason the cluster's jobs are: a table that grows
+    /// moves pointers, not specs.
+    specs: HashMap<JobId, Box<proto::JobSpec>>,
     recoveries: HashMap<JobId, u32>,
     plugins: BTreeMap<String, LoadedPlugin>,
     active: ActivePolicyRecord,
@@ -584,7 +586,7 @@ impl Core {
                 requeued += 1;
                 core.changed.insert(id);
             }
-            core.specs.insert(id, spec);
+            core.specs.insert(id, Box::new(spec));
             core.recoveries.insert(id, recoveries);
         }
         if !core.specs.is_empty() {
@@ -614,7 +616,7 @@ impl Core {
         };
         proto::Job {
             id: job.id,
-            spec: self.specs.get(&job.id).cloned(),
+            spec: self.specs.get(&job.id).map(|spec| (**spec).clone()),
             state: state_to_proto(job.state) as i32,
             submit_time: self.epoch + job.submit_time,
             start_time: job.first_start.map(|t| self.epoch + t),
@@ -708,17 +710,25 @@ impl Core {
         self.update_gauges();
     }
 
+    /// Whether anyone is watching events. Job events cost a copy of the job
+    /// each, so nobody watching means none are built; watchers join only at
+    /// the end of a turn, so none can miss an event skipped earlier in it.
+    fn watched(&self) -> bool {
+        self.events.receiver_count() > 0
+    }
+
     /// Put every changed job (and, at checkpoints, every running one) into
     /// the batch, and publish the changed ones.
     fn flush_jobs(&mut self, checkpoint: bool) {
         let changed = std::mem::take(&mut self.changed);
         let fresh = std::mem::take(&mut self.fresh);
+        let watched = self.watched();
         let cluster = self.runtime.host().cluster();
         for &id in &changed {
             let Some(job) = cluster.job(id) else { continue };
             let message = self.job_message(job);
             // A job submitted this turn and still pending was announced at submission.
-            if !(fresh.contains(&id) && job.state == JobState::Pending) {
+            if watched && !(fresh.contains(&id) && job.state == JobState::Pending) {
                 self.pending_events.push(job_event(message.clone()));
             }
             self.batch.jobs.push(message);
@@ -854,12 +864,14 @@ impl Core {
         if let Some(workload) = synthetic_workload(&spec, 0) {
             self.runtime.backend_mut().register_synthetic(id, workload);
         }
-        self.specs.insert(id, spec);
+        self.specs.insert(id, Box::new(spec));
         self.changed.insert(id);
         self.fresh.insert(id);
         // Announce it as accepted now: the decision later in this turn may
         // start it, and watchers should see both.
-        if let Some(job) = self.runtime.host().cluster().job(id) {
+        if self.watched()
+            && let Some(job) = self.runtime.host().cluster().job(id)
+        {
             self.pending_events.push(job_event(self.job_message(job)));
         }
         self.metrics.jobs_submitted.inc();
