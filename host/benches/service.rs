@@ -14,6 +14,11 @@
 //! call (a sweep), and `GetJob` as the floor under a submission.
 //! `WSCHED_BENCH_ROWS=submit:64,get:64` runs only the rows named by call
 //! and clients (for profiling one of them).
+//!
+//! The server gets a runtime of its own, as under `wsched serve` (one
+//! worker per core), and the clients another (`WSCHED_BENCH_CLIENT_THREADS`
+//! workers, 1 by default), so that the CPU each side spends is measured
+//! apart: on one machine the load generator's cost is not the server's.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,6 +50,50 @@ struct Row {
     /// CPU time of the whole process (server and clients) per job: steadier
     /// than jobs/s on a noisy VM, and 2 cores / this is the ceiling.
     cpu_per_job: Duration,
+    /// The part of it spent by the server's threads.
+    server_cpu_per_job: Duration,
+}
+
+/// Thread-name prefixes of the server's threads: its gRPC runtime, the
+/// scheduler loop, the writer, the log's checkpoints and the epoch ticker.
+const SERVER_THREADS: &str = "wsched";
+
+/// CPU time used so far by each live thread of this process whose name
+/// starts with `prefix`, by thread id (from /proc: 10 ms resolution, which
+/// over a row of seconds is a percent or two).
+fn threads_cpu(prefix: &str) -> std::collections::HashMap<u32, Duration> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !stat[open + 1..close].starts_with(prefix) {
+            continue;
+        }
+        // After the name: state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        let tid = entry.file_name().to_string_lossy().parse().unwrap_or(0);
+        out.insert(tid, Duration::from_secs_f64((tick(11) + tick(12)) as f64 / ticks));
+    }
+    out
+}
+
+/// CPU time the threads named `prefix` used between two [`threads_cpu`]
+/// readings (threads that ended in between are not counted).
+fn threads_cpu_since(prefix: &str, before: &std::collections::HashMap<u32, Duration>) -> Duration {
+    threads_cpu(prefix)
+        .into_iter()
+        .map(|(tid, now)| now.saturating_sub(before.get(&tid).copied().unwrap_or_default()))
+        .sum()
 }
 
 /// CPU time this process has used, user and system, all threads.
@@ -95,7 +144,15 @@ enum Load {
     Get,
 }
 
-async fn run(policy: Option<&PathBuf>, clients: usize, total: usize, load: Load) -> anyhow::Result<Row> {
+/// One row: a fresh server with its queue filled, then `total` jobs from
+/// `clients` concurrent clients.
+fn run(
+    policy: Option<&PathBuf>,
+    clients: usize,
+    total: usize,
+    load: Load,
+    client_threads: usize,
+) -> anyhow::Result<Row> {
     let state = tempfile::tempdir()?;
     let mut config = ServeConfig::new(state.path());
     config.listen = "127.0.0.1:0".parse()?;
@@ -103,11 +160,38 @@ async fn run(policy: Option<&PathBuf>, clients: usize, total: usize, load: Load)
     config.emulate_gpus = 8;
     config.token = Some("bench-token".into());
     config.initial_policy = policy.map(|p| (p.clone(), String::new()));
+    // As `wsched serve` builds it: one worker per core.
+    let mut server_runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("WSCHED_BENCH_SERVER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        server_runtime.worker_threads(n);
+    }
+    let server_runtime = server_runtime.thread_name("wsched-grpc").enable_all().build()?;
+    let client_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(client_threads)
+        .thread_name("bench-client")
+        .enable_all()
+        .build()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_until(config, None, async {
+    let server = server_runtime.spawn(serve_until(config, None, async {
         let _ = stop_rx.await;
     }));
-    let addr_file = state.path().join("serve.addr");
+    let row = client_runtime.block_on(load_server(state.path(), clients, total, load));
+    let _ = stop_tx.send(());
+    server_runtime.block_on(server)??;
+    let mut row = row?;
+    row.policy = policy
+        .and_then(|p| p.file_stem())
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "builtin-fifo".into());
+    Ok(row)
+}
+
+/// The client side of a row, against the server whose state is in `state`.
+async fn load_server(state: &std::path::Path, clients: usize, total: usize, load: Load) -> anyhow::Result<Row> {
+    let addr_file = state.join("serve.addr");
     let deadline = Instant::now() + Duration::from_secs(30);
     let address = loop {
         if let Ok(text) = std::fs::read_to_string(&addr_file)
@@ -118,10 +202,13 @@ async fn run(policy: Option<&PathBuf>, clients: usize, total: usize, load: Load)
         anyhow::ensure!(Instant::now() < deadline, "the server did not start");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let mut channels = Vec::new();
-    for _ in 0..CHANNELS {
-        channels.push(Channel::from_shared(format!("http://{address}"))?.connect().await?);
-    }
+    let channels = {
+        let mut list = Vec::new();
+        for _ in 0..CHANNELS {
+            list.push(Channel::from_shared(format!("http://{address}"))?.connect().await?);
+        }
+        list
+    };
     let token = "bench-token";
 
     // One job holding every GPU, then the queue behind it.
@@ -135,12 +222,51 @@ async fn run(policy: Option<&PathBuf>, clients: usize, total: usize, load: Load)
         Load::Batch(n) => n,
         _ => 1,
     };
-    let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(total / per_call));
+    let calls = total / per_call;
     let started = Instant::now();
     let cpu_before = process_cpu();
+    let server_before = threads_cpu(SERVER_THREADS);
+    let connections = (0..clients)
+        .map(|c| proto::jobs_client::JobsClient::new(channels[c % CHANNELS].clone()))
+        .collect();
+    let mut latencies = drive(connections, calls, load, started).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = process_cpu().saturating_sub(cpu_before);
+    let server_cpu = threads_cpu_since(SERVER_THREADS, &server_before);
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    let jobs = (latencies.len() * per_call).max(1) as u32;
+    Ok(Row {
+        rpc: match load {
+            Load::Submit => "submit".into(),
+            Load::Batch(n) => format!("submit{n}"),
+            Load::Get => "get".into(),
+        },
+        policy: String::new(),
+        clients,
+        jobs: latencies.len() * per_call,
+        calls: latencies.len(),
+        seconds,
+        p50: at(0.5),
+        p99: at(0.99),
+        max: *latencies.last().unwrap_or(&Duration::ZERO),
+        cpu_per_job: cpu / jobs,
+        server_cpu_per_job: server_cpu / jobs,
+    })
+}
+
+/// Make `calls` calls from as many concurrent clients as given, each waiting
+/// for its reply before the next; the latency of each call.
+async fn drive(
+    clients: Vec<proto::jobs_client::JobsClient<Channel>>,
+    calls: usize,
+    load: Load,
+    started: Instant,
+) -> anyhow::Result<Vec<Duration>> {
+    let token = "bench-token";
+    let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(calls));
     let mut tasks = Vec::new();
-    for c in 0..clients {
-        let mut jobs = proto::jobs_client::JobsClient::new(channels[c % CHANNELS].clone());
+    for mut jobs in clients {
         let remaining = remaining.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -176,32 +302,7 @@ async fn run(policy: Option<&PathBuf>, clients: usize, total: usize, load: Load)
     for task in tasks {
         latencies.extend(task.await??);
     }
-    let seconds = started.elapsed().as_secs_f64();
-    let cpu = process_cpu().saturating_sub(cpu_before);
-    let _ = stop_tx.send(());
-    server.await??;
-    latencies.sort_unstable();
-    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
-    let name = policy
-        .and_then(|p| p.file_stem())
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_else(|| "builtin-fifo".into());
-    Ok(Row {
-        rpc: match load {
-            Load::Submit => "submit".into(),
-            Load::Batch(n) => format!("submit{n}"),
-            Load::Get => "get".into(),
-        },
-        policy: name,
-        clients,
-        jobs: latencies.len() * per_call,
-        calls: latencies.len(),
-        seconds,
-        p50: at(0.5),
-        p99: at(0.99),
-        max: *latencies.last().unwrap_or(&Duration::ZERO),
-        cpu_per_job: cpu / (latencies.len() * per_call).max(1) as u32,
-    })
+    Ok(latencies)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -222,7 +323,10 @@ fn main() -> anyhow::Result<()> {
         only.as_deref()
             .is_none_or(|list| list.split(',').any(|row| row == format!("{rpc}:{clients}")))
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let client_threads: usize = std::env::var("WSCHED_BENCH_CLIENT_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let mut rows = Vec::new();
     let names = std::env::var("WSCHED_BENCH_POLICIES").unwrap_or_else(|_| "fifo,las".into());
     for name in names.split(',') {
@@ -237,7 +341,7 @@ fn main() -> anyhow::Result<()> {
                 continue;
             }
             let count = if clients == 1 { total / 10 } else { total };
-            rows.push(runtime.block_on(run(Some(&path), clients, count, Load::Submit))?);
+            rows.push(run(Some(&path), clients, count, Load::Submit, client_threads)?);
         }
         // As many jobs as the single-job rows, so that the queue the policy
         // sees grows alike.
@@ -245,10 +349,10 @@ fn main() -> anyhow::Result<()> {
             if !wanted(&format!("submit{BATCH}"), clients) {
                 continue;
             }
-            rows.push(runtime.block_on(run(Some(&path), clients, total, Load::Batch(BATCH)))?);
+            rows.push(run(Some(&path), clients, total, Load::Batch(BATCH), client_threads)?);
         }
         if wanted("get", 64) {
-            rows.push(runtime.block_on(run(Some(&path), 64, total, Load::Get))?);
+            rows.push(run(Some(&path), 64, total, Load::Get, client_threads)?);
         }
     }
     println!(
@@ -257,12 +361,22 @@ fn main() -> anyhow::Result<()> {
     );
     println!("(submit: SubmitJob; submit{BATCH}: SubmitJobs of {BATCH} jobs; get: GetJob; latencies per call)");
     println!(
-        "{:<8} {:<8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>10}",
-        "rpc", "policy", "clients", "jobs", "jobs/s", "calls/s", "p50_ms", "p99_ms", "max_ms", "cpu_us/job"
+        "{:<8} {:<8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>10} {:>10}",
+        "rpc",
+        "policy",
+        "clients",
+        "jobs",
+        "jobs/s",
+        "calls/s",
+        "p50_ms",
+        "p99_ms",
+        "max_ms",
+        "cpu_us/job",
+        "server_us"
     );
     for r in &rows {
         println!(
-            "{:<8} {:<8} {:>7} {:>8} {:>8.0} {:>8.0} {:>9.2} {:>9.2} {:>9.2} {:>10.1}",
+            "{:<8} {:<8} {:>7} {:>8} {:>8.0} {:>8.0} {:>9.2} {:>9.2} {:>9.2} {:>10.1} {:>10.1}",
             r.rpc,
             r.policy,
             r.clients,
@@ -272,7 +386,8 @@ fn main() -> anyhow::Result<()> {
             r.p50.as_secs_f64() * 1e3,
             r.p99.as_secs_f64() * 1e3,
             r.max.as_secs_f64() * 1e3,
-            r.cpu_per_job.as_secs_f64() * 1e6
+            r.cpu_per_job.as_secs_f64() * 1e6,
+            r.server_cpu_per_job.as_secs_f64() * 1e6
         );
     }
     Ok(())
