@@ -336,7 +336,7 @@ fn main() -> anyhow::Result<()> {
             "{} is missing: run scripts/build-plugins.sh",
             path.display()
         );
-        for clients in [1, 16, 32, 64] {
+        for clients in [1, 16, 32, 48, 64] {
             if !wanted("submit", clients) {
                 continue;
             }
