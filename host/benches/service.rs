@@ -15,10 +15,12 @@
 //! `WSCHED_BENCH_ROWS=submit:64,get:64` runs only the rows named by call
 //! and clients (for profiling one of them).
 //!
-//! The server gets a runtime of its own, as under `wsched serve` (one
-//! worker per core), and the clients another (`WSCHED_BENCH_CLIENT_THREADS`
+//! The server gets a runtime of its own, the one `wsched serve` runs on
+//! ([`wsched::service::runtime`]; `WSCHED_BENCH_SERVER_THREADS` overrides
+//! its workers), and the clients another (`WSCHED_BENCH_CLIENT_THREADS`
 //! workers, 1 by default), so that the CPU each side spends is measured
-//! apart: on one machine the load generator's cost is not the server's.
+//! apart (`server_us` against `cpu_us/job`): on one machine the load
+//! generator's cost is not the server's.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -160,15 +162,18 @@ fn run(
     config.emulate_gpus = 8;
     config.token = Some("bench-token".into());
     config.initial_policy = policy.map(|p| (p.clone(), String::new()));
-    // As `wsched serve` builds it: one worker per core.
-    let mut server_runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("WSCHED_BENCH_SERVER_THREADS")
+    // As `wsched serve` builds it, unless told otherwise.
+    let server_runtime = match std::env::var("WSCHED_BENCH_SERVER_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
     {
-        server_runtime.worker_threads(n);
-    }
-    let server_runtime = server_runtime.thread_name("wsched-grpc").enable_all().build()?;
+        Some(workers) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("wsched-grpc")
+            .enable_all()
+            .build()?,
+        None => wsched::service::runtime()?,
+    };
     let client_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(client_threads)
         .thread_name("bench-client")
@@ -360,6 +365,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     println!("(submit: SubmitJob; submit{BATCH}: SubmitJobs of {BATCH} jobs; get: GetJob; latencies per call)");
+    println!("(cpu_us/job: CPU of the whole process per job; server_us: the server's threads alone)");
     println!(
         "{:<8} {:<8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>10} {:>10}",
         "rpc",

@@ -322,7 +322,7 @@ fn run_serve(args: ServeArgs, connect: &client::ConnectArgs, cache: Option<Compi
     );
     config.checkpoint_every = std::time::Duration::from_secs_f64(args.checkpoint_every);
     config.limits = args.limits.limits();
-    block_on(service::serve(config, cache))
+    service::runtime()?.block_on(service::serve(config, cache))
 }
 
 fn run_check(path: &std::path::Path, config: &str, cache: Option<CompileCache>) -> anyhow::Result<()> {

@@ -252,7 +252,13 @@ impl Checkpointer {
             .name("wsched-checkpoint".into())
             .spawn(move || {
                 for records in jobs_rx {
+                    let started = std::time::Instant::now();
                     let result = thread_write(&records);
+                    tracing::debug!(
+                        records = records.len(),
+                        ms = started.elapsed().as_secs_f64() * 1e3,
+                        "checkpoint written"
+                    );
                     if done_tx.send((records, result)).is_err() {
                         return;
                     }
