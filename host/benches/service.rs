@@ -34,6 +34,8 @@ use wsched::service::{ServeConfig, serve_until};
 const QUEUED: usize = 1_000;
 const TIME_LIMIT: Duration = Duration::from_secs(60);
 const CHANNELS: usize = 4;
+/// The server's bearer token for the run.
+const TOKEN: &str = "bench-token";
 /// Jobs per `SubmitJobs` call in the batch rows.
 const BATCH: usize = 16;
 
@@ -160,20 +162,14 @@ fn run(
     config.listen = "127.0.0.1:0".parse()?;
     config.metrics_listen = None;
     config.emulate_gpus = 8;
-    config.token = Some("bench-token".into());
+    config.token = Some(TOKEN.into());
     config.initial_policy = policy.map(|p| (p.clone(), String::new()));
     // As `wsched serve` builds it, unless told otherwise.
-    let server_runtime = match std::env::var("WSCHED_BENCH_SERVER_THREADS")
+    let server_workers = std::env::var("WSCHED_BENCH_SERVER_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
-    {
-        Some(workers) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .thread_name("wsched-grpc")
-            .enable_all()
-            .build()?,
-        None => wsched::service::runtime()?,
-    };
+        .unwrap_or_else(wsched::service::runtime_workers);
+    let server_runtime = wsched::service::runtime_with_workers(server_workers)?;
     let client_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(client_threads)
         .thread_name("bench-client")
@@ -207,20 +203,16 @@ async fn load_server(state: &std::path::Path, clients: usize, total: usize, load
         anyhow::ensure!(Instant::now() < deadline, "the server did not start");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let channels = {
-        let mut list = Vec::new();
-        for _ in 0..CHANNELS {
-            list.push(Channel::from_shared(format!("http://{address}"))?.connect().await?);
-        }
-        list
-    };
-    let token = "bench-token";
+    let mut channels = Vec::new();
+    for _ in 0..CHANNELS {
+        channels.push(Channel::from_shared(format!("http://{address}"))?.connect().await?);
+    }
 
     // One job holding every GPU, then the queue behind it.
     let mut jobs = proto::jobs_client::JobsClient::new(channels[0].clone());
-    jobs.submit_job(submit(token, 8)).await?;
+    jobs.submit_job(submit(TOKEN, 8)).await?;
     for _ in 0..QUEUED {
-        jobs.submit_job(submit(token, 1)).await?;
+        jobs.submit_job(submit(TOKEN, 1)).await?;
     }
 
     let per_call = match load {
@@ -268,7 +260,6 @@ async fn drive(
     load: Load,
     started: Instant,
 ) -> anyhow::Result<Vec<Duration>> {
-    let token = "bench-token";
     let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(calls));
     let mut tasks = Vec::new();
     for mut jobs in clients {
@@ -287,11 +278,11 @@ async fn drive(
                 let sent = Instant::now();
                 match load {
                     Load::Submit => {
-                        jobs.submit_job(submit(token, 1)).await?;
+                        jobs.submit_job(submit(TOKEN, 1)).await?;
                     }
                     Load::Batch(n) => {
                         let specs = (0..n).map(|_| spec(1)).collect();
-                        jobs.submit_jobs(authed(token, proto::SubmitJobsRequest { specs }))
+                        jobs.submit_jobs(authed(TOKEN, proto::SubmitJobsRequest { specs }))
                             .await?;
                     }
                     Load::Get => {
