@@ -9,8 +9,10 @@
 //! decision sees it), then submits from many concurrent clients over real
 //! gRPC. Bounded in count and time: `WSCHED_BENCH_SUBMITS` (default 20,000)
 //! jobs or 60 s, whichever comes first. Prints one table, one row per
-//! policy, call and concurrency (`WSCHED_BENCH_POLICIES=fifo,las` by
-//! default): `SubmitJob` (one job per call), `SubmitJobs` with 16 jobs per
+//! policy, call and concurrency (`WSCHED_BENCH_POLICIES=fifo,tiresias,las`
+//! by default: the trivial policy, the indexed preempting 2D-LAS, and the
+//! portable 2D-LAS that re-ranks every live job on every decision, so its
+//! cost grows with the queue): `SubmitJob` (one job per call), `SubmitJobs` with 16 jobs per
 //! call (a sweep), and `GetJob` as the floor under a submission.
 //! `WSCHED_BENCH_ROWS=submit:64,get:64` runs only the rows named by call
 //! and clients (for profiling one of them).
@@ -324,7 +326,7 @@ fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
     let mut rows = Vec::new();
-    let names = std::env::var("WSCHED_BENCH_POLICIES").unwrap_or_else(|_| "fifo,las".into());
+    let names = std::env::var("WSCHED_BENCH_POLICIES").unwrap_or_else(|_| "fifo,tiresias,las".into());
     for name in names.split(',') {
         let path = plugins.join(format!("{name}.wasm"));
         anyhow::ensure!(
