@@ -48,6 +48,9 @@ pub struct ActivePolicyRecord {
 pub struct Batch {
     /// Jobs to write (insert or replace).
     pub jobs: Vec<proto::Job>,
+    /// Ended jobs to delete, by id (written after `jobs`, so a deletion
+    /// wins over a record of the same job in the same batch).
+    pub expired: Vec<u64>,
     /// Plugins to store: name and component bytes.
     pub plugins: Vec<(String, Vec<u8>)>,
     /// Plugins to forget.
@@ -70,8 +73,10 @@ impl Batch {
                 self.unload.push(name);
             }
         }
-        // Jobs are written in order, so a later record of a job wins.
+        // Jobs are written in order, so a later record of a job wins. An
+        // expired job has no later records (it is gone from the model).
         self.jobs.extend(later.jobs);
+        self.expired.extend(later.expired);
         if later.active.is_some() {
             self.active = later.active;
         }
@@ -79,7 +84,11 @@ impl Batch {
 
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty() && self.plugins.is_empty() && self.unload.is_empty() && self.active.is_none()
+        self.jobs.is_empty()
+            && self.expired.is_empty()
+            && self.plugins.is_empty()
+            && self.unload.is_empty()
+            && self.active.is_none()
     }
 }
 
@@ -104,13 +113,18 @@ pub struct Store {
     path: PathBuf,
 }
 
-/// Write job records into the jobs table in one transaction.
+/// Write job records into the jobs table in one transaction (an empty
+/// record, a tombstone, deletes its job).
 fn write_jobs(db: &Database, jobs: &wal::Records) -> anyhow::Result<()> {
     let txn = db.begin_write()?;
     {
         let mut table = txn.open_table(JOBS)?;
         for (id, bytes) in jobs {
-            table.insert(id, bytes.as_slice())?;
+            if bytes.is_empty() {
+                table.remove(id)?; // a tombstone
+            } else {
+                table.insert(id, bytes.as_slice())?;
+            }
         }
     }
     txn.commit()?;
@@ -222,7 +236,12 @@ impl Store {
             }
             txn.commit()?;
         }
-        let records = batch.jobs.iter().map(|job| (job.id, job.encode_to_vec())).collect();
+        let records = batch
+            .jobs
+            .iter()
+            .map(|job| (job.id, job.encode_to_vec()))
+            .chain(batch.expired.iter().map(|&id| (id, Vec::new())))
+            .collect();
         self.log.append(records)
     }
 }
@@ -246,11 +265,11 @@ mod tests {
                     ..Default::default()
                 }],
                 plugins: vec![("fifo".into(), vec![0, 97, 115, 109])],
-                unload: vec![],
                 active: Some(ActivePolicyRecord {
                     name: "fifo".into(),
                     config: "c".into(),
                 }),
+                ..Default::default()
             };
             store.commit(&batch).unwrap();
             store
@@ -268,6 +287,50 @@ mod tests {
         assert_eq!(got.jobs[0].failure, "x");
         assert!(got.plugins.is_empty());
         assert_eq!(got.active.unwrap().config, "c");
+    }
+
+    #[test]
+    fn an_expired_job_stays_deleted_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let job = |id: u64| proto::Job {
+            id,
+            failure: format!("job {id}"),
+            ..Default::default()
+        };
+        {
+            let mut store = Store::open(&path).unwrap();
+            store
+                .commit(&Batch {
+                    jobs: vec![job(1), job(2), job(3)],
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        {
+            // Reopening checkpoints 1-3 into the database; the deletion of 2
+            // then lives only in the log until the next reopening.
+            let mut store = Store::open(&path).unwrap();
+            assert_eq!(store.recover().unwrap().jobs.len(), 3);
+            let mut batch = Batch {
+                jobs: vec![job(4), job(3)],
+                ..Default::default()
+            };
+            batch.merge(Batch {
+                expired: vec![2, 3],
+                ..Default::default()
+            });
+            store.commit(&batch).unwrap();
+        }
+        for _ in 0..2 {
+            let store = Store::open(&path).unwrap();
+            let ids: Vec<u64> = store.recover().unwrap().jobs.iter().map(|j| j.id).collect();
+            assert_eq!(
+                ids,
+                [1, 4],
+                "2 and 3 deleted, even with a record of 3 in the same batch"
+            );
+        }
     }
 
     #[test]

@@ -29,7 +29,9 @@
 //! (u64), a CRC-32 of those 16 bytes, zero padding; then records, each the
 //! payload length (u32), a CRC-32 of generation, length, job id and payload,
 //! the job id (u64), the payload. The log ends at the first record that does
-//! not check, which is where a crash during a write leaves it.
+//! not check, which is where a crash during a write leaves it. An empty
+//! payload is a *tombstone*: the job was deleted (an encoded job is never
+//! empty, since its id is not zero).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -51,7 +53,8 @@ const RECORD_HEADER_BYTES: usize = 16;
 /// Segments grow (for a batch larger than a segment) in steps of this.
 const GROW_STEP: u64 = 1 << 20;
 
-/// Latest record of every job, by id: what a checkpoint writes.
+/// Latest record of every job, by id: what a checkpoint writes (an empty
+/// record deletes the job).
 pub type Records = BTreeMap<u64, Vec<u8>>;
 
 /// Job records in the order they were appended: id and payload.
