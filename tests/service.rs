@@ -128,6 +128,21 @@ impl Server {
         with_token(message, &self.token)
     }
 
+    /// The /metrics page (status line, headers and body).
+    fn scrape(&self) -> String {
+        let address = self.metrics.clone().expect("metrics address in the log");
+        let mut stream = std::net::TcpStream::connect(&address).expect("connect to /metrics");
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut body = String::new();
+        stream.read_to_string(&mut body).expect("response");
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        body
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
@@ -754,16 +769,7 @@ async fn health_reflection_and_metrics_answer() {
     let id = server.submit(&mut jobs, synthetic("m", 1, 0.05)).await;
     wait_ended(&mut jobs, &[id], Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let address = server.metrics.clone().expect("metrics address in the log");
-    let mut stream = std::net::TcpStream::connect(&address).expect("connect to /metrics");
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).expect("response");
-    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let body = server.scrape();
     for name in [
         "wsched_schedule_attempts_total{result=\"scheduled\"} 1",
         "wsched_pending_jobs 0",
@@ -1069,6 +1075,132 @@ async fn the_python_example_client_submits_swaps_and_watches() {
     assert_eq!(summary["jobs"].as_array().map(Vec::len), Some(4), "{summary}");
     assert_eq!(summary["swap"]["from"], "builtin-fifo", "{summary}");
     assert_eq!(summary["swap"]["to"], "las", "{summary}");
+}
+
+#[test]
+fn a_bad_retention_time_is_refused_naming_the_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for bad in ["-1", "NaN", "inf"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_wsched"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-metrics",
+                "--finished-ttl",
+                bad,
+            ])
+            .arg("--state-dir")
+            .arg(dir.path())
+            .output()
+            .expect("run wsched serve");
+        assert!(!output.status.success(), "--finished-ttl {bad} accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--finished-ttl"), "{bad}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_jobs_are_deleted_after_their_retention_time_and_stay_deleted() {
+    const TTL: f64 = 6.0;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    let ttl = TTL.to_string();
+    let flags = ["--emulate-gpus", "2", "--finished-ttl", ttl.as_str()];
+    let mut server = Server::start(&state_dir, &flags);
+    let mut jobs = server.jobs().await;
+    let long = server.submit(&mut jobs, synthetic("a", 1, 3600.0)).await;
+    let short = server.submit(&mut jobs, synthetic("a", 1, 0.2)).await;
+    let command = server
+        .submit(
+            &mut jobs,
+            proto::SubmitJobRequest {
+                spec: Some(proto::JobSpec {
+                    user: "a".into(),
+                    gpus: 1,
+                    work: Some(proto::job_spec::Work::Command(proto::Command {
+                        argv: vec!["sh".into(), "-c".into(), "echo hello".into()],
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }),
+            },
+        )
+        .await;
+    let wide = server.submit(&mut jobs, synthetic("a", 2, 10.0)).await; // waits behind `long`
+    let ended = wait_ended(&mut jobs, &[short, command], Duration::from_secs(30)).await;
+    let ended_at = ended.iter().map(|j| j.end_time.expect("end time")).fold(0.0, f64::max);
+    let job_dir = state_dir.join(format!("jobs/job-{command}"));
+    assert!(
+        job_dir.join("stdout.log").exists(),
+        "the command's log is kept while the job is"
+    );
+
+    // Killed before the time is up: the retention runs on across the restart.
+    server.kill();
+    let mut server = Server::start(&state_dir, &flags);
+    let mut jobs = server.jobs().await;
+    let mut watch = jobs
+        .watch(proto::WatchRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = all_jobs(&mut jobs).await;
+        if !listed.contains_key(&short) && !listed.contains_key(&command) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ended jobs not deleted: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deleted_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(
+        deleted_at - ended_at >= TTL - 0.5,
+        "deleted {:.1} s after ending, before the {TTL} s retention",
+        deleted_at - ended_at
+    );
+    for id in [short, command] {
+        let status = jobs.get_job(proto::GetJobRequest { id }).await.expect_err("deleted");
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    }
+    assert!(!job_dir.exists(), "the command's directory goes with it");
+    let mut deleted = BTreeSet::new();
+    while deleted.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("a deletion event")
+            .expect("stream")
+            .expect("event");
+        if let Some(proto::event::Kind::JobDeleted(id)) = event.kind {
+            deleted.insert(id);
+        }
+    }
+    assert_eq!(deleted, BTreeSet::from([short, command]), "watchers are told");
+    let listed = all_jobs(&mut jobs).await;
+    assert_eq!(
+        state(&listed[&long]),
+        proto::JobState::Running,
+        "a live job is never deleted"
+    );
+    assert_eq!(
+        state(&listed[&wide]),
+        proto::JobState::Pending,
+        "a live job is never deleted"
+    );
+    assert!(server.scrape().contains("wsched_jobs_expired_total 2"));
+
+    // The deletion is durable: a server without a retention time does not
+    // bring them back either.
+    server.kill();
+    let server = Server::start(&state_dir, &["--emulate-gpus", "2"]);
+    let mut jobs = server.jobs().await;
+    let listed = all_jobs(&mut jobs).await;
+    assert_eq!(listed.keys().copied().collect::<Vec<_>>(), [long, wide]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

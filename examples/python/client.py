@@ -108,7 +108,7 @@ def jct(job):
 
 
 def format_event(ev):
-    """One line for an Event; `kind` is a oneof: job, policy or gpu."""
+    """One line for an Event; `kind` is a oneof: job, policy, gpu or job_deleted."""
     kind = ev.WhichOneof("kind")
     head = f"  event {clock(ev.time)}"
     if kind == "job":
@@ -130,6 +130,8 @@ def format_event(ev):
         return f"{head} policy {getattr(p, 'from')} -> {p.to} ({p.reason}, state handed over: {handed})"
     if kind == "gpu":
         return f"{head} gpu {ev.gpu.gpu} {'online' if ev.gpu.online else 'offline'}"
+    if kind == "job_deleted":
+        return f"{head} job {ev.job_deleted:<4} deleted (retention time over)"
     return f"{head} (unknown event kind)"
 
 

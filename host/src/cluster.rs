@@ -582,6 +582,18 @@ impl Cluster {
         true
     }
 
+    /// Drop an ended (finished or failed) job from the model, for a service
+    /// that keeps ended jobs only for a while. Returns false, changing
+    /// nothing, if the job is unknown or still live: a live job is never
+    /// dropped.
+    pub fn forget(&mut self, id: JobId) -> bool {
+        if !self.jobs.get(&id).is_some_and(|j| j.is_done()) {
+            return false;
+        }
+        self.jobs.remove(&id);
+        true
+    }
+
     /// Record what a backend measured about a live job (the policy reads it
     /// in the job's record). Returns false if the job is not live.
     pub fn report_progress(&mut self, id: JobId, iterations: Option<u64>, iteration_time: Option<f64>) -> bool {
@@ -879,6 +891,26 @@ mod tests {
             job,
             gpus: gpus.to_vec(),
         })
+    }
+
+    #[test]
+    fn only_ended_jobs_are_forgotten() {
+        let mut c = cluster(4);
+        let running = c.submit(JobSpec::new("u", 1, 10.0)).unwrap();
+        let waiting = c.submit(JobSpec::new("u", 4, 10.0)).unwrap();
+        let done = c.submit(JobSpec::new("u", 1, 10.0)).unwrap();
+        c.apply(&start(running, &[0])).unwrap();
+        c.apply(&start(done, &[1])).unwrap();
+        assert!(c.finish(done));
+        assert!(!c.forget(running), "a running job is never dropped");
+        assert!(!c.forget(waiting), "a waiting job is never dropped");
+        assert!(!c.forget(999), "unknown");
+        assert!(c.forget(done));
+        assert!(c.job(done).is_none());
+        assert!(!c.forget(done), "already gone");
+        assert_eq!(c.job(running).map(|j| j.state), Some(JobState::Running));
+        assert_eq!(c.job(waiting).map(|j| j.state), Some(JobState::Pending));
+        assert_eq!(c.stats().pending, 1);
     }
 
     #[test]

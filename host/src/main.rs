@@ -104,6 +104,11 @@ struct ServeArgs {
     /// loses at most this much of it (state changes are stored at once).
     #[arg(long, default_value_t = 10.0)]
     checkpoint_every: f64,
+    /// Delete a finished or failed job this many seconds after it ended:
+    /// its record (from memory and the database), its spec and its logs.
+    /// Without it, ended jobs are kept forever.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    finished_ttl: Option<f64>,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -321,6 +326,13 @@ fn run_serve(args: ServeArgs, connect: &client::ConnectArgs, cache: Option<Compi
         "--checkpoint-every: must be a positive number of seconds"
     );
     config.checkpoint_every = std::time::Duration::from_secs_f64(args.checkpoint_every);
+    if let Some(ttl) = args.finished_ttl {
+        anyhow::ensure!(
+            (0.0..1e12).contains(&ttl),
+            "--finished-ttl: must be a number of seconds, 0 or more, got {ttl}"
+        );
+        config.finished_ttl = Some(std::time::Duration::from_secs_f64(ttl));
+    }
     config.limits = args.limits.limits();
     service::runtime()?.block_on(service::serve(config, cache))
 }

@@ -213,6 +213,12 @@ impl PolicyHost {
         Ok(())
     }
 
+    /// Drop an ended job from the model (see [`Cluster::forget`]); policies
+    /// were told it ended already. False if unknown or still live.
+    pub fn forget(&mut self, id: JobId) -> bool {
+        self.cluster.forget(id)
+    }
+
     /// A job completed.
     pub fn finish(&mut self, id: JobId) {
         if self.cluster.finish(id) {

@@ -59,6 +59,15 @@ impl LocalBackend {
         }
     }
 
+    /// Drop everything kept about ended job `id` (command, logs, final
+    /// sample), once the service forgets it.
+    pub fn forget(&mut self, id: JobId) {
+        self.processes.forget(id);
+        if let Some(devices) = &mut self.devices {
+            devices.forget(id);
+        }
+    }
+
     /// The process backend, for logs and progress of command jobs.
     pub fn processes(&self) -> &ProcessBackend {
         &self.processes

@@ -87,6 +87,25 @@ impl ProcessBackend {
         }
     }
 
+    /// Drop job `id` once it ended and the service forgets it: its command,
+    /// its restart count and its directory (logs included). Does nothing
+    /// while it has a process.
+    pub fn forget(&mut self, id: JobId) {
+        if self.live.contains_key(&id) {
+            return;
+        }
+        self.specs.remove(&id);
+        self.restarts.remove(&id);
+        let dir = self.job_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(job = id, dir = %dir.display(), error = %e, "cannot remove an expired job's directory")
+            }
+        }
+    }
+
     /// Whether job `id` has a command registered here.
     pub fn is_registered(&self, id: JobId) -> bool {
         self.specs.contains_key(&id)

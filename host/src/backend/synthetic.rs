@@ -247,6 +247,15 @@ impl SyntheticBackend {
         self.workloads.insert(id, workload);
     }
 
+    /// Drop what is kept about job `id` after it ended (its final sample),
+    /// once the service forgets the job. Does nothing while it runs.
+    pub fn forget(&mut self, id: JobId) {
+        if !self.workers.contains_key(&id) {
+            self.workloads.remove(&id);
+            self.samples.remove(&id);
+        }
+    }
+
     /// Whether job `id` is a synthetic job of this backend.
     pub fn is_registered(&self, id: JobId) -> bool {
         self.workloads.contains_key(&id)

@@ -609,6 +609,7 @@ pub fn event_json(event: &proto::Event) -> Value {
             "policy": {"from": p.from, "to": p.to, "reason": p.reason, "state_handed_over": p.state_handed_over}
         }),
         Some(proto::event::Kind::Gpu(g)) => json!({"time": event.time, "gpu": {"id": g.gpu, "online": g.online}}),
+        Some(proto::event::Kind::JobDeleted(id)) => json!({"time": event.time, "job_deleted": id}),
         None => json!({"time": event.time}),
     }
 }
@@ -631,6 +632,7 @@ fn event_line(event: &proto::Event) -> String {
         }
         Some(proto::event::Kind::Policy(p)) => format!("policy {} -> {} ({})", p.from, p.to, p.reason),
         Some(proto::event::Kind::Gpu(g)) => format!("gpu {} {}", g.gpu, if g.online { "online" } else { "offline" }),
+        Some(proto::event::Kind::JobDeleted(id)) => format!("job {id} deleted (retention time over)"),
         None => "(empty event)".into(),
     }
 }

@@ -13,7 +13,7 @@
 //! held across a plugin call, and a slow request cannot interleave with a
 //! half-applied decision.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -191,6 +191,11 @@ struct Core {
     pending_events: Vec<proto::Event>,
     last_checkpoint: Instant,
     checkpoint_every: Duration,
+    /// Seconds an ended job is kept (`None`: forever).
+    finished_ttl: Option<f64>,
+    /// Ended jobs by when they ended (model time), oldest first: the
+    /// candidates for expiry, so that expiring never scans every job.
+    expiry: VecDeque<(f64, JobId)>,
     poll: Duration,
     /// The real devices behind the cluster's GPUs (none when emulated).
     devices_info: Vec<DeviceInfo>,
@@ -480,6 +485,8 @@ impl Core {
             pending_events: Vec::new(),
             last_checkpoint: Instant::now(),
             checkpoint_every: config.checkpoint_every,
+            finished_ttl: config.finished_ttl.map(|d| d.as_secs_f64()),
+            expiry: VecDeque::new(),
             poll: config.poll,
             devices_info: config.devices.iter().map(|d| d.info().clone()).collect(),
         };
@@ -586,9 +593,16 @@ impl Core {
                 requeued += 1;
                 core.changed.insert(id);
             }
+            if !live {
+                core.note_ended(id);
+            }
             core.specs.insert(id, Box::new(spec));
             core.recoveries.insert(id, recoveries);
         }
+        // Stored in id order; expiry goes by end time.
+        core.expiry
+            .make_contiguous()
+            .sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         if !core.specs.is_empty() {
             tracing::info!(jobs = core.specs.len(), requeued, "jobs recovered from the database");
         }
@@ -681,6 +695,7 @@ impl Core {
         }
         let step = self.runtime.step(now);
         self.account(&step);
+        self.expire(now);
 
         let checkpoint = self.last_checkpoint.elapsed() >= self.checkpoint_every;
         if checkpoint {
@@ -710,6 +725,44 @@ impl Core {
         self.update_gauges();
     }
 
+    /// Queue a recovered ended job for expiry.
+    fn note_ended(&mut self, id: JobId) {
+        if self.finished_ttl.is_none() {
+            return;
+        }
+        if let Some(ended) = self.runtime.host().cluster().job(id).and_then(|j| j.end_time) {
+            self.expiry.push_back((ended, id));
+        }
+    }
+
+    /// Forget the jobs that ended more than the retention time ago: from
+    /// the model, the backend (logs included) and, through a tombstone in
+    /// this turn's commit, the database. Only ended jobs are ever forgotten.
+    fn expire(&mut self, now: f64) {
+        let Some(ttl) = self.finished_ttl else { return };
+        while let Some(&(ended, id)) = self.expiry.front() {
+            if ended + ttl > now {
+                break;
+            }
+            self.expiry.pop_front();
+            if !self.runtime.host_mut().forget(id) {
+                continue; // queued twice, or gone already
+            }
+            self.specs.remove(&id);
+            self.recoveries.remove(&id);
+            self.changed.remove(&id);
+            self.runtime.backend_mut().forget(id);
+            self.batch.expired.push(id);
+            self.metrics.jobs_expired.inc();
+            if self.watched() {
+                self.pending_events.push(proto::Event {
+                    time: unix_now(),
+                    kind: Some(proto::event::Kind::JobDeleted(id)),
+                });
+            }
+        }
+    }
+
     /// Whether anyone is watching events. Job events cost a copy of the job
     /// each, so nobody watching means none are built; watchers join only at
     /// the end of a turn, so none can miss an event skipped earlier in it.
@@ -726,6 +779,12 @@ impl Core {
         let cluster = self.runtime.host().cluster();
         for &id in &changed {
             let Some(job) = cluster.job(id) else { continue };
+            if self.finished_ttl.is_some()
+                && job.is_done()
+                && let Some(ended) = job.end_time
+            {
+                self.expiry.push_back((ended, id));
+            }
             let message = self.job_message(job);
             // A job submitted this turn and still pending was announced at submission.
             if watched && !(fresh.contains(&id) && job.state == JobState::Pending) {

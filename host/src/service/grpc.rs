@@ -217,6 +217,7 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Sen
 fn event_job(event: &proto::Event) -> Option<u64> {
     match &event.kind {
         Some(proto::event::Kind::Job(job)) => Some(job.id),
+        Some(proto::event::Kind::JobDeleted(id)) => Some(*id),
         _ => None,
     }
 }

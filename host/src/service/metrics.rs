@@ -54,6 +54,8 @@ pub struct Metrics {
     pub migrations: Counter,
     /// Jobs accepted.
     pub jobs_submitted: Counter,
+    /// Ended jobs forgotten after the retention time (`--finished-ttl`).
+    pub jobs_expired: Counter,
     ended: Family<ResultLabel, Counter>,
     pending: Gauge,
     running: Gauge,
@@ -83,6 +85,7 @@ impl Metrics {
             preemptions: Counter::default(),
             migrations: Counter::default(),
             jobs_submitted: Counter::default(),
+            jobs_expired: Counter::default(),
             ended: Family::default(),
             pending: Gauge::default(),
             running: Gauge::default(),
@@ -116,6 +119,11 @@ impl Metrics {
         registry.register("preemptions", "Jobs preempted", m.preemptions.clone());
         registry.register("migrations", "Jobs moved to other GPUs", m.migrations.clone());
         registry.register("jobs_submitted", "Jobs accepted", m.jobs_submitted.clone());
+        registry.register(
+            "jobs_expired",
+            "Ended jobs deleted after their retention time (--finished-ttl)",
+            m.jobs_expired.clone(),
+        );
         registry.register(
             "jobs_ended",
             "Jobs ended, by result (finished, failed)",

@@ -97,6 +97,10 @@ pub struct ServeConfig {
     /// How often running jobs' progress is written to the database, so
     /// that a crash loses at most this much of it.
     pub checkpoint_every: Duration,
+    /// How long an ended (finished or failed) job is kept after it ended:
+    /// its record, spec and logs are then deleted, from memory and the
+    /// database. `None` keeps ended jobs forever.
+    pub finished_ttl: Option<Duration>,
 }
 
 impl ServeConfig {
@@ -118,6 +122,7 @@ impl ServeConfig {
             limits: Limits::default(),
             poll: Duration::from_millis(200),
             checkpoint_every: Duration::from_secs(10),
+            finished_ttl: None,
         }
     }
 }
