@@ -1194,13 +1194,29 @@ async fn ended_jobs_are_deleted_after_their_retention_time_and_stay_deleted() {
     );
     assert!(server.scrape().contains("wsched_jobs_expired_total 2"));
 
+    // The newest job goes too (a cancelled one is ended as well).
+    jobs.cancel_job(server.authed(proto::CancelJobRequest { id: wide }))
+        .await
+        .expect("cancel");
+    let newest = server.submit(&mut jobs, synthetic("a", 1, 0.1)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while all_jobs(&mut jobs).await.len() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled and the newest job were not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The deletion is durable: a server without a retention time does not
-    // bring them back either.
+    // bring them back either, and gives none of their ids out again.
     server.kill();
     let server = Server::start(&state_dir, &["--emulate-gpus", "2"]);
     let mut jobs = server.jobs().await;
     let listed = all_jobs(&mut jobs).await;
-    assert_eq!(listed.keys().copied().collect::<Vec<_>>(), [long, wide]);
+    assert_eq!(listed.keys().copied().collect::<Vec<_>>(), [long]);
+    let next = server.submit(&mut jobs, synthetic("a", 1, 0.1)).await;
+    assert!(next > newest, "job id {next} given out again after a restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

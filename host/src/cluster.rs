@@ -582,6 +582,17 @@ impl Cluster {
         true
     }
 
+    /// The id the next submitted job gets.
+    pub fn next_id(&self) -> JobId {
+        self.next_id
+    }
+
+    /// Never give out an id below `floor` (ids of deleted jobs, after a
+    /// restart, must not come back).
+    pub fn reserve_ids_below(&mut self, floor: JobId) {
+        self.next_id = self.next_id.max(floor);
+    }
+
     /// Drop an ended (finished or failed) job from the model, for a service
     /// that keeps ended jobs only for a while. Returns false, changing
     /// nothing, if the job is unknown or still live: a live job is never

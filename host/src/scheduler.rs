@@ -213,6 +213,11 @@ impl PolicyHost {
         Ok(())
     }
 
+    /// Never give out a job id below `floor` (see [`Cluster::reserve_ids_below`]).
+    pub fn reserve_ids_below(&mut self, floor: JobId) {
+        self.cluster.reserve_ids_below(floor);
+    }
+
     /// Drop an ended job from the model (see [`Cluster::forget`]); policies
     /// were told it ended already. False if unknown or still live.
     pub fn forget(&mut self, id: JobId) -> bool {

@@ -603,6 +603,9 @@ impl Core {
         core.expiry
             .make_contiguous()
             .sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        if let Some(floor) = recovered.next_id {
+            core.runtime.host_mut().reserve_ids_below(floor);
+        }
         if !core.specs.is_empty() {
             tracing::info!(jobs = core.specs.len(), requeued, "jobs recovered from the database");
         }
@@ -747,6 +750,12 @@ impl Core {
             self.expiry.pop_front();
             if !self.runtime.host_mut().forget(id) {
                 continue; // queued twice, or gone already
+            }
+            let next_id = self.runtime.host().cluster().next_id();
+            if id + 1 == next_id {
+                // The newest job ever given out: with its record gone, a
+                // restart would give its id out again, unless told.
+                self.batch.next_id = Some(next_id);
             }
             self.specs.remove(&id);
             self.recoveries.remove(&id);

@@ -33,6 +33,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const META_EPOCH: &str = "epoch";
 const META_ACTIVE: &str = "active-policy";
+const META_NEXT_ID: &str = "next-id";
 
 /// The policy that was active, to make active again after a restart.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -57,6 +58,9 @@ pub struct Batch {
     pub unload: Vec<String>,
     /// A new active policy.
     pub active: Option<ActivePolicyRecord>,
+    /// The lowest job id not yet given out, stored when the newest job is
+    /// deleted, so that a restart never gives its id out again.
+    pub next_id: Option<u64>,
 }
 
 impl Batch {
@@ -80,6 +84,7 @@ impl Batch {
         if later.active.is_some() {
             self.active = later.active;
         }
+        self.next_id = self.next_id.max(later.next_id);
     }
 
     /// Whether there is nothing to write.
@@ -89,6 +94,7 @@ impl Batch {
             && self.plugins.is_empty()
             && self.unload.is_empty()
             && self.active.is_none()
+            && self.next_id.is_none()
     }
 }
 
@@ -104,6 +110,9 @@ pub struct Recovered {
     pub plugins: Vec<(String, Vec<u8>)>,
     /// The policy that was active.
     pub active: Option<ActivePolicyRecord>,
+    /// No job id below this may be given out (deleted jobs' ids among
+    /// them); `None` when no newest job was ever deleted.
+    pub next_id: Option<u64>,
 }
 
 /// The database file and the log in front of it.
@@ -190,6 +199,13 @@ impl Store {
                     .with_context(|| format!("{}: the stored active policy is corrupt", self.path.display()))?,
             );
         }
+        if let Some(next) = meta.get(META_NEXT_ID)? {
+            let bytes: [u8; 8] = next
+                .value()
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("{}: the stored next job id is corrupt", self.path.display()))?;
+            recovered.next_id = Some(u64::from_le_bytes(bytes));
+        }
         for row in txn.open_table(JOBS)?.iter()? {
             let (id, bytes) = row?;
             let job = proto::Job::decode(bytes.value())
@@ -215,11 +231,12 @@ impl Store {
     }
 
     /// Write `batch` durably: when this returns Ok, all of it is on disk.
-    /// Plugins and the active policy go into one database transaction, then
+    /// Plugins, the active policy and the next job id go into one database
+    /// transaction (before the deletions that need it are logged), then
     /// the jobs into one append to the log; when either fails, the jobs
     /// will not be found after a restart.
     pub fn commit(&mut self, batch: &Batch) -> anyhow::Result<()> {
-        if !batch.plugins.is_empty() || !batch.unload.is_empty() || batch.active.is_some() {
+        if !batch.plugins.is_empty() || !batch.unload.is_empty() || batch.active.is_some() || batch.next_id.is_some() {
             let txn = self.db.begin_write()?;
             {
                 let mut plugins = txn.open_table(PLUGINS)?;
@@ -229,9 +246,13 @@ impl Store {
                 for name in &batch.unload {
                     plugins.remove(name.as_str())?;
                 }
+                let mut meta = txn.open_table(META)?;
                 if let Some(active) = &batch.active {
                     let json = serde_json::to_vec(active)?;
-                    txn.open_table(META)?.insert(META_ACTIVE, json.as_slice())?;
+                    meta.insert(META_ACTIVE, json.as_slice())?;
+                }
+                if let Some(next) = batch.next_id {
+                    meta.insert(META_NEXT_ID, next.to_le_bytes().as_slice())?;
                 }
             }
             txn.commit()?;
@@ -318,6 +339,7 @@ mod tests {
             };
             batch.merge(Batch {
                 expired: vec![2, 3],
+                next_id: Some(9),
                 ..Default::default()
             });
             store.commit(&batch).unwrap();
@@ -330,6 +352,7 @@ mod tests {
                 [1, 4],
                 "2 and 3 deleted, even with a record of 3 in the same batch"
             );
+            assert_eq!(store.recover().unwrap().next_id, Some(9));
         }
     }
 

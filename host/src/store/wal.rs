@@ -31,7 +31,7 @@
 //! the job id (u64), the payload. The log ends at the first record that does
 //! not check, which is where a crash during a write leaves it. An empty
 //! payload is a *tombstone*: the job was deleted (an encoded job is never
-//! empty, since its id is not zero).
+//! empty: it always holds its spec).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
