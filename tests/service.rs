@@ -236,6 +236,23 @@ async fn wait_ended(jobs: &mut JobsClient<Channel>, ids: &[u64], timeout: Durati
     }
 }
 
+/// Every event from now on.
+async fn watch_all(jobs: &mut JobsClient<Channel>) -> tonic::Streaming<proto::Event> {
+    jobs.watch(proto::WatchRequest::default())
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+/// The next event, within 10 s.
+async fn next_event(watch: &mut tonic::Streaming<proto::Event>) -> proto::Event {
+    tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("an event in time")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
 fn plugin_bytes(name: &str) -> Vec<u8> {
     std::fs::read(common::plugin_path(name)).expect("plugin")
 }
@@ -245,11 +262,7 @@ async fn jobs_run_to_completion_and_every_change_is_watched() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(&dir.path().join("state"), &["--emulate-gpus", "2"]);
     let mut jobs = server.jobs().await;
-    let mut watch = jobs
-        .watch(proto::WatchRequest::default())
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut watch = watch_all(&mut jobs).await;
 
     let mut ids = Vec::new();
     for (gpus, seconds) in [(1, 0.3), (2, 0.2), (1, 0.1)] {
@@ -321,11 +334,7 @@ async fn jobs_run_to_completion_and_every_change_is_watched() {
         .is_none_or(|s| s.last() != Some(&proto::JobState::Failed))
     {
         assert!(Instant::now() < deadline, "events so far: {seen:?}");
-        let event = tokio::time::timeout(Duration::from_secs(10), watch.message())
-            .await
-            .expect("an event in time")
-            .expect("stream ok")
-            .expect("stream open");
+        let event = next_event(&mut watch).await;
         if let Some(proto::event::Kind::Job(job)) = event.kind {
             seen.entry(job.id).or_default().push(state(&job));
         }
@@ -610,13 +619,7 @@ async fn swapping_under_load_loses_and_duplicates_no_job() {
     for name in ["las", "fifo", "tiresias", "sjf"] {
         server.load(name).await;
     }
-    let mut watch = server
-        .jobs()
-        .await
-        .watch(proto::WatchRequest::default())
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut watch = watch_all(&mut server.jobs().await).await;
 
     // Four submitters and one operator swapping policies as fast as it can.
     let mut submitters = Vec::new();
@@ -834,11 +837,7 @@ async fn a_server_killed_mid_stream_loses_no_acknowledged_job() {
     let before = all_jobs(&mut jobs).await;
 
     // A watcher streaming, and submitters in flight, when the server dies.
-    let mut watch = jobs
-        .watch(proto::WatchRequest::default())
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut watch = watch_all(&mut jobs).await;
     let (tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut submitters = Vec::new();
     for s in 0..3 {
@@ -1141,11 +1140,7 @@ async fn ended_jobs_are_deleted_after_their_retention_time_and_stay_deleted() {
     server.kill();
     let mut server = Server::start(&state_dir, &flags);
     let mut jobs = server.jobs().await;
-    let mut watch = jobs
-        .watch(proto::WatchRequest::default())
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut watch = watch_all(&mut jobs).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let listed = all_jobs(&mut jobs).await;
@@ -1171,11 +1166,7 @@ async fn ended_jobs_are_deleted_after_their_retention_time_and_stay_deleted() {
     assert!(!job_dir.exists(), "the command's directory goes with it");
     let mut deleted = BTreeSet::new();
     while deleted.len() < 2 {
-        let event = tokio::time::timeout(Duration::from_secs(10), watch.message())
-            .await
-            .expect("a deletion event")
-            .expect("stream")
-            .expect("event");
+        let event = next_event(&mut watch).await;
         if let Some(proto::event::Kind::JobDeleted(id)) = event.kind {
             deleted.insert(id);
         }
@@ -1275,13 +1266,7 @@ async fn a_faulting_plugin_is_ejected_and_no_job_is_lost() {
         }))
         .await
         .expect("swap");
-    let mut watch = server
-        .jobs()
-        .await
-        .watch(proto::WatchRequest::default())
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut watch = watch_all(&mut server.jobs().await).await;
     let mut jobs = server.jobs().await;
     let mut ids = Vec::new();
     for _ in 0..6 {

@@ -186,25 +186,22 @@ impl Store {
         let txn = self.db.begin_read()?;
         let mut recovered = Recovered::default();
         let meta = txn.open_table(META)?;
-        if let Some(epoch) = meta.get(META_EPOCH)? {
-            let bytes: [u8; 8] = epoch
+        // An 8-byte value under `key`; an error naming `what` if it is not.
+        let eight_bytes = |key: &str, what: &str| -> anyhow::Result<Option<[u8; 8]>> {
+            let Some(value) = meta.get(key)? else { return Ok(None) };
+            let bytes = value
                 .value()
                 .try_into()
-                .map_err(|_| anyhow::anyhow!("{}: the stored epoch is corrupt", self.path.display()))?;
-            recovered.epoch = Some(f64::from_le_bytes(bytes));
-        }
+                .map_err(|_| anyhow::anyhow!("{}: the stored {what} is corrupt", self.path.display()))?;
+            Ok(Some(bytes))
+        };
+        recovered.epoch = eight_bytes(META_EPOCH, "epoch")?.map(f64::from_le_bytes);
+        recovered.next_id = eight_bytes(META_NEXT_ID, "next job id")?.map(u64::from_le_bytes);
         if let Some(active) = meta.get(META_ACTIVE)? {
             recovered.active = Some(
                 serde_json::from_slice(active.value())
                     .with_context(|| format!("{}: the stored active policy is corrupt", self.path.display()))?,
             );
-        }
-        if let Some(next) = meta.get(META_NEXT_ID)? {
-            let bytes: [u8; 8] = next
-                .value()
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("{}: the stored next job id is corrupt", self.path.display()))?;
-            recovered.next_id = Some(u64::from_le_bytes(bytes));
         }
         for row in txn.open_table(JOBS)?.iter()? {
             let (id, bytes) = row?;
