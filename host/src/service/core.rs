@@ -405,6 +405,16 @@ fn process_spec(spec: &proto::JobSpec) -> Option<ProcessSpec> {
     }
 }
 
+/// Queue `job` for expiry if it ended and ended jobs expire (`ttl`).
+fn queue_for_expiry(expiry: &mut VecDeque<(f64, JobId)>, ttl: Option<f64>, job: &Job) {
+    if ttl.is_some()
+        && job.is_done()
+        && let Some(ended) = job.end_time
+    {
+        expiry.push_back((ended, job.id));
+    }
+}
+
 fn job_event(job: proto::Job) -> proto::Event {
     proto::Event {
         time: unix_now(),
@@ -593,8 +603,8 @@ impl Core {
                 requeued += 1;
                 core.changed.insert(id);
             }
-            if !live {
-                core.note_ended(id);
+            if let Some(job) = core.runtime.host().cluster().job(id) {
+                queue_for_expiry(&mut core.expiry, core.finished_ttl, job);
             }
             core.specs.insert(id, Box::new(spec));
             core.recoveries.insert(id, recoveries);
@@ -728,16 +738,6 @@ impl Core {
         self.update_gauges();
     }
 
-    /// Queue a recovered ended job for expiry.
-    fn note_ended(&mut self, id: JobId) {
-        if self.finished_ttl.is_none() {
-            return;
-        }
-        if let Some(ended) = self.runtime.host().cluster().job(id).and_then(|j| j.end_time) {
-            self.expiry.push_back((ended, id));
-        }
-    }
-
     /// Forget the jobs that ended more than the retention time ago: from
     /// the model, the backend (logs included) and, through a tombstone in
     /// this turn's commit, the database. Only ended jobs are ever forgotten.
@@ -788,12 +788,7 @@ impl Core {
         let cluster = self.runtime.host().cluster();
         for &id in &changed {
             let Some(job) = cluster.job(id) else { continue };
-            if self.finished_ttl.is_some()
-                && job.is_done()
-                && let Some(ended) = job.end_time
-            {
-                self.expiry.push_back((ended, id));
-            }
+            queue_for_expiry(&mut self.expiry, self.finished_ttl, job);
             let message = self.job_message(job);
             // A job submitted this turn and still pending was announced at submission.
             if watched && !(fresh.contains(&id) && job.state == JobState::Pending) {
