@@ -1373,13 +1373,20 @@ async fn device_jobs_run_kernels_are_preempted_and_survive_a_fault_and_a_restart
     assert_eq!(cluster.backend, "cpu-devices");
     assert_eq!(cluster.gpus[0].uuid, "CPU-0");
 
-    let long = server.submit(&mut jobs, on_device("long", 2000, None)).await;
+    // Long enough to be still running when the short job arrives, on a
+    // fast machine too (2,000 iterations once ended in 1.49 s, before it).
+    const LONG_ITERATIONS: u64 = 6000;
+    let long = server.submit(&mut jobs, on_device("long", LONG_ITERATIONS, None)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let short = server.submit(&mut jobs, on_device("short", 50, None)).await;
     let ended = wait_ended(&mut jobs, &[long, short], Duration::from_secs(120)).await;
     let (long_job, short_job) = (&ended[0], &ended[1]);
     assert_eq!(state(long_job), proto::JobState::Finished, "{long_job:?}");
-    assert_eq!(long_job.iterations_done, Some(2000), "every iteration counted");
+    assert_eq!(
+        long_job.iterations_done,
+        Some(LONG_ITERATIONS),
+        "every iteration counted"
+    );
     assert!(long_job.preemptions >= 1, "LAS preempted the long job: {long_job:?}");
     assert!(
         short_job.end_time < long_job.end_time,
