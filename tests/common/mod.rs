@@ -2,6 +2,8 @@
 //! (built by `scripts/build-plugins.sh`) and running small simulations.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::PathBuf;
 use std::time::Duration;
 use wsched::engine::{Engine, Limits, Plugin};

@@ -1,0 +1,252 @@
+//! A real `wsched serve` process on a loopback port, and the gRPC helpers
+//! the service tests drive it with.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::Request;
+use tonic::transport::Channel;
+use wsched::proto;
+use wsched::proto::jobs_client::JobsClient;
+use wsched::proto::policies_client::PoliciesClient;
+
+/// A `wsched serve` child process; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub state: PathBuf,
+    pub address: String,
+    pub metrics: Option<String>,
+    pub token: String,
+}
+
+impl Server {
+    /// Start a server with its state in `state` and these extra flags.
+    pub fn start(state: &Path, extra: &[&str]) -> Server {
+        let _ = std::fs::remove_file(state.join("serve.addr"));
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(state.with_extension("log"))
+            .expect("server log");
+        let child = Command::new(env!("CARGO_BIN_EXE_wsched"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .arg("--state-dir")
+            .arg(state)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log.try_clone().expect("log"))
+            .spawn()
+            .expect("start wsched serve");
+        let addr_file = state.join("serve.addr");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let address = loop {
+            if let Ok(text) = std::fs::read_to_string(&addr_file)
+                && text.ends_with('\n')
+            {
+                break text.trim().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not start; see {}",
+                state.with_extension("log").display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The metrics address is only in the log.
+        let metrics = (0..100).find_map(|_| {
+            let log = std::fs::read_to_string(state.with_extension("log")).unwrap_or_default();
+            let found = log
+                .lines()
+                .rev()
+                .map(strip_ansi)
+                .find(|l| l.contains("metrics at /metrics"))
+                .and_then(|l| l.split("address=").nth(1).map(|a| a.trim().to_string()));
+            if found.is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            found
+        });
+        let token = std::fs::read_to_string(state.join("token"))
+            .expect("token file")
+            .trim()
+            .to_string();
+        Server {
+            child,
+            state: state.to_path_buf(),
+            address,
+            metrics,
+            token,
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.address))
+            .expect("address")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn jobs(&self) -> JobsClient<Channel> {
+        JobsClient::new(self.channel().await)
+    }
+
+    pub async fn policies(&self) -> PoliciesClient<Channel> {
+        PoliciesClient::new(self.channel().await).max_encoding_message_size(usize::MAX)
+    }
+
+    /// Load the example plugin `name` under its own name.
+    pub async fn load(&self, name: &str) {
+        let request = self.authed(proto::LoadPolicyRequest {
+            name: name.into(),
+            source: Some(proto::load_policy_request::Source::Wasm(plugin_bytes(name))),
+        });
+        self.policies().await.load_policy(request).await.expect("load");
+    }
+
+    /// Submit with this server's token; the acknowledged id.
+    pub async fn submit(&self, jobs: &mut JobsClient<Channel>, request: proto::SubmitJobRequest) -> u64 {
+        jobs.submit_job(self.authed(request))
+            .await
+            .expect("submit")
+            .into_inner()
+            .id
+    }
+
+    /// `message` with this server's token.
+    pub fn authed<T>(&self, message: T) -> Request<T> {
+        with_token(message, &self.token)
+    }
+
+    /// The /metrics page (status line, headers and body).
+    pub fn scrape(&self) -> String {
+        let address = self.metrics.clone().expect("metrics address in the log");
+        let mut stream = std::net::TcpStream::connect(&address).expect("connect to /metrics");
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut body = String::new();
+        stream.read_to_string(&mut body).expect("response");
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        body
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    request
+}
+
+pub fn synthetic(user: &str, gpus: u32, seconds: f64) -> proto::SubmitJobRequest {
+    proto::SubmitJobRequest {
+        spec: Some(proto::JobSpec {
+            name: format!("{user}-{gpus}x{seconds}"),
+            user: user.into(),
+            gpus,
+            work: Some(proto::job_spec::Work::Synthetic(proto::Synthetic {
+                seconds,
+                ..Default::default()
+            })),
+            ..Default::default()
+        }),
+    }
+}
+
+pub fn state(job: &proto::Job) -> proto::JobState {
+    proto::JobState::try_from(job.state).expect("known state")
+}
+
+/// Every job the server has, by id.
+pub async fn all_jobs(jobs: &mut JobsClient<Channel>) -> BTreeMap<u64, proto::Job> {
+    jobs.list_jobs(proto::ListJobsRequest::default())
+        .await
+        .expect("list jobs")
+        .into_inner()
+        .jobs
+        .into_iter()
+        .map(|j| (j.id, j))
+        .collect()
+}
+
+/// Wait until every job in `ids` has ended; returns them.
+pub async fn wait_ended(jobs: &mut JobsClient<Channel>, ids: &[u64], timeout: Duration) -> Vec<proto::Job> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let by_id = all_jobs(jobs).await;
+        let ended = ids
+            .iter()
+            .filter(|id| {
+                by_id
+                    .get(id)
+                    .is_some_and(|j| matches!(state(j), proto::JobState::Finished | proto::JobState::Failed))
+            })
+            .count();
+        if ended == ids.len() {
+            return ids.iter().filter_map(|id| by_id.get(id).cloned()).collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ended} of {} jobs ended in {timeout:?}",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every event from now on.
+pub async fn watch_all(jobs: &mut JobsClient<Channel>) -> tonic::Streaming<proto::Event> {
+    jobs.watch(proto::WatchRequest::default())
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+/// The next event, within 10 s.
+pub async fn next_event(watch: &mut tonic::Streaming<proto::Event>) -> proto::Event {
+    tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("an event in time")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+pub fn plugin_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(super::plugin_path(name)).expect("plugin")
+}
