@@ -75,7 +75,7 @@ fn bad_input_gets_one_clear_line_and_a_failing_exit() {
     let cases: Vec<(Vec<&str>, String)> = vec![
         (
             vec!["--trace", &bad_row, "--policy", fifo],
-            format!("{bad_row}:3: column `duration`: `ten` is not a number"),
+            format!("{bad_row}:3: column `duration`: \"ten\" is not a number"),
         ),
         (
             vec!["--trace", "/nonexistent.csv", "--policy", fifo],

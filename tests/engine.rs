@@ -272,7 +272,7 @@ fn loader_names_what_is_wrong() {
             .load_file(&plugin_path("fifo"))
             .unwrap_err()
             .to_string()
-            .contains("larger than the 1000 byte limit")
+            .contains("over the limit of 1000")
     );
 }
 

@@ -13,10 +13,11 @@
 //! the job's full gang, so the simulator can predict completions and real
 //! backends can report measured progress into the same field.
 
+use crate::bounds;
 use crate::wit::{
     Action, ClusterStats, GpuId, GpuInfo, GpuMeasurement, JobId, JobInfo, JobState, Resident, RunningJob,
 };
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Fractions are compared with this slack so that 0.5 + 0.5 fits in 1.0.
 const FRACTION_EPSILON: f64 = 1e-9;
@@ -135,11 +136,21 @@ impl Job {
 /// its predicted time must not be left with 1e-12 s of work to do.
 const DONE_EPSILON: f64 = 1e-9;
 
-fn work_done(job: &Job) -> bool {
-    job.state == JobState::Running
-        && job
-            .remaining_work()
-            .is_some_and(|r| r <= DONE_EPSILON * job.spec.work.unwrap_or(0.0).max(1.0))
+/// Whether a running job's known work is done as of `now`: what is left is
+/// within rounding of zero, or too little to move the clock at all (at a
+/// large `now`, `now + left / rate == now`: waiting for it would stop time).
+fn work_done(job: &Job, now: f64) -> bool {
+    if job.state != JobState::Running {
+        return false;
+    }
+    let Some(left) = job.remaining_work() else {
+        return false;
+    };
+    if left <= DONE_EPSILON * job.spec.work.unwrap_or(0.0).max(1.0) {
+        return true;
+    }
+    let rate = job.rate();
+    rate > 0.0 && now + left / rate <= now
 }
 
 /// Hardware description of one GPU.
@@ -212,6 +223,7 @@ pub struct Cluster {
     pending: BTreeSet<JobId>,
     running: BTreeSet<JobId>,
     suspended: BTreeSet<JobId>,
+    waiting_gangs: GangSizes,
     free_gpus: u32,
     next_id: JobId,
 }
@@ -283,7 +295,7 @@ impl Cluster {
         self.running
             .iter()
             .copied()
-            .filter(|id| self.jobs.get(id).is_some_and(|job| work_done(job)))
+            .filter(|id| self.jobs.get(id).is_some_and(|job| work_done(job, self.now)))
             .collect()
     }
 
@@ -296,7 +308,13 @@ impl Cluster {
             .filter_map(|j| {
                 let rate = j.rate();
                 let left = j.remaining_work()?;
-                (rate > 0.0).then(|| if work_done(j) { self.now } else { self.now + left / rate })
+                (rate > 0.0).then(|| {
+                    if work_done(j, self.now) {
+                        self.now
+                    } else {
+                        self.now + left / rate
+                    }
+                })
             })
             .min_by(f64::total_cmp)
     }
@@ -349,6 +367,13 @@ impl Cluster {
                 ids
             }
         }
+    }
+
+    /// Whether the cluster idles while work waits that could run: nothing
+    /// runs, and some waiting job's gang fits in the free GPUs. A policy
+    /// that leaves it so is stalled (see the scheduler's watchdog).
+    pub fn idles_with_work(&self) -> bool {
+        self.running.is_empty() && self.waiting_gangs.smallest().is_some_and(|gang| gang <= self.free_gpus)
     }
 
     /// Number of jobs waiting (pending or suspended) or running.
@@ -464,10 +489,20 @@ impl Cluster {
                 self.gpu_count()
             ));
         }
-        if let Some(w) = spec.work
-            && !(w.is_finite() && w >= 0.0)
-        {
-            return Err(format!("job work must be a finite number of seconds >= 0, got {w}"));
+        if let Some(w) = spec.work {
+            bounds::check_job_seconds(w).map_err(|why| format!("job work {why}"))?;
+        }
+        if let Some(d) = spec.expected_duration {
+            bounds::check_job_seconds(d).map_err(|why| format!("expected duration {why}"))?;
+        }
+        if let Some(share) = spec.share_requested {
+            bounds::check_share(share).map_err(|why| format!("requested share {why}"))?;
+        }
+        if let Some(p) = spec.priority {
+            bounds::check_priority(p, true).map_err(|why| format!("priority {why}"))?;
+        }
+        if spec.iterations_total.is_some_and(|n| n > bounds::MAX_ITERATIONS) {
+            return Err(format!("iterations must be at most {}", bounds::MAX_ITERATIONS));
         }
         if spec.memory_per_gpu > 0 {
             let largest = self.gpus.iter().map(|g| g.spec.memory_total).max().unwrap_or(0);
@@ -487,8 +522,9 @@ impl Cluster {
     pub fn submit(&mut self, spec: JobSpec) -> Result<JobId, String> {
         self.check_submission(&spec)?;
         let priority = spec.priority.filter(|p| p.is_finite() && *p > 0.0).unwrap_or(1.0);
+        let gpus = spec.gpus;
         let id = self.next_id;
-        self.next_id += 1;
+        self.next_id = id.checked_add(1).ok_or("no job id is left to give out")?;
         self.jobs.insert(
             id,
             Box::new(Job {
@@ -513,6 +549,7 @@ impl Cluster {
             }),
         );
         self.pending.insert(id);
+        self.waiting_gangs.add(gpus);
         Ok(id)
     }
 
@@ -526,14 +563,8 @@ impl Cluster {
             return Err(format!("job {} already exists", job.id));
         }
         if !job.is_done() {
-            if job.spec.gpus == 0 || job.spec.gpus > self.gpu_count() {
-                return Err(format!(
-                    "job {} asks for {} GPUs, the cluster has {}",
-                    job.id,
-                    job.spec.gpus,
-                    self.gpu_count()
-                ));
-            }
+            self.check_submission(&job.spec)
+                .map_err(|why| format!("job {}: {why}", job.id))?;
             job.placement.clear();
             job.state = if job.first_start.is_some() {
                 JobState::Suspended
@@ -544,7 +575,8 @@ impl Cluster {
         }
         let id = job.id;
         let state = job.state;
-        self.next_id = self.next_id.max(id + 1);
+        let gang = job.spec.gpus;
+        self.next_id = self.next_id.max(id.saturating_add(1));
         self.jobs.insert(id, Box::new(job));
         match state {
             JobState::Pending => {
@@ -554,6 +586,9 @@ impl Cluster {
                 self.suspended.insert(id);
             }
             _ => {}
+        }
+        if is_waiting(state) {
+            self.waiting_gangs.add(gang);
         }
         Ok(())
     }
@@ -721,9 +756,7 @@ impl Cluster {
                 Ok(Applied::Reshaped)
             }
             Action::Share(s) => {
-                if !(s.fraction.is_finite() && s.fraction > 0.0 && s.fraction <= 1.0) {
-                    return Err(format!("share fraction must be in (0, 1], got {}", s.fraction));
-                }
+                bounds::check_share(s.fraction).map_err(|why| format!("share fraction {why}"))?;
                 match state {
                     JobState::Running => {
                         if !same_set(&job.placement, &s.gpus) {
@@ -744,9 +777,7 @@ impl Cluster {
             }
             Action::SetPriority((_, weight)) => {
                 expect(&[JobState::Pending, JobState::Running, JobState::Suspended])?;
-                if !(weight.is_finite() && *weight >= 0.0) {
-                    return Err(format!("priority must be a finite number >= 0, got {weight}"));
-                }
+                bounds::check_priority(*weight, false).map_err(|why| format!("priority {why}"))?;
                 if let Some(j) = self.jobs.get_mut(&id) {
                     j.priority = *weight;
                 }
@@ -812,11 +843,11 @@ impl Cluster {
             } else {
                 0
             };
-            let used_by_others = g.memory_used - own;
-            if used_by_others + memory > g.spec.memory_total {
+            let used_by_others = g.memory_used.saturating_sub(own);
+            if used_by_others.saturating_add(memory) > g.spec.memory_total {
                 return Err(format!(
                     "gpu {gpu} has {} bytes of memory free, job {id} needs {memory}",
-                    g.spec.memory_total - used_by_others
+                    g.spec.memory_total.saturating_sub(used_by_others)
                 ));
             }
         }
@@ -833,7 +864,7 @@ impl Cluster {
                 self.free_gpus -= 1;
             }
             g.residents.push(Resident { job: id, fraction });
-            g.memory_used += memory;
+            g.memory_used = g.memory_used.saturating_add(memory);
         }
         let now = self.now;
         let was_running = self.jobs.get(&id).is_some_and(|j| j.state == JobState::Running);
@@ -866,6 +897,12 @@ impl Cluster {
     fn set_state(&mut self, id: JobId, state: JobState) {
         let Some(job) = self.jobs.get_mut(&id) else { return };
         let old = std::mem::replace(&mut job.state, state);
+        let gang = job.spec.gpus;
+        if is_waiting(old) && !is_waiting(state) {
+            self.waiting_gangs.remove_one(gang);
+        } else if !is_waiting(old) && is_waiting(state) {
+            self.waiting_gangs.add(gang);
+        }
         for (s, set) in [
             (JobState::Pending, &mut self.pending),
             (JobState::Running, &mut self.running),
@@ -878,6 +915,35 @@ impl Cluster {
                 set.insert(id);
             }
         }
+    }
+}
+
+fn is_waiting(state: JobState) -> bool {
+    matches!(state, JobState::Pending | JobState::Suspended)
+}
+
+/// How many waiting jobs ask for each gang size: the smallest waiting gang
+/// in O(log n), so that "could anything waiting start now?" costs nothing
+/// per decision, whatever the queue's depth.
+#[derive(Debug, Default)]
+struct GangSizes(BTreeMap<u32, usize>);
+
+impl GangSizes {
+    fn add(&mut self, gang: u32) {
+        *self.0.entry(gang).or_default() += 1;
+    }
+
+    fn remove_one(&mut self, gang: u32) {
+        if let Some(count) = self.0.get_mut(&gang) {
+            *count -= 1;
+            if *count == 0 {
+                self.0.remove(&gang);
+            }
+        }
+    }
+
+    fn smallest(&self) -> Option<u32> {
+        self.0.keys().next().copied()
     }
 }
 
@@ -1002,6 +1068,64 @@ mod tests {
         assert!(c.submit(JobSpec::new("u", 0, 1.0)).is_err());
         assert!(c.submit(JobSpec::new("u", 1, f64::INFINITY)).is_err());
         assert_eq!(c.live_jobs(), 0);
+    }
+
+    #[test]
+    fn work_too_small_to_move_a_late_clock_is_done_not_a_hang() {
+        let mut c = cluster(1);
+        c.advance(1e12);
+        let tiny = c.submit(JobSpec::new("u", 1, 1e-5)).unwrap();
+        c.apply(&start(tiny, &[0])).unwrap();
+        // now + 1e-5 == now at this clock: waiting for the job would stop time.
+        assert_eq!(c.next_completion(), Some(1e12));
+        assert_eq!(c.work_completed(), vec![tiny]);
+    }
+
+    #[test]
+    fn hostile_numbers_in_specs_and_actions_are_refused() {
+        let mut c = cluster(2);
+        for bad in [f64::NAN, f64::INFINITY, -1.0, 1e20] {
+            assert!(c.submit(JobSpec::new("u", 1, bad)).is_err(), "{bad}");
+        }
+        let mut spec = JobSpec::new("u", 1, 10.0);
+        spec.memory_per_gpu = u64::MAX;
+        assert!(c.submit(spec).is_err());
+        let a = c.submit(JobSpec::new("u", 1, 10.0)).unwrap();
+        for fraction in [1e-300, 5e-324, 0.0, f64::NAN] {
+            let share = Action::Share(SharedPlacement {
+                job: a,
+                gpus: vec![0],
+                fraction,
+            });
+            assert!(c.apply(&share).unwrap_err().contains("share"), "{fraction}");
+        }
+        for weight in [f64::NAN, f64::INFINITY, -1.0, 1e300] {
+            assert!(c.apply(&Action::SetPriority((a, weight))).is_err(), "{weight}");
+        }
+        // A stored job id at the very end of the id space does not wrap.
+        c.reserve_ids_below(u64::MAX);
+        assert!(c.submit(JobSpec::new("u", 1, 1.0)).is_err());
+    }
+
+    #[test]
+    fn idling_with_work_is_seen_without_scanning_the_queue() {
+        let mut c = cluster(4);
+        assert!(!c.idles_with_work(), "nothing waits");
+        let big = c.submit(JobSpec::new("u", 8, 10.0));
+        assert!(big.is_err(), "more GPUs than the cluster has");
+        let a = c.submit(JobSpec::new("u", 4, 10.0)).unwrap();
+        assert!(c.idles_with_work());
+        c.apply(&start(a, &[0, 1, 2, 3])).unwrap();
+        let b = c.submit(JobSpec::new("u", 1, 10.0)).unwrap();
+        assert!(!c.idles_with_work(), "something runs");
+        c.apply(&Action::Preempt(a)).unwrap();
+        assert!(c.idles_with_work(), "preempted work waits on free GPUs");
+        c.set_gpu_online(0, false);
+        c.set_gpu_online(1, false);
+        c.set_gpu_online(2, false);
+        assert!(c.idles_with_work(), "job b still fits on the one GPU left");
+        c.apply(&start(b, &[3])).unwrap();
+        assert!(!c.idles_with_work());
     }
 
     #[test]

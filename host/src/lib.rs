@@ -5,7 +5,9 @@
 //! sched_ext. Dependencies run one way, and the modules read in that order:
 //!
 //! - [`wit`]: the plugin contract, generated from `wit/policy.wit`.
+//! - [`bounds`]: the range of every number that enters from outside.
 //! - [`cluster`]: the model of jobs and GPUs, and validation of actions.
+//! - [`files`]: reading files named from outside, bounded.
 //! - [`engine`]: compiling, sandboxing, limiting and calling Wasm plugins.
 //! - [`latency`]: call-time distributions in constant memory.
 //! - [`native`]: policies built into the host (the FIFO fallback).
@@ -23,9 +25,11 @@
 //! The `wsched` binary is a thin command line over these.
 
 pub mod backend;
+pub mod bounds;
 pub mod check;
 pub mod cluster;
 pub mod engine;
+pub mod files;
 pub mod latency;
 pub mod native;
 pub mod proto;

@@ -147,7 +147,9 @@ impl<B: Backend> Runtime<B> {
         }
 
         for _ in 0..MAX_DECISIONS_PER_STEP {
-            if !self.host.has_events() {
+            // Nothing left to decide: the watchdog looks whether the policy
+            // stalled; if it ejected it, the fallback has a decision due.
+            if !self.host.has_events() && !self.host.check_stall() {
                 break;
             }
             let outcome = self.host.decide();
@@ -195,7 +197,7 @@ impl<B: Backend> Runtime<B> {
             }
             let until_due = self
                 .next_due()
-                .map(|t| Duration::from_secs_f64((t - now).clamp(0.0, poll.as_secs_f64())))
+                .map(|t| crate::bounds::duration((t - now).min(poll.as_secs_f64())))
                 .unwrap_or(poll);
             std::thread::sleep(until_due.max(Duration::from_millis(1)));
         }

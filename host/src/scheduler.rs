@@ -27,6 +27,48 @@ use std::time::Instant;
 /// The soonest a policy can ask to be woken, in seconds after now.
 pub const MIN_WAKEUP_DELAY: f64 = 1e-3;
 
+/// Calls in a row, each prompted only by the policy's own tick or wake-up,
+/// that changed nothing: after this many the policy is stalled. It is
+/// spending calls (and, in the simulator, the clock) without progress; a
+/// 1 ms tick reaches it in 100 s, a 6-minute round in over a year.
+pub const MAX_FRUITLESS_WAKEUPS: u32 = 100_000;
+
+/// When the watchdog calls a policy stalled because the cluster sits idle
+/// while work waits that could run (nothing running, a waiting job fits
+/// in the free GPUs). The rule is the same for the simulator and the
+/// service; only the numbers differ, because a simulated second costs
+/// nothing and a real one keeps people waiting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StallRule {
+    /// Seconds on the model's clock the idle spell must last (stretched to
+    /// two tick intervals for a policy that decides in rounds).
+    pub idle_seconds: f64,
+    /// Decisions the policy must have made during the spell: it had its
+    /// chances and let them pass.
+    pub idle_decisions: u32,
+}
+
+impl StallRule {
+    /// The simulator's rule: 1,000 decisions in a row, whatever time they span.
+    pub const SIMULATION: StallRule = StallRule {
+        idle_seconds: 0.0,
+        idle_decisions: 1000,
+    };
+    /// The service's rule: 10 seconds and at least one decision.
+    pub const SERVICE: StallRule = StallRule {
+        idle_seconds: 10.0,
+        idle_decisions: 1,
+    };
+}
+
+/// A spell of the cluster idling with work waiting: since when, and how
+/// many decisions the policy made during it.
+#[derive(Debug, Clone, Copy)]
+struct IdleSpell {
+    since: f64,
+    decisions: u32,
+}
+
 /// The policy making decisions now.
 pub enum ActivePolicy {
     /// A Wasm plugin.
@@ -125,6 +167,12 @@ pub struct PolicyHost {
     wakeup: Option<f64>,
     strikes: u32,
     stats: HostStats,
+    stall_rule: StallRule,
+    idle: Option<IdleSpell>,
+    /// Decisions since the watchdog last looked.
+    decided_since_check: u32,
+    /// Tick-only calls in a row that applied nothing.
+    fruitless_wakeups: u32,
 }
 
 impl PolicyHost {
@@ -139,7 +187,16 @@ impl PolicyHost {
             wakeup: None,
             strikes: 0,
             stats: HostStats::default(),
+            stall_rule: StallRule::SERVICE,
+            idle: None,
+            decided_since_check: 0,
+            fruitless_wakeups: 0,
         }
+    }
+
+    /// Use `rule` to tell a stalled policy (the service's by default).
+    pub fn set_stall_rule(&mut self, rule: StallRule) {
+        self.stall_rule = rule;
     }
 
     /// A host over `cluster` decided by `plugin`.
@@ -300,9 +357,71 @@ impl PolicyHost {
             }
         };
         let mut outcome = self.apply(decision);
+        self.decided_since_check = self.decided_since_check.saturating_add(1);
+        let only_ticks = !base.is_empty() && base.iter().all(|e| matches!(e, Event::Tick));
+        self.fruitless_wakeups = if only_ticks && outcome.applied.is_empty() {
+            self.fruitless_wakeups.saturating_add(1)
+        } else {
+            0
+        };
         outcome.decision_point = decision_point;
         outcome.call_nanos = call_nanos;
         outcome
+    }
+
+    /// The watchdog: eject the active plugin if it has stalled, and say so.
+    /// Call it when nothing is left to decide (after the decisions of a
+    /// step, and on steps without any). Stalled means the cluster has sat
+    /// idle while waiting work fits in the free GPUs for as long as the
+    /// [`StallRule`] allows, or the policy was woken
+    /// [`MAX_FRUITLESS_WAKEUPS`] times in a row by its own ticks and did
+    /// nothing. Returns true if it ejected the plugin: the built-in FIFO
+    /// then has a decision due.
+    pub fn check_stall(&mut self) -> bool {
+        let decided = std::mem::take(&mut self.decided_since_check);
+        if !matches!(self.active, ActivePolicy::Plugin(_)) {
+            self.idle = None;
+            self.fruitless_wakeups = 0;
+            return false;
+        }
+        let now = self.cluster.now();
+        let stalled = if self.fruitless_wakeups >= MAX_FRUITLESS_WAKEUPS {
+            Some(format!(
+                "{} calls in a row, each prompted only by its own tick or wake-up, changed nothing (at t={now}s)",
+                self.fruitless_wakeups
+            ))
+        } else if self.cluster.idles_with_work() {
+            let needed = self
+                .stall_rule
+                .idle_seconds
+                .max(2.0 * self.tick_interval().unwrap_or(0.0));
+            let spell = self.idle.get_or_insert(IdleSpell {
+                since: now,
+                decisions: 0,
+            });
+            spell.decisions = spell.decisions.saturating_add(decided);
+            let spell = *spell;
+            (now - spell.since >= needed && spell.decisions >= self.stall_rule.idle_decisions).then(|| {
+                let stats = self.cluster.stats();
+                format!(
+                    "{} job(s) waited {:.3}s on {} idle GPU(s) while nothing ran, through {} decision(s) that started nothing",
+                    stats.pending + stats.suspended,
+                    now - spell.since,
+                    stats.free_gpus,
+                    spell.decisions
+                )
+            })
+        } else {
+            self.idle = None;
+            None
+        };
+        match stalled {
+            Some(why) => {
+                self.eject(Fault::Stall(why));
+                true
+            }
+            None => false,
+        }
     }
 
     /// The events a call gets: as queued, or, right after a takeover, the
@@ -329,10 +448,13 @@ impl PolicyHost {
             )));
         }
         if let Some(w) = d.wakeup {
-            if !w.is_finite() {
+            if !(w.is_finite() && w <= crate::bounds::MAX_TIME) {
                 d.wakeup = None;
                 self.strike(
-                    Fault::InvalidOutput(format!("wakeup must be a finite time, got {w}")),
+                    Fault::InvalidOutput(format!(
+                        "wakeup must be a finite time up to {:e} s, got {w}",
+                        crate::bounds::MAX_TIME
+                    )),
                     false,
                 );
             } else if w <= self.cluster.now() {
@@ -431,6 +553,8 @@ impl PolicyHost {
         self.takeover = true;
         self.wakeup = None;
         self.strikes = 0;
+        self.idle = None;
+        self.fruitless_wakeups = 0;
     }
 
     /// Switch to a policy built into the host between two decisions, as an
@@ -442,6 +566,8 @@ impl PolicyHost {
         self.takeover = true;
         self.wakeup = None;
         self.strikes = 0;
+        self.idle = None;
+        self.fruitless_wakeups = 0;
         self.stats.swaps += 1;
         tracing::info!(%from, %to, "policy swapped");
         SwapReport {
@@ -487,6 +613,8 @@ impl PolicyHost {
         self.takeover = true;
         self.wakeup = None;
         self.strikes = 0;
+        self.idle = None;
+        self.fruitless_wakeups = 0;
         self.stats.swaps += 1;
         self.stats.state_handovers += u64::from(state_handed_over);
         tracing::info!(%from, %to, state_handed_over, "policy swapped");

@@ -5,6 +5,7 @@
 //! error names the file and line, because a researcher's first run is often
 //! on a trace they just converted by hand.
 
+use crate::bounds::{self, shown};
 use anyhow::{Context, anyhow, bail};
 use std::path::Path;
 
@@ -74,14 +75,15 @@ impl TraceFormat for PhillyCsv {
             let submit = parse_time(fields[ts]).map_err(|e| anyhow!("{name}:{n}: column `timestamp`: {e}"))?;
             let duration: f64 = fields[dur]
                 .parse()
-                .map_err(|_| anyhow!("{name}:{n}: column `duration`: `{}` is not a number", fields[dur]))?;
-            if !(duration.is_finite() && duration >= 0.0) {
-                bail!("{name}:{n}: column `duration`: {duration} is not a duration (seconds >= 0)");
+                .map_err(|_| anyhow!("{name}:{n}: column `duration`: {} is not a number", shown(fields[dur])))?;
+            if let Err(why) = bounds::check_job_seconds(duration) {
+                bail!("{name}:{n}: column `duration`: not a duration: {why}");
             }
             let gpu_count: u32 = parse_gpus(fields[gpus]).ok_or_else(|| {
                 anyhow!(
-                    "{name}:{n}: column `num_gpus`: `{}` is not a whole number >= 1",
-                    fields[gpus]
+                    "{name}:{n}: column `num_gpus`: {} is not a whole number from 1 to {}",
+                    shown(fields[gpus]),
+                    bounds::MAX_GPUS_PER_JOB
                 )
             })?;
             jobs.push(TraceJob {
@@ -102,19 +104,23 @@ impl TraceFormat for PhillyCsv {
 fn parse_gpus(s: &str) -> Option<u32> {
     // Some exports write counts as floats ("4.0").
     let v: f64 = s.parse().ok()?;
-    (v.fract() == 0.0 && v >= 1.0 && v <= u32::MAX as f64).then_some(v as u32)
+    (v.fract() == 0.0 && v >= 1.0 && v <= f64::from(bounds::MAX_GPUS_PER_JOB)).then_some(v as u32)
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) or plain seconds, to seconds since the epoch.
 fn parse_time(s: &str) -> Result<f64, String> {
     if let Ok(v) = s.parse::<f64>() {
-        return if v.is_finite() {
+        return if v.is_finite() && v.abs() <= bounds::MAX_TIME {
             Ok(v)
         } else {
-            Err(format!("`{s}` is not a time"))
+            Err(format!(
+                "{} is not a time (seconds within {:e} of 0)",
+                shown(s),
+                bounds::MAX_TIME
+            ))
         };
     }
-    let bad = || format!("`{s}` is neither `YYYY-MM-DD HH:MM:SS` nor seconds");
+    let bad = || format!("{} is neither `YYYY-MM-DD HH:MM:SS` nor seconds", shown(s));
     let (date, time) = s.split_once([' ', 'T']).ok_or_else(bad)?;
     let d: Vec<i64> = date
         .split('-')
@@ -129,7 +135,8 @@ fn parse_time(s: &str) -> Result<f64, String> {
     let (&[y, mo, da], &[h, mi, se]) = (&d[..], &t[..]) else {
         return Err(bad());
     };
-    if !(1..=12).contains(&mo)
+    if !(1..=9999).contains(&y)
+        || !(1..=12).contains(&mo)
         || !(1..=31).contains(&da)
         || !(0..24).contains(&h)
         || !(0..60).contains(&mi)
@@ -174,7 +181,7 @@ mod tests {
         let h = "timestamp,duration,num_gpus\n";
         assert_eq!(
             err(&format!("{h}1,2,1\n1,abc,1\n")),
-            "t.csv:3: column `duration`: `abc` is not a number"
+            "t.csv:3: column `duration`: \"abc\" is not a number"
         );
         assert!(err(&format!("{h}2017-13-01 00:00:00,1,1\n")).starts_with("t.csv:2: column `timestamp`"));
         assert!(err(&format!("{h}1,1,0\n")).starts_with("t.csv:2: column `num_gpus`"));
@@ -182,5 +189,21 @@ mod tests {
         assert!(err("timestamp,num_gpus\n1,1\n").contains("no `duration` column"));
         assert!(err("").contains("empty file"));
         assert!(err(&format!("{h}1,-5,1\n")).contains("not a duration"));
+        // Hostile values: refused with the line named, never echoed whole.
+        for bad in ["1e20", "NaN", "inf", "1e300", "-0.5"] {
+            assert!(
+                err(&format!("{h}1,{bad},1\n")).starts_with("t.csv:2: column `duration`"),
+                "{bad}"
+            );
+        }
+        for bad in ["1e300", "inf", "9999999999999-01-01 00:00:00", "-1e13"] {
+            assert!(
+                err(&format!("{h}{bad},1,1\n")).starts_with("t.csv:2: column `timestamp`"),
+                "{bad}"
+            );
+        }
+        assert!(err(&format!("{h}1,1,70000\n")).starts_with("t.csv:2: column `num_gpus`"));
+        let huge = "9".repeat(10 << 20);
+        assert!(err(&format!("{h}1,x{huge},1\n")).len() < 200);
     }
 }

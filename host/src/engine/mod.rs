@@ -199,15 +199,8 @@ impl Engine {
     /// Read and compile a plugin file. Errors name the file.
     pub fn load_file(&self, path: &Path) -> Result<Plugin, LoadError> {
         let shown = path.display();
-        let meta = std::fs::metadata(path).map_err(|e| LoadError::Invalid(format!("{shown}: {e}")))?;
-        if meta.len() > self.inner.limits.max_plugin_size as u64 {
-            return Err(LoadError::Invalid(format!(
-                "{shown}: {} bytes is larger than the {} byte limit for plugins",
-                meta.len(),
-                self.inner.limits.max_plugin_size
-            )));
-        }
-        let bytes = std::fs::read(path).map_err(|e| LoadError::Invalid(format!("{shown}: {e}")))?;
+        let bytes = crate::files::read_regular_file(path, self.inner.limits.max_plugin_size)
+            .map_err(|e| LoadError::Invalid(format!("{shown}: {e}")))?;
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -331,10 +324,10 @@ impl Engine {
             Err(e) => return Err(LoadError::InitFault(classify(&mut store, deadline, e))),
         };
         if let Some(t) = info.tick_interval
-            && !(t.is_finite() && t > 0.0)
+            && let Err(why) = crate::bounds::check_tick(t)
         {
             return Err(LoadError::InitFault(Fault::InvalidOutput(format!(
-                "tick-interval must be a positive number of seconds, got {t}"
+                "tick-interval {why}"
             ))));
         }
         let name: Arc<str> = if info.name.trim().is_empty() {

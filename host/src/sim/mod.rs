@@ -17,7 +17,11 @@
 //!   preempted job keeps its progress;
 //! - if the policy leaves jobs waiting with nothing running and no way to
 //!   be called again, that is a stall: the plugin is ejected (as sched_ext's
-//!   watchdog does) and the built-in FIFO finishes the work.
+//!   watchdog does) and the built-in FIFO finishes the work. So it is when
+//!   it lets 1,000 decisions in a row pass with nothing running while a
+//!   waiting job fits, or spends 100,000 calls of its own ticks and
+//!   wake-ups changing nothing (the scheduler's watchdog, shared with the
+//!   service).
 
 mod metrics;
 mod report;
@@ -27,14 +31,9 @@ pub use report::{Comparison, Table, labels, write_comparison, write_outputs};
 
 use crate::cluster::{Cluster, JobSpec};
 use crate::engine::{Engine, Fault, Plugin};
-use crate::scheduler::{ActivePolicy, Outcome, PolicyHost};
+use crate::scheduler::{ActivePolicy, Outcome, PolicyHost, StallRule};
 use crate::trace::TraceJob;
-use crate::wit::JobState;
 use std::time::Instant;
-
-/// Decisions in a row with nothing running and nothing left to arrive
-/// before the simulator calls it a stall.
-const IDLE_DECISIONS_BEFORE_STALL: u32 = 1000;
 
 /// The cluster and options of one simulation.
 #[derive(Debug, Clone)]
@@ -150,6 +149,7 @@ pub fn simulate_observed(
         }
         None => PolicyHost::new(engine.clone(), cluster),
     };
+    host.set_stall_rule(StallRule::SIMULATION);
     let initial_policy = host.active().name().to_string();
 
     // Submission order: by time, ties in file order (a stable sort keeps it).
@@ -164,7 +164,6 @@ pub fn simulate_observed(
     let mut trace_of: Vec<usize> = Vec::with_capacity(trace.len()); // job id -> trace index
     let mut refused = Vec::new();
     let mut utilisation = vec![(0.0, 0.0)];
-    let mut idle_decisions = 0u32;
     let mut swap_log = Vec::new();
 
     loop {
@@ -192,7 +191,7 @@ pub fn simulate_observed(
             if waiting == 0 {
                 break;
             }
-            if !matches!(host.active(), ActivePolicy::Native(_)) && any_waiting_job_fits(host.cluster()) {
+            if !matches!(host.active(), ActivePolicy::Native(_)) && host.cluster().idles_with_work() {
                 // Nothing will ever call the policy again, yet work waits.
                 host.eject(Fault::Stall(format!(
                     "{waiting} job(s) waiting at t={now}s with no job running, nothing left to arrive and no wake-up asked"
@@ -279,17 +278,12 @@ pub fn simulate_observed(
         if host.has_events() {
             let outcome = host.decide();
             observe(t, &outcome);
-            let stalled = host.cluster().running_ids().is_empty()
-                && host.cluster().live_jobs() > 0
-                && next_arrival == order.len();
-            idle_decisions = if stalled { idle_decisions + 1 } else { 0 };
-            if idle_decisions >= IDLE_DECISIONS_BEFORE_STALL {
-                host.eject(Fault::Stall(format!(
-                    "{IDLE_DECISIONS_BEFORE_STALL} decisions in a row left every waiting job waiting on idle GPUs"
-                )));
+            // The watchdog (the same as the service's, with the
+            // simulator's numbers): a stalled plugin is ejected and the
+            // fallback decides at once.
+            if host.check_stall() {
                 let outcome = host.decide();
                 observe(t, &outcome);
-                idle_decisions = 0;
             }
         }
         let share = host.cluster().allocated_share();
@@ -312,17 +306,6 @@ pub fn simulate_observed(
         config,
         wall,
     }))
-}
-
-/// Whether some waiting job would fit on the GPUs free now: if none does,
-/// jobs wait for lack of GPUs, not because the policy stalled.
-fn any_waiting_job_fits(cluster: &Cluster) -> bool {
-    let free = cluster.stats().free_gpus;
-    [JobState::Pending, JobState::Suspended]
-        .into_iter()
-        .flat_map(|s| cluster.ids_in(s))
-        .filter_map(|id| cluster.job(id))
-        .any(|j| j.spec.gpus <= free)
 }
 
 fn progress_bar(enabled: bool, len: usize) -> indicatif::ProgressBar {
