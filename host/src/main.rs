@@ -105,10 +105,31 @@ struct ServeArgs {
     #[arg(long, default_value_t = 10.0)]
     checkpoint_every: f64,
     /// Delete a finished or failed job this many seconds after it ended:
-    /// its record (from memory and the database), its spec and its logs.
-    /// Without it, ended jobs are kept forever.
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
-    finished_ttl: Option<f64>,
+    /// its record (from memory and the database), its spec and its logs;
+    /// `never` keeps ended jobs forever [default: 604800, a week].
+    #[arg(long, value_name = "SECONDS|never", allow_negative_numbers = true)]
+    finished_ttl: Option<String>,
+    /// Refuse command jobs: run only synthetic jobs (on emulated GPUs or
+    /// real devices). The token otherwise lets a client run any program as
+    /// the server's user.
+    #[arg(long)]
+    no_command_jobs: bool,
+    /// Let `LoadPolicy` read plugin files by path from this directory (and
+    /// nowhere else). Without it, clients send the plugin's bytes.
+    #[arg(long, value_name = "DIR")]
+    policy_dir: Option<PathBuf>,
+    /// Require the token for reads too (without it, reads are open but
+    /// never show the values of jobs' environments).
+    #[arg(long)]
+    auth_reads: bool,
+    /// How long a shutdown (SIGTERM, Ctrl-C) waits for open calls, watch
+    /// streams included, before it closes them, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    shutdown_grace: f64,
+    /// How long the cluster may sit idle while waiting work fits before
+    /// the active plugin is called stalled and ejected, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    stall_timeout: f64,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -263,6 +284,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: a log file or a journal
+        // must not fill with escape codes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if !matches!(cli.command, Command::Serve(_)) {
         // `wsched job list | head` should end quietly, as other Unix tools
@@ -308,10 +332,7 @@ fn run_serve(args: ServeArgs, connect: &client::ConnectArgs, cache: Option<Compi
     let mut config = service::ServeConfig::new(state_dir);
     config.listen = args.listen;
     config.metrics_listen = (!args.no_metrics).then_some(args.metrics_listen);
-    config.token = connect
-        .token
-        .clone()
-        .or_else(|| std::env::var("WSCHED_TOKEN").ok().filter(|t| !t.is_empty()));
+    config.token = connect.given_token()?;
     config.backend = args.backend;
     config.suspend_memory = match args.suspend_memory {
         SuspendMemoryArg::Keep => SuspendMemory::Keep,
@@ -321,20 +342,40 @@ fn run_serve(args: ServeArgs, connect: &client::ConnectArgs, cache: Option<Compi
     config.gpus_per_node = args.gpus_per_node;
     config.gpu_memory = args.gpu_memory_gib << 30;
     config.initial_policy = args.policy.map(|p| (p, args.config));
-    anyhow::ensure!(
-        args.checkpoint_every.is_finite() && args.checkpoint_every > 0.0,
-        "--checkpoint-every: must be a positive number of seconds"
-    );
-    config.checkpoint_every = std::time::Duration::from_secs_f64(args.checkpoint_every);
-    if let Some(ttl) = args.finished_ttl {
-        anyhow::ensure!(
-            (0.0..1e12).contains(&ttl),
-            "--finished-ttl: must be a number of seconds, 0 or more, got {ttl}"
-        );
-        config.finished_ttl = Some(std::time::Duration::from_secs_f64(ttl));
+    config.checkpoint_every = seconds_flag("--checkpoint-every", args.checkpoint_every, 1e-3)?;
+    config.shutdown_grace = seconds_flag("--shutdown-grace", args.shutdown_grace, 0.0)?;
+    config.stall_timeout = seconds_flag("--stall-timeout", args.stall_timeout, 0.0)?;
+    match args.finished_ttl.as_deref() {
+        None => {}
+        Some("never") => config.finished_ttl = None,
+        Some(text) => {
+            let ttl: f64 = text
+                .parse()
+                .map_err(|_| anyhow!("--finished-ttl: give a number of seconds or `never`, got {text:?}"))?;
+            config.finished_ttl = Some(seconds_flag("--finished-ttl", ttl, 0.0)?);
+        }
     }
+    config.no_command_jobs = args.no_command_jobs;
+    config.policy_dir = args.policy_dir;
+    config.auth_reads = args.auth_reads;
     config.limits = args.limits.limits();
-    service::runtime()?.block_on(service::serve(config, cache))
+    let runtime = service::runtime()?;
+    let result = runtime.block_on(service::serve(config, cache));
+    // Connections still open after the shutdown's grace time, and a read of
+    // a plugin file stuck in the kernel, must not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// A flag's number of seconds, at least `min` and at most about 31 years.
+fn seconds_flag(flag: &str, value: f64, min: f64) -> anyhow::Result<Duration> {
+    if !(value.is_finite() && value >= min && value <= wsched::bounds::MAX_JOB_SECONDS) {
+        bail!(
+            "{flag}: must be a number of seconds from {min} to {:e}, got {value}",
+            wsched::bounds::MAX_JOB_SECONDS
+        );
+    }
+    Ok(wsched::bounds::duration(value))
 }
 
 fn run_check(path: &std::path::Path, config: &str, cache: Option<CompileCache>) -> anyhow::Result<()> {

@@ -25,6 +25,11 @@ pub struct Server {
 impl Server {
     /// Start a server with its state in `state` and these extra flags.
     pub fn start(state: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(state, extra, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_with_env(state: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let _ = std::fs::remove_file(state.join("serve.addr"));
         let log = std::fs::File::options()
             .create(true)
@@ -37,6 +42,7 @@ impl Server {
             .arg(state)
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log.try_clone().expect("log"))
             .spawn()
@@ -137,6 +143,32 @@ impl Server {
         body
     }
 
+    /// The server's log so far, without colour codes.
+    pub fn log(&self) -> String {
+        strip_ansi(&std::fs::read_to_string(self.state.with_extension("log")).unwrap_or_default())
+    }
+
+    /// Wait up to `timeout` for the server process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Send the server a signal (SIGTERM to stop it gracefully).
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "signal {signal}");
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
@@ -195,14 +227,24 @@ pub fn state(job: &proto::Job) -> proto::JobState {
 
 /// Every job the server has, by id.
 pub async fn all_jobs(jobs: &mut JobsClient<Channel>) -> BTreeMap<u64, proto::Job> {
-    jobs.list_jobs(proto::ListJobsRequest::default())
+    list_all(jobs, proto::ListJobsRequest::default())
         .await
-        .expect("list jobs")
-        .into_inner()
-        .jobs
         .into_iter()
         .map(|j| (j.id, j))
         .collect()
+}
+
+/// Every job matching `request`'s filters, following the pages.
+pub async fn list_all(jobs: &mut JobsClient<Channel>, mut request: proto::ListJobsRequest) -> Vec<proto::Job> {
+    let mut all = Vec::new();
+    loop {
+        let page = jobs.list_jobs(request.clone()).await.expect("list jobs").into_inner();
+        all.extend(page.jobs);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        request.page_token = page.next_page_token;
+    }
 }
 
 /// Wait until every job in `ids` has ended; returns them.

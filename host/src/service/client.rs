@@ -25,10 +25,14 @@ pub struct ConnectArgs {
     /// server wrote to its state directory, else 127.0.0.1:50051].
     #[arg(long, global = true)]
     pub server: Option<String>,
-    /// Bearer token for changes [default: $WSCHED_TOKEN, else the token
-    /// file in the state directory].
+    /// Bearer token [default: the --token-file, else $WSCHED_TOKEN, else
+    /// the token file in the state directory]. Visible to every user in
+    /// `ps`: prefer --token-file or $WSCHED_TOKEN.
     #[arg(long, global = true)]
     pub token: Option<String>,
+    /// File holding the bearer token (kept private: mode 0600).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// The local server's state directory [default: $XDG_STATE_HOME/wsched
     /// or ~/.local/state/wsched].
     #[arg(long, global = true)]
@@ -221,14 +225,30 @@ impl ConnectArgs {
         }
     }
 
-    fn token(&self) -> Option<String> {
-        self.token
-            .clone()
-            .or_else(|| std::env::var("WSCHED_TOKEN").ok().filter(|s| !s.is_empty()))
-            .or_else(|| {
-                let path = super::token_path(&self.state_dir()?);
-                Some(std::fs::read_to_string(path).ok()?.trim().to_string())
-            })
+    /// The token given explicitly: `--token`, `--token-file` or
+    /// `$WSCHED_TOKEN`, in that order (none: the caller's default).
+    pub fn given_token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(token) = &self.token {
+            tracing::warn!(
+                "--token is visible to every user of this machine in `ps`; prefer --token-file or $WSCHED_TOKEN"
+            );
+            return Ok(Some(token.clone()));
+        }
+        if let Some(path) = &self.token_file {
+            return super::read_token_file(path).map(Some);
+        }
+        Ok(std::env::var("WSCHED_TOKEN").ok().filter(|s| !s.is_empty()))
+    }
+
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(token) = self.given_token()? {
+            return Ok(Some(token));
+        }
+        // The local server's own token, when this user may read it.
+        Ok(self.state_dir().and_then(|dir| {
+            let text = std::fs::read_to_string(super::token_path(&dir)).ok()?;
+            Some(text.trim().to_string()).filter(|t| !t.is_empty())
+        }))
     }
 
     async fn connect(&self) -> anyhow::Result<Client> {
@@ -240,7 +260,7 @@ impl ConnectArgs {
             .with_context(|| format!("cannot reach a wsched server at {address} (is `wsched serve` running?)"))?;
         Ok(Client {
             channel,
-            token: self.token(),
+            token: self.token()?,
             output: self.output,
         })
     }
@@ -465,29 +485,36 @@ pub async fn job(command: JobCommand, connect: &ConnectArgs) -> anyhow::Result<(
             });
         }
         JobCommand::List { states, user, limit } => {
-            let request = proto::ListJobsRequest {
-                states: states.iter().map(|s| s.proto() as i32).collect(),
-                user: user.unwrap_or_default(),
-                limit,
-            };
-            let jobs = client
-                .jobs()
-                .list_jobs(request)
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .jobs;
+            // Page by page: a server of many jobs answers in bounded pages.
+            let mut jobs = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request = client.request(proto::ListJobsRequest {
+                    states: states.iter().map(|s| s.proto() as i32).collect(),
+                    user: user.clone().unwrap_or_default(),
+                    limit,
+                    page_size: super::grpc::MAX_PAGE_SIZE,
+                    page_token: std::mem::take(&mut page_token),
+                })?;
+                let page = client
+                    .jobs()
+                    .list_jobs(request)
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                jobs.extend(page.jobs);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
             client.print(&Value::Array(jobs.iter().map(job_json).collect()), || {
                 table(&JOB_HEADER, &jobs.iter().map(job_row).collect::<Vec<_>>())
             });
         }
         JobCommand::Get { id } => {
-            let job = client
-                .jobs()
-                .get_job(proto::GetJobRequest { id })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let request = client.request(proto::GetJobRequest { id })?;
+            let job = client.jobs().get_job(request).await.map_err(status_error)?.into_inner();
             client.print(&job_json(&job), || job_details(&job));
         }
         JobCommand::Cancel { id } => {
@@ -501,10 +528,10 @@ pub async fn job(command: JobCommand, connect: &ConnectArgs) -> anyhow::Result<(
             client.print(&job_json(&job), || format!("job {id} cancelled\n"));
         }
         JobCommand::Watch { id, current, count } => {
-            let request = proto::WatchRequest {
-                job_id: id.unwrap_or(0),
+            let request = client.request(proto::WatchRequest {
+                job_id: id,
                 include_current: current,
-            };
+            })?;
             let mut stream = client.jobs().watch(request).await.map_err(status_error)?.into_inner();
             let mut seen = 0u64;
             while count.is_none_or(|c| seen < c) {
@@ -697,7 +724,7 @@ pub async fn policy(command: PolicyRemoteCommand, connect: &ConnectArgs) -> anyh
         PolicyRemoteCommand::List => {
             let list = client
                 .policies()
-                .list_policies(proto::ListPoliciesRequest {})
+                .list_policies(client.request(proto::ListPoliciesRequest {})?)
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -781,7 +808,7 @@ pub async fn gpu(command: GpuCommand, connect: &ConnectArgs) -> anyhow::Result<(
     match command {
         GpuCommand::List => {
             let state = proto::cluster_client::ClusterClient::new(client.channel.clone())
-                .get_cluster(proto::GetClusterRequest {})
+                .get_cluster(client.request(proto::GetClusterRequest {})?)
                 .await
                 .map_err(status_error)?
                 .into_inner();

@@ -14,6 +14,8 @@
 //! half-applied decision.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,6 +27,7 @@ use tonic::Status;
 
 use super::ServeConfig;
 use super::metrics::Metrics;
+use super::spec::{self, ServerChecks};
 use crate::backend::Backend;
 use crate::backend::device::DeviceInfo;
 use crate::backend::local::LocalBackend;
@@ -36,7 +39,7 @@ use crate::latency::Latencies;
 use crate::native::Fifo;
 use crate::proto;
 use crate::runtime::Runtime;
-use crate::scheduler::{ActivePolicy, PolicyHost};
+use crate::scheduler::{ActivePolicy, PolicyHost, StallRule};
 use crate::store::{ActivePolicyRecord, Batch, Store};
 use crate::wit::{Action, JobId, JobState};
 
@@ -65,8 +68,8 @@ pub enum Request {
     SubmitMany(Vec<proto::JobSpec>, Reply<Vec<u64>>),
     /// One job.
     Get(u64, Reply<proto::Job>),
-    /// Jobs matching a filter.
-    List(proto::ListJobsRequest, Reply<Vec<proto::Job>>),
+    /// A page of the jobs matching a filter.
+    List(ListQuery, Reply<ListPage>),
     /// Cancel a live job.
     Cancel(u64, Reply<proto::Job>),
     /// Subscribe to events, with the current state first if asked.
@@ -90,7 +93,60 @@ pub enum Request {
     ListPolicies(Reply<proto::ListPoliciesResponse>),
     /// Forget a loaded plugin.
     Unload(String, Reply<()>),
+    /// Store the final state and stop, whoever still holds a handle (a
+    /// connection the shutdown could not close in time).
+    Stop,
 }
+
+/// Which jobs `ListJobs` asks for, and where its page starts.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    /// Only jobs in these states (all when empty).
+    pub states: Vec<proto::JobState>,
+    /// Only this user's jobs (all when empty).
+    pub user: String,
+    /// Where the page starts.
+    pub from: ListFrom,
+    /// Most jobs in the page.
+    pub size: usize,
+}
+
+/// Where a page of jobs starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListFrom {
+    /// At the oldest job.
+    Oldest,
+    /// At this id (the previous page's continuation).
+    After(JobId),
+    /// The newest matching jobs, oldest of them first, in one page.
+    Newest,
+}
+
+/// A page of jobs, and the id the next one starts at (`None`: no more).
+#[derive(Debug, Default)]
+pub struct ListPage {
+    /// The jobs, oldest first.
+    pub jobs: Vec<proto::Job>,
+    /// Where the next page starts.
+    pub next: Option<JobId>,
+}
+
+/// Jobs one `ListJobs` call may look at: it then ends its page early (with
+/// a token to go on), so that a filter matching few of many jobs never
+/// holds the loop for long.
+const LIST_SCAN_BUDGET: usize = 20_000;
+
+/// Bytes of jobs in one page at most, well under gRPC's usual 4 MiB limit
+/// on a client's received message.
+const LIST_PAGE_BYTES: usize = 3 << 20;
+
+/// Time a turn spends on queued reads (listings) after its decision; the
+/// rest wait for the next turn, which comes at once. Listings never hold
+/// up a decision for longer.
+const READ_BUDGET: Duration = Duration::from_millis(4);
+
+/// Most notes kept in a job's record.
+const MAX_NOTES: usize = 16;
 
 /// A handle to the scheduler loop; cheap to clone.
 #[derive(Clone)]
@@ -101,6 +157,11 @@ pub struct CoreHandle {
 }
 
 impl CoreHandle {
+    /// Ask the loop to store its final state and stop after this turn.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Request::Stop);
+    }
+
     /// Send a request and wait for its answer.
     pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, Status> {
         let (tx, rx) = oneshot::channel();
@@ -108,7 +169,7 @@ impl CoreHandle {
             .send(make(tx))
             .map_err(|_| Status::unavailable("the scheduler is shutting down"))?;
         rx.await
-            .map_err(|_| Status::internal("the scheduler loop stopped before answering"))?
+            .map_err(|_| Status::unavailable("the scheduler stopped before answering; the server is going down"))?
     }
 }
 
@@ -165,6 +226,35 @@ type WatchReply = (bool, Reply<(Vec<proto::Event>, broadcast::Receiver<Arc<proto
 /// Replies to send once the turn's changes are committed.
 type Deferred = Box<dyn FnOnce(Result<(), &str>) + Send>;
 
+/// What the service keeps about a job beside the model's record: the spec
+/// as it was submitted, and what only the service tracks.
+#[derive(Debug, Clone, Default)]
+struct Record {
+    spec: proto::JobSpec,
+    /// Times the server restarted while the job was live.
+    recoveries: u32,
+    /// Notes for the job's history, newest last, at most [`MAX_NOTES`].
+    notes: Vec<proto::JobNote>,
+    /// The process group of the job's command while it has a process.
+    process_group: Option<i32>,
+}
+
+impl Record {
+    fn new(spec: proto::JobSpec) -> Record {
+        Record {
+            spec,
+            ..Record::default()
+        }
+    }
+
+    fn note(&mut self, text: String) {
+        if self.notes.len() >= MAX_NOTES {
+            self.notes.remove(0);
+        }
+        self.notes.push(proto::JobNote { time: unix_now(), text });
+    }
+}
+
 struct Core {
     runtime: Runtime<LocalBackend>,
     writer: Option<Writer>,
@@ -172,8 +262,11 @@ struct Core {
     epoch: f64,
     /// Boxed for the reason the cluster's jobs are: a table that grows
     /// moves pointers, not specs.
-    specs: HashMap<JobId, Box<proto::JobSpec>>,
-    recoveries: HashMap<JobId, u32>,
+    records: HashMap<JobId, Box<Record>>,
+    /// Every job's id, in order: what listings page through.
+    ids: BTreeSet<JobId>,
+    /// Listings waiting for the time a turn gives reads.
+    reads: VecDeque<(ListQuery, Reply<ListPage>)>,
     plugins: BTreeMap<String, LoadedPlugin>,
     active: ActivePolicyRecord,
     stats: HashMap<String, PolicyStats>,
@@ -199,7 +292,17 @@ struct Core {
     poll: Duration,
     /// The real devices behind the cluster's GPUs (none when emulated).
     devices_info: Vec<DeviceInfo>,
+    /// Panic when a job of this name is submitted (tests of a dying loop
+    /// set [`PANIC_ON_JOB_NAME`]; nothing else can make the loop panic).
+    panic_on_name: Option<String>,
+    /// A [`Request::Stop`] came: this is the last turn.
+    stop_requested: bool,
 }
+
+/// Environment variable naming a job whose submission makes the
+/// scheduler loop panic: how the tests show that a dead loop takes the
+/// server down instead of leaving it looking healthy.
+pub const PANIC_ON_JOB_NAME: &str = "WSCHED_TEST_PANIC_ON_JOB_NAME";
 
 /// Changes waiting for the writer thread: turns that come while it is
 /// committing pile up here and go into its next commit together.
@@ -220,20 +323,36 @@ struct Outbox {
 struct Writer {
     shared: Arc<(Mutex<Outbox>, Condvar)>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Cleared if the writer thread panics: the loop must not go on
+    /// taking work that can never be stored.
+    alive: Arc<AtomicBool>,
 }
 
 impl Writer {
     fn start(store: Store) -> anyhow::Result<Writer> {
         let shared: Arc<(Mutex<Outbox>, Condvar)> = Arc::default();
         let thread_shared = shared.clone();
+        let alive = Arc::new(AtomicBool::new(true));
+        let thread_alive = alive.clone();
         let thread = std::thread::Builder::new()
             .name("wsched-writer".into())
-            .spawn(move || write_loop(store, &thread_shared))
+            .spawn(move || {
+                let result = std::panic::catch_unwind(AssertUnwindSafe(|| write_loop(store, &thread_shared)));
+                if let Err(panic) = result {
+                    tracing::error!(panic = %panic_message(&*panic), "the database writer died");
+                    thread_alive.store(false, Ordering::SeqCst);
+                }
+            })
             .context("cannot start the database writer thread")?;
         Ok(Writer {
             shared,
             thread: Some(thread),
+            alive,
         })
+    }
+
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
     }
 
     fn send(&self, batch: Batch, replies: Vec<Deferred>) {
@@ -249,6 +368,10 @@ impl Writer {
 
     /// Commit what is left and stop.
     fn close(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
         let (lock, ready) = &*self.shared;
         lock.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
         ready.notify_one();
@@ -257,6 +380,14 @@ impl Writer {
         {
             tracing::error!("the database writer panicked");
         }
+    }
+}
+
+impl Drop for Writer {
+    /// Also when the loop unwinds from a panic: what it handed over is
+    /// committed, and its replies sent, before the process goes down.
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -307,13 +438,10 @@ pub fn unix_now() -> f64 {
 /// Open the database, recover every stored job, plugin and the active
 /// policy, and start the scheduler loop on its own thread. Returns once
 /// recovery is done (an error means the service must not start).
-pub fn start(
-    config: &ServeConfig,
-    engine: Engine,
-    metrics: Metrics,
-) -> anyhow::Result<(CoreHandle, std::thread::JoinHandle<()>)> {
+pub fn start(config: &ServeConfig, engine: Engine, metrics: Metrics) -> anyhow::Result<(CoreHandle, LoopThread)> {
     let (tx, rx) = std::sync::mpsc::channel();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    let (ended_tx, ended) = oneshot::channel();
     let config = config.clone();
     let thread_engine = engine.clone();
     // The loop's thread builds the runtime itself: plugin instances and
@@ -321,20 +449,59 @@ pub fn start(
     // tied to it so that they die with the host).
     let thread = std::thread::Builder::new()
         .name("wsched-scheduler".into())
-        .spawn(move || match Core::recover(&config, thread_engine, metrics) {
-            Ok(core) => {
-                let _ = ready_tx.send(Ok(()));
-                core.run(rx);
+        .spawn(move || {
+            let recovered =
+                std::panic::catch_unwind(AssertUnwindSafe(|| Core::recover(&config, thread_engine, metrics)))
+                    .unwrap_or_else(|panic| Err(anyhow::anyhow!("recovery panicked: {}", panic_message(&*panic))));
+            let core = match recovered {
+                Ok(core) => core,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            // A loop that dies must not leave a server that looks healthy:
+            // whoever holds `ended` hears why, and takes the server down.
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(move || core.run(rx)))
+                .unwrap_or_else(|panic| Err(format!("it panicked: {}", panic_message(&*panic))));
+            if let Err(why) = &outcome {
+                tracing::error!(%why, "the scheduler loop died");
             }
-            Err(e) => {
-                let _ = ready_tx.send(Err(e));
-            }
+            let _ = ended_tx.send(outcome);
         })
         .context("cannot start the scheduler thread")?;
     ready_rx
         .recv()
         .map_err(|_| anyhow::anyhow!("the scheduler thread died during recovery"))??;
-    Ok((CoreHandle { tx, engine }, thread))
+    Ok((CoreHandle { tx, engine }, LoopThread { ended, thread }))
+}
+
+/// The scheduler loop's thread, and word of how it ended.
+pub struct LoopThread {
+    /// Resolves when the loop ends: `Ok` after it stopped because every
+    /// handle was dropped, the reason if it died.
+    pub ended: oneshot::Receiver<Result<(), String>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl LoopThread {
+    /// Wait for the thread to end (after the last handle is dropped, it
+    /// stores the final state first). Blocking.
+    pub fn join(self) -> anyhow::Result<()> {
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the scheduler thread panicked"))
+    }
+}
+
+/// What a panic said, for a log line.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
 }
 
 fn state_to_proto(state: JobState) -> proto::JobState {
@@ -422,7 +589,7 @@ fn job_event(job: proto::Job) -> proto::Event {
     }
 }
 
-fn policy_event(time: f64, from: &str, to: &str, reason: &str, state_handed_over: bool) -> proto::Event {
+fn policy_event(time: f64, from: &str, to: &str, reason: &str, state_handed_over: bool, detail: &str) -> proto::Event {
     proto::Event {
         time,
         kind: Some(proto::event::Kind::Policy(proto::PolicyChange {
@@ -430,12 +597,16 @@ fn policy_event(time: f64, from: &str, to: &str, reason: &str, state_handed_over
             to: to.to_string(),
             reason: reason.to_string(),
             state_handed_over,
+            detail: detail.to_string(),
         })),
     }
 }
 
 impl Core {
     fn recover(config: &ServeConfig, engine: Engine, metrics: Metrics) -> anyhow::Result<Core> {
+        let checks = ServerChecks {
+            no_command_jobs: config.no_command_jobs,
+        };
         let mut store = Store::open(&config.state_dir.join("wsched.redb"))?;
         let recovered = store.recover()?;
         let epoch = match recovered.epoch {
@@ -475,8 +646,9 @@ impl Core {
             runtime: Runtime::new(host, backend),
             writer: None,
             epoch,
-            specs: HashMap::new(),
-            recoveries: HashMap::new(),
+            records: HashMap::new(),
+            ids: BTreeSet::new(),
+            reads: VecDeque::new(),
             plugins: BTreeMap::new(),
             active: ActivePolicyRecord {
                 name: BUILTIN_FIFO.into(),
@@ -499,7 +671,13 @@ impl Core {
             expiry: VecDeque::new(),
             poll: config.poll,
             devices_info: config.devices.iter().map(|d| d.info().clone()).collect(),
+            panic_on_name: std::env::var(PANIC_ON_JOB_NAME).ok().filter(|n| !n.is_empty()),
+            stop_requested: false,
         };
+        core.runtime.host_mut().set_stall_rule(StallRule {
+            idle_seconds: config.stall_timeout.as_secs_f64(),
+            ..StallRule::SERVICE
+        });
 
         core.metrics.policy_active(BUILTIN_FIFO);
         for (name, bytes) in recovered.plugins {
@@ -517,7 +695,8 @@ impl Core {
                 .and_then(|s| s.to_str())
                 .unwrap_or("policy")
                 .to_string();
-            let bytes = std::fs::read(path).with_context(|| format!("--policy: cannot read {}", path.display()))?;
+            let bytes = crate::files::read_regular_file(path, engine.limits().max_plugin_size)
+                .map_err(|why| anyhow::anyhow!("--policy: cannot read {}: {why}", path.display()))?;
             let plugin = LoadedPlugin::compile(&engine, &name, &bytes)
                 .map_err(|e| anyhow::anyhow!("--policy {}: {e}", path.display()))?;
             core.plugins.insert(name.clone(), plugin);
@@ -546,68 +725,9 @@ impl Core {
 
         let mut requeued = 0usize;
         for job in recovered.jobs {
-            let id = job.id;
-            let Some(spec) = job.spec.clone() else {
-                tracing::error!(job = id, "stored job has no spec; kept out of the model");
-                continue;
-            };
-            let state = state_from_proto(job.state).unwrap_or(JobState::Pending);
-            let live = !matches!(state, JobState::Finished | JobState::Failed);
-            let recoveries = job.recoveries + u32::from(live);
-            let model = model_spec(&spec);
-            let progress = job.progress.unwrap_or(0.0) * model.work.unwrap_or(0.0);
-            let restored = Job {
-                id,
-                submit_time: job.submit_time - epoch,
-                state,
-                placement: Vec::new(),
-                fraction: 1.0,
-                progress,
-                attained_gpu_seconds: job.attained_gpu_seconds,
-                attained_seconds: job.attained_gpu_seconds / f64::from(spec.gpus.max(1)),
-                since: 0.0,
-                first_start: job.start_time.map(|t| t - epoch),
-                end_time: job.end_time.map(|t| t - epoch),
-                priority: if job.priority > 0.0 { job.priority } else { 1.0 },
-                preemptions: job.preemptions,
-                migrations: job.migrations,
-                iterations_done: job.iterations_done,
-                iteration_time: job.iteration_time_seconds,
-                failure: (!job.failure.is_empty()).then(|| job.failure.clone()),
-                spec: model,
-            };
-            let mut live = live;
-            if let Err(why) = core.runtime.host_mut().restore(restored.clone()) {
-                // A live job that can no longer run here (the server came
-                // back with fewer GPUs): it ends, saying why, rather than
-                // vanishing or waiting forever.
-                tracing::error!(job = id, %why, "a recovered job cannot run on this cluster; it is marked failed");
-                let mut failed = restored;
-                failed.state = JobState::Failed;
-                failed.end_time = Some(unix_now() - epoch);
-                failed.failure = Some(format!("after a restart: {why}"));
-                if let Err(why) = core.runtime.host_mut().restore(failed) {
-                    tracing::error!(job = id, %why, "cannot restore a stored job; it is kept in the database only");
-                    continue;
-                }
-                live = false;
-                core.changed.insert(id);
-            }
-            if live {
-                if let Some(process) = process_spec(&spec) {
-                    core.runtime.backend_mut().register_command(id, process, recoveries);
-                }
-                if let Some(workload) = synthetic_workload(&spec, job.iterations_done.unwrap_or(0)) {
-                    core.runtime.backend_mut().register_synthetic(id, workload);
-                }
+            if core.recover_job(job, &checks) {
                 requeued += 1;
-                core.changed.insert(id);
             }
-            if let Some(job) = core.runtime.host().cluster().job(id) {
-                queue_for_expiry(&mut core.expiry, core.finished_ttl, job);
-            }
-            core.specs.insert(id, Box::new(spec));
-            core.recoveries.insert(id, recoveries);
         }
         // Stored in id order; expiry goes by end time.
         core.expiry
@@ -616,14 +736,135 @@ impl Core {
         if let Some(floor) = recovered.next_id {
             core.runtime.host_mut().reserve_ids_below(floor);
         }
-        if !core.specs.is_empty() {
-            tracing::info!(jobs = core.specs.len(), requeued, "jobs recovered from the database");
+        if !core.records.is_empty() {
+            tracing::info!(jobs = core.records.len(), requeued, "jobs recovered from the database");
         }
         core.flush_jobs(false);
         store.commit(&std::mem::take(&mut core.batch))?;
         core.pending_events.clear(); // nobody is watching yet
         core.writer = Some(Writer::start(store)?);
         Ok(core)
+    }
+
+    /// Put one stored job back: into the model, the backend (if it is
+    /// live) and the service's records. A record that cannot be handled
+    /// any more (no spec, a spec this server refuses, more GPUs than it
+    /// has) is kept as a failed job that says why, never dropped and never
+    /// allowed to stop the start. Returns whether the job was re-queued.
+    fn recover_job(&mut self, job: proto::Job, checks: &ServerChecks) -> bool {
+        let id = job.id;
+        let epoch = self.epoch;
+        let state = state_from_proto(job.state).unwrap_or(JobState::Pending);
+        let mut live = !matches!(state, JobState::Finished | JobState::Failed);
+        // Why a live job cannot be run again, if it cannot.
+        let mut refusal = None;
+        let spec = match &job.spec {
+            Some(spec) => spec.clone(),
+            None => {
+                refusal = Some("the stored record has no spec".to_string());
+                proto::JobSpec {
+                    gpus: 1,
+                    ..Default::default()
+                }
+            }
+        };
+        if refusal.is_none()
+            && let Err(e) = spec::validate(&spec, "spec")
+        {
+            refusal = Some(format!("its stored spec is refused now: {e}"));
+        }
+        if refusal.is_none() && checks.no_command_jobs && matches!(spec.work, Some(proto::job_spec::Work::Command(_))) {
+            refusal = Some("this server runs no command jobs (--no-command-jobs)".to_string());
+        }
+        // Stored numbers are read back as carefully as a client's.
+        let finite = |x: f64| if x.is_finite() { x } else { 0.0 };
+        let time = |t: f64| finite(t - epoch);
+        let mut model = model_spec(&spec);
+        if refusal.is_some() {
+            // Out of bounds values must not reach the model, even for a
+            // job that only sits there failed.
+            model = JobSpec {
+                work: None,
+                expected_duration: None,
+                share_requested: None,
+                priority: None,
+                iterations_total: None,
+                gpus: model.gpus.clamp(1, crate::bounds::MAX_GPUS_PER_JOB),
+                ..model
+            };
+        }
+        let progress = finite(job.progress.unwrap_or(0.0).clamp(0.0, 1.0) * model.work.unwrap_or(0.0));
+        let attained = finite(job.attained_gpu_seconds).max(0.0);
+        let restored = Job {
+            id,
+            submit_time: time(job.submit_time),
+            state,
+            placement: Vec::new(),
+            fraction: 1.0,
+            progress,
+            attained_gpu_seconds: attained,
+            attained_seconds: attained / f64::from(model.gpus.max(1)),
+            since: 0.0,
+            first_start: job.start_time.map(time),
+            end_time: job.end_time.map(time),
+            priority: if crate::bounds::check_priority(job.priority, true).is_ok() {
+                job.priority
+            } else {
+                1.0
+            },
+            preemptions: job.preemptions,
+            migrations: job.migrations,
+            iterations_done: job.iterations_done,
+            iteration_time: job.iteration_time_seconds.filter(|t| t.is_finite() && *t >= 0.0),
+            failure: (!job.failure.is_empty()).then(|| job.failure.clone()),
+            spec: model,
+        };
+        let mut record = Record {
+            spec,
+            recoveries: job.recoveries.saturating_add(u32::from(live)),
+            notes: job.notes.clone(),
+            process_group: job.process_group,
+        };
+        let refused = match refusal {
+            Some(why) if live => Err(why),
+            _ => self.runtime.host_mut().restore(restored.clone()),
+        };
+        if let Err(why) = refused {
+            // A live job that can no longer run here (a spec refused now,
+            // fewer GPUs than before): it ends, saying why, rather than
+            // vanishing, waiting forever or stopping the start.
+            tracing::error!(job = id, %why, "a recovered job cannot run here; it is marked failed");
+            let mut failed = restored;
+            failed.state = JobState::Failed;
+            failed.end_time = Some(self.model_now());
+            failed.failure = Some(format!("after a restart: {why}"));
+            if let Err(why) = self.runtime.host_mut().restore(failed) {
+                // Only a duplicate id gets here: the record stays in the
+                // database, where `wsched store recover` can see it.
+                tracing::error!(job = id, %why, "cannot restore a stored job; it is kept in the database only");
+                return false;
+            }
+            live = false;
+            self.changed.insert(id);
+        }
+        if live {
+            record.note("the server restarted while the job was live: it is queued again, keeping its progress".into());
+            if let Some(process) = process_spec(&record.spec) {
+                self.runtime
+                    .backend_mut()
+                    .register_command(id, process, record.recoveries);
+            }
+            if let Some(workload) = synthetic_workload(&record.spec, job.iterations_done.unwrap_or(0)) {
+                self.runtime.backend_mut().register_synthetic(id, workload);
+            }
+            self.changed.insert(id);
+        }
+        if let Some(job) = self.runtime.host().cluster().job(id) {
+            queue_for_expiry(&mut self.expiry, self.finished_ttl, job);
+        }
+        self.records.insert(id, Box::new(record));
+        self.ids.insert(id);
+        live
     }
 
     /// The model's clock for the wall clock now.
@@ -641,9 +882,10 @@ impl Core {
             Some(_) => Some(if job.state == JobState::Finished { 1.0 } else { 0.0 }),
             None => None,
         };
+        let record = self.records.get(&job.id);
         proto::Job {
             id: job.id,
-            spec: self.specs.get(&job.id).map(|spec| (**spec).clone()),
+            spec: record.map(|r| r.spec.clone()),
             state: state_to_proto(job.state) as i32,
             submit_time: self.epoch + job.submit_time,
             start_time: job.first_start.map(|t| self.epoch + t),
@@ -657,14 +899,23 @@ impl Core {
             iterations_done: job.iterations_done,
             iteration_time_seconds: job.iteration_time,
             failure: job.failure.clone().unwrap_or_default(),
-            recoveries: self.recoveries.get(&job.id).copied().unwrap_or(0),
+            recoveries: record.map_or(0, |r| r.recoveries),
             priority: job.priority,
+            notes: record.map(|r| r.notes.clone()).unwrap_or_default(),
+            process_group: record.and_then(|r| r.process_group),
         }
     }
 
-    fn run(mut self, rx: Receiver<Request>) {
+    /// Take turns until every handle is gone; an error says why the loop
+    /// cannot go on (the database writer died).
+    fn run(mut self, rx: Receiver<Request>) -> Result<(), String> {
         let mut requests = Vec::new();
         loop {
+            if let Some(writer) = &self.writer
+                && !writer.is_alive()
+            {
+                return Err("the database writer died: nothing can be stored any more".into());
+            }
             let wait = self.time_to_next_turn();
             match rx.recv_timeout(wait) {
                 Ok(req) => requests.push(req),
@@ -678,6 +929,9 @@ impl Core {
                 }
             }
             self.turn(std::mem::take(&mut requests));
+            if self.stop_requested {
+                break;
+            }
         }
         // Last words: store running jobs' progress.
         self.flush_jobs(true);
@@ -686,18 +940,33 @@ impl Core {
             writer.close();
         }
         tracing::info!("scheduler loop stopped");
+        Ok(())
     }
 
     fn time_to_next_turn(&self) -> Duration {
+        if !self.reads.is_empty() {
+            return Duration::ZERO;
+        }
         let mut wait = self.poll;
         if self.runtime.backend().needs_polling() {
             wait = wait.min(PROCESS_POLL);
         }
         if let Some(due) = self.runtime.next_due() {
-            let until = (due - self.model_now()).max(0.0);
-            wait = wait.min(Duration::from_secs_f64(until));
+            wait = wait.min(crate::bounds::duration(due - self.model_now()));
         }
         wait
+    }
+
+    /// Answer queued listings until [`READ_BUDGET`] is spent; the rest
+    /// wait for the next turn.
+    fn serve_reads(&mut self) {
+        let started = Instant::now();
+        while started.elapsed() < READ_BUDGET {
+            let Some((query, reply)) = self.reads.pop_front() else {
+                break;
+            };
+            let _ = reply.send(Ok(self.list(&query)));
+        }
     }
 
     fn turn(&mut self, requests: Vec<Request>) {
@@ -736,6 +1005,7 @@ impl Core {
             let _ = reply.send(Ok((current, rx)));
         }
         self.update_gauges();
+        self.serve_reads();
     }
 
     /// Forget the jobs that ended more than the retention time ago: from
@@ -757,8 +1027,8 @@ impl Core {
                 // restart would give its id out again, unless told.
                 self.batch.next_id = Some(next_id);
             }
-            self.specs.remove(&id);
-            self.recoveries.remove(&id);
+            self.records.remove(&id);
+            self.ids.remove(&id);
             self.changed.remove(&id);
             self.runtime.backend_mut().forget(id);
             self.batch.expired.push(id);
@@ -816,9 +1086,9 @@ impl Core {
                         .ok_or_else(|| Status::not_found(format!("id: no job {id}"))),
                 );
             }
-            Request::List(filter, reply) => {
-                let _ = reply.send(Ok(self.list(&filter)));
-            }
+            // Listings wait for the end of the turn, after the decision,
+            // where they get a bounded share of its time.
+            Request::List(query, reply) => self.reads.push_back((query, reply)),
             Request::Cancel(id, reply) => self.cancel(id, reply),
             Request::Watch(include_current, reply) => self.watchers.push((include_current, reply)),
             Request::Cluster(reply) => {
@@ -845,6 +1115,7 @@ impl Core {
             Request::ListPolicies(reply) => {
                 let _ = reply.send(Ok(self.list_policies()));
             }
+            Request::Stop => self.stop_requested = true,
             Request::Unload(name, reply) => {
                 if name == self.active.name {
                     let _ = reply.send(Err(Status::failed_precondition(format!(
@@ -920,6 +1191,9 @@ impl Core {
     /// Put one job (`model` is `spec` as the cluster sees it) into the
     /// model and the backend, and announce it.
     fn accept(&mut self, spec: proto::JobSpec, model: JobSpec) -> Result<JobId, String> {
+        if self.panic_on_name.as_deref() == Some(spec.name.as_str()) {
+            panic!("injected for a test: a job named {:?} ({PANIC_ON_JOB_NAME})", spec.name);
+        }
         let id = self.runtime.submit(model)?;
         if let Some(process) = process_spec(&spec) {
             self.runtime.backend_mut().register_command(id, process, 0);
@@ -927,7 +1201,8 @@ impl Core {
         if let Some(workload) = synthetic_workload(&spec, 0) {
             self.runtime.backend_mut().register_synthetic(id, workload);
         }
-        self.specs.insert(id, Box::new(spec));
+        self.records.insert(id, Box::new(Record::new(spec)));
+        self.ids.insert(id);
         self.changed.insert(id);
         self.fresh.insert(id);
         // Announce it as accepted now: the decision later in this turn may
@@ -964,21 +1239,40 @@ impl Core {
         }
     }
 
-    fn list(&self, filter: &proto::ListJobsRequest) -> Vec<proto::Job> {
-        let states: BTreeSet<i32> = filter.states.iter().copied().collect();
-        let mut jobs: Vec<&Job> = self
-            .runtime
-            .host()
-            .cluster()
-            .jobs()
-            .filter(|j| states.is_empty() || states.contains(&(state_to_proto(j.state) as i32)))
-            .filter(|j| filter.user.is_empty() || j.spec.tenant == filter.user)
-            .collect();
-        jobs.sort_unstable_by_key(|j| j.id);
-        if filter.limit > 0 && jobs.len() > filter.limit as usize {
-            jobs.drain(..jobs.len() - filter.limit as usize);
+    /// One page of a listing. Its cost is bounded whatever the filter: it
+    /// looks at no more than [`LIST_SCAN_BUDGET`] jobs and builds no more
+    /// than the page's size or [`LIST_PAGE_BYTES`]; when it stops early,
+    /// the next page starts where it stopped.
+    fn list(&self, query: &ListQuery) -> ListPage {
+        let cluster = self.runtime.host().cluster();
+        let matches = |job: &Job| {
+            (query.states.is_empty() || query.states.contains(&state_to_proto(job.state)))
+                && (query.user.is_empty() || job.spec.tenant == query.user)
+        };
+        let mut page = ListPage::default();
+        let mut bytes = 0usize;
+        let ids: Box<dyn Iterator<Item = &JobId>> = match query.from {
+            ListFrom::Oldest => Box::new(self.ids.iter()),
+            ListFrom::After(first) => Box::new(self.ids.range(first..)),
+            ListFrom::Newest => Box::new(self.ids.iter().rev()),
+        };
+        for (scanned, &id) in ids.enumerate() {
+            if scanned >= LIST_SCAN_BUDGET || page.jobs.len() >= query.size || bytes >= LIST_PAGE_BYTES {
+                page.next = Some(id);
+                break;
+            }
+            let Some(job) = cluster.job(id).filter(|j| matches(j)) else {
+                continue;
+            };
+            let message = self.job_message(job);
+            bytes += prost::Message::encoded_len(&message);
+            page.jobs.push(message);
         }
-        jobs.into_iter().map(|j| self.job_message(j)).collect()
+        if query.from == ListFrom::Newest {
+            page.jobs.reverse();
+            page.next = None;
+        }
+        page
     }
 
     fn cluster_state(&self) -> proto::ClusterState {
@@ -1082,6 +1376,7 @@ impl Core {
             name,
             "swap",
             report.state_handed_over,
+            "",
         ));
         Ok(proto::SwapPolicyResponse {
             from: from.name,
@@ -1197,8 +1492,10 @@ impl Core {
                 ActivePolicy::Native(p) => p.name().to_string(),
                 ActivePolicy::Plugin(p) => p.info().name.clone(),
             };
+            let why = self.runtime.host().stats().faults.last().cloned().unwrap_or_default();
+            tracing::error!(policy = %name, %to, %why, "policy ejected");
             self.pending_events
-                .push(policy_event(unix_now(), &name, &to, "ejected", false));
+                .push(policy_event(unix_now(), &name, &to, "ejected", false, &why));
             self.active = ActivePolicyRecord {
                 name: BUILTIN_FIFO.into(),
                 config: String::new(),

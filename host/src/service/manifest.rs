@@ -223,6 +223,30 @@ fn to_spec(m: Manifest, default_user: &str) -> Result<proto::JobSpec, String> {
     })
 }
 
+/// The name a manifest gives the spec field `field` (`spec.gpu_fraction`
+/// is `spec.gpuFraction`, `spec.user` is `metadata.user`).
+fn yaml_field(field: &str) -> String {
+    const NAMES: [(&str, &str); 10] = [
+        ("spec.name", "metadata.name"),
+        ("spec.user", "metadata.user"),
+        ("spec.gpu_fraction", "spec.gpuFraction"),
+        ("spec.expected_duration_seconds", "spec.expectedDuration"),
+        ("spec.memory_per_gpu_bytes", "spec.memoryPerGpu"),
+        (
+            "spec.synthetic.gflops_per_iteration",
+            "spec.synthetic.gflopsPerIteration",
+        ),
+        ("spec.synthetic.fault_at_iteration", "spec.synthetic.faultAtIteration"),
+        ("spec.command.workdir", "spec.workingDir"),
+        ("spec.command.env", "spec.env"),
+        ("spec.command.argv", "spec.command"),
+    ];
+    NAMES
+        .iter()
+        .find_map(|(proto, yaml)| field.strip_prefix(proto).map(|rest| format!("{yaml}{rest}")))
+        .unwrap_or_else(|| field.to_string())
+}
+
 /// Read every job in a YAML text (documents separated by `---`); jobs
 /// without `metadata.user` belong to `default_user`. An error names the
 /// document (1-based) and what is wrong.
@@ -236,7 +260,11 @@ pub fn parse(text: &str, default_user: &str) -> Result<Vec<proto::JobSpec>, Stri
     let mut specs = Vec::new();
     for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let manifest = Manifest::deserialize(document).map_err(|e| format!("document {}: {e}", i + 1))?;
-        specs.push(to_spec(manifest, default_user).map_err(|e| format!("document {}: {e}", i + 1))?);
+        let spec = to_spec(manifest, default_user).map_err(|e| format!("document {}: {e}", i + 1))?;
+        // The same checks as the server's, named as the file names them.
+        super::spec::validate(&spec, "spec")
+            .map_err(|e| format!("document {}: {}: {}", i + 1, yaml_field(&e.field), e.why))?;
+        specs.push(spec);
     }
     if specs.is_empty() {
         return Err("no job in the file".into());
@@ -310,5 +338,27 @@ spec: {gpus: 1, gpuFraction: 0.5, synthetic: {seconds: 90s}}
         );
         assert!(err("").contains("no job"));
         assert!(err("spec: [").starts_with("document 1"));
+        // Hostile numbers are refused by the server's own rules, named as
+        // the file names them.
+        for bad in ["1e20", "-1", ".nan", ".inf", "1e300"] {
+            let e = err(&base.replace("seconds: 5", &format!("seconds: {bad}")));
+            assert!(e.contains("spec.synthetic.seconds"), "{bad}: {e}");
+        }
+        let e = err(&base.replace("gpus: 1", "gpus: 1\n  gpuFraction: 1e-300"));
+        assert!(e.starts_with("document 1: spec.gpuFraction"), "{e}");
+        let e = err(&base.replace("gpus: 1", "gpus: 1\n  priority: .nan"));
+        assert!(e.starts_with("document 1: spec.priority"), "{e}");
+        let e = err(&base.replace("gpus: 1", "gpus: 0"));
+        assert!(e.starts_with("document 1: spec.gpus"), "{e}");
+        let long = format!(
+            "apiVersion: wsched.dev/v1\nkind: Job\nmetadata: {{name: {}}}\nspec: {{gpus: 1, synthetic: {{seconds: 5}}}}\n",
+            "n".repeat(100_000)
+        );
+        let e = err(&long);
+        assert!(
+            e.starts_with("document 1: metadata.name") && e.len() < 200,
+            "{}",
+            &e[..e.len().min(300)]
+        );
     }
 }

@@ -17,12 +17,14 @@
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 //! - [`client`]: the `wsched` command line's side of the service.
 //! - [`manifest`]: job specs from YAML files.
+//! - [`spec`]: what a valid job spec is, at every edge.
 
 pub mod client;
 pub mod core;
 pub mod grpc;
 pub mod manifest;
 pub mod metrics;
+pub mod spec;
 
 pub use self::core::BUILTIN_FIFO;
 
@@ -101,7 +103,25 @@ pub struct ServeConfig {
     /// its record, spec and logs are then deleted, from memory and the
     /// database. `None` keeps ended jobs forever.
     pub finished_ttl: Option<Duration>,
+    /// Refuse command jobs: run only synthetic (emulated or device) jobs.
+    pub no_command_jobs: bool,
+    /// Where `LoadPolicy` may read plugin files named by path; none: it
+    /// may not (clients send the bytes).
+    pub policy_dir: Option<PathBuf>,
+    /// Reads need the token too (without it, reads are open but never
+    /// show environment values).
+    pub auth_reads: bool,
+    /// How long a shutdown waits for open calls before it closes them.
+    pub shutdown_grace: Duration,
+    /// How long the cluster may sit idle with work that fits before the
+    /// active plugin is called stalled and ejected.
+    pub stall_timeout: Duration,
 }
+
+/// How long ended jobs are kept by default: a week, long enough to look at
+/// a job's result and logs after a weekend, short enough that a busy
+/// service's memory and database do not grow without end.
+pub const DEFAULT_FINISHED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl ServeConfig {
     /// Defaults for a state directory: loopback, emulated or CUDA by what
@@ -122,7 +142,12 @@ impl ServeConfig {
             limits: Limits::default(),
             poll: Duration::from_millis(200),
             checkpoint_every: Duration::from_secs(10),
-            finished_ttl: None,
+            finished_ttl: Some(DEFAULT_FINISHED_TTL),
+            no_command_jobs: false,
+            policy_dir: None,
+            auth_reads: false,
+            shutdown_grace: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -136,6 +161,48 @@ pub fn default_state_dir() -> Option<PathBuf> {
         .map(|d| d.join("wsched"))
 }
 
+/// Make the state directory private to the server's user: created 0700 (an
+/// existing one with looser permissions is tightened, and the log says so),
+/// and everything the server creates from now on, 0600 files and 0700
+/// directories (the process's umask; job processes get the umask the
+/// server was started with back). The directory holds the token, every
+/// job's spec and logs: nobody else has business reading it.
+pub fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read the state directory {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private (chmod 700)", dir.display()))?;
+        tracing::warn!(dir = %dir.display(), was = format!("{:o}", mode & 0o777), "the state directory was readable by others; it is 0700 now");
+    }
+    for name in ["wsched.redb", "wsched.wal0", "wsched.wal1", "serve.addr"] {
+        let path = dir.join(name);
+        if let Ok(meta) = std::fs::metadata(&path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot make {} private (chmod 600)", path.display()))?;
+        }
+    }
+    ORIGINAL_UMASK.get_or_init(|| {
+        // SAFETY: umask(2) only swaps the process's file mode mask.
+        unsafe { libc::umask(0o077) }
+    });
+    Ok(())
+}
+
+/// The umask the process had before [`prepare_state_dir`] made it 0077:
+/// what job processes are started with.
+pub static ORIGINAL_UMASK: std::sync::OnceLock<libc::mode_t> = std::sync::OnceLock::new();
+
 /// The token file inside a state directory.
 pub fn token_path(state_dir: &Path) -> PathBuf {
     state_dir.join("token")
@@ -145,21 +212,9 @@ pub fn token_path(state_dir: &Path) -> PathBuf {
 /// owner) when the file does not exist.
 pub fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
     use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    match std::fs::read_to_string(path) {
-        Ok(token) => {
-            let mode = std::fs::metadata(path)?.permissions().mode();
-            if mode & 0o077 != 0 {
-                anyhow::bail!(
-                    "{}: the token file is readable by others (mode {:o}); run `chmod 600` on it",
-                    path.display(),
-                    mode & 0o777
-                );
-            }
-            let token = token.trim().to_string();
-            anyhow::ensure!(!token.is_empty(), "{}: the token file is empty", path.display());
-            Ok(token)
-        }
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => read_token_file(path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut bytes = [0u8; 32];
             std::fs::File::open("/dev/urandom")
@@ -181,6 +236,34 @@ pub fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
         }
         Err(e) => Err(e).with_context(|| format!("cannot read the token file {}", path.display())),
     }
+}
+
+/// Longest token file accepted.
+const MAX_TOKEN_FILE: usize = 4096;
+
+/// The token in the file at `path`, which must be a regular file that only
+/// its owner can read (a token others can read is no secret).
+pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "{}: the token file is readable by others (mode {:o}); run `chmod 600` on it",
+            path.display(),
+            mode & 0o777
+        );
+    }
+    let bytes = crate::files::read_regular_file(path, MAX_TOKEN_FILE)
+        .map_err(|why| anyhow::anyhow!("cannot read the token file {}: {why}", path.display()))?;
+    let token = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{}: the token file is not text", path.display()))?
+        .trim()
+        .to_string();
+    anyhow::ensure!(!token.is_empty(), "{}: the token file is empty", path.display());
+    Ok(token)
 }
 
 /// How many worker threads the service's async runtime gets: one per core
@@ -289,6 +372,7 @@ pub async fn serve_until(
     anyhow::ensure!(config.emulate_gpus > 0, "--emulate-gpus: must be at least 1");
     anyhow::ensure!(config.gpus_per_node > 0, "--gpus-per-node: must be at least 1");
 
+    prepare_state_dir(&config.state_dir)?;
     let token = match &config.token {
         Some(token) if !token.trim().is_empty() => token.trim().to_string(),
         Some(_) => anyhow::bail!("--token: empty"),
@@ -296,7 +380,7 @@ pub async fn serve_until(
     };
     let engine = crate::engine::Engine::with_cache(config.limits.clone(), cache)?;
     let metrics = metrics::Metrics::new();
-    let (handle, thread) = core::start(&config, engine, metrics.clone())?;
+    let (handle, mut loop_thread) = core::start(&config, engine, metrics.clone())?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -320,17 +404,31 @@ pub async fn serve_until(
         });
     }
 
-    let auth = grpc::Auth::new(&token);
-    let max_message = config.limits.max_plugin_size + (1 << 20);
-    let jobs = proto::jobs_server::JobsServer::new(grpc::JobsApi::new(handle.clone(), auth.clone()))
-        .max_decoding_message_size(grpc::MAX_JOBS_REQUEST_BYTES);
-    let policies = proto::policies_server::PoliciesServer::new(grpc::PoliciesApi::new(
+    let auth = grpc::Auth::new(&token).with_reads_needing_token(config.auth_reads);
+    let policy_dir = match &config.policy_dir {
+        Some(dir) => Some(
+            dir.canonicalize()
+                .with_context(|| format!("--policy-dir {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let services = grpc::Services::new(
         handle.clone(),
         auth,
+        spec::ServerChecks {
+            no_command_jobs: config.no_command_jobs,
+        },
         config.limits.max_plugin_size,
-    ))
-    .max_decoding_message_size(max_message);
-    let cluster = proto::cluster_server::ClusterServer::new(grpc::ClusterApi::new(handle.clone()));
+        policy_dir,
+        stopping.clone(),
+    );
+    let max_message = config.limits.max_plugin_size + (1 << 20);
+    let jobs =
+        proto::jobs_server::JobsServer::new(services.jobs()).max_decoding_message_size(grpc::MAX_JOBS_REQUEST_BYTES);
+    let policies =
+        proto::policies_server::PoliciesServer::new(services.policies()).max_decoding_message_size(max_message);
+    let cluster = proto::cluster_server::ClusterServer::new(services.cluster());
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<proto::jobs_server::JobsServer<grpc::JobsApi>>()
@@ -346,28 +444,74 @@ pub async fn serve_until(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("cannot build the reflection service")?;
-    drop(handle);
+    drop(services);
 
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(jobs)
-        .add_service(policies)
-        .add_service(cluster)
-        .serve_with_incoming_shutdown(
-            // Small replies must leave at once, not wait for Nagle's
-            // algorithm to fill a segment.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
-        .context("the gRPC server failed")?;
+    let mut stop_accepting = stopping.clone();
+    let mut server = Box::pin(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(jobs)
+            .add_service(policies)
+            .add_service(cluster)
+            .serve_with_incoming_shutdown(
+                // Small replies must leave at once, not wait for Nagle's
+                // algorithm to fill a segment.
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async move {
+                    let _ = stop_accepting.wait_for(|&stopping| stopping).await;
+                },
+            ),
+    );
+    let core::LoopThread { ended, .. } = &mut loop_thread;
+    // Run until asked to stop, or until the scheduler loop dies: a server
+    // whose loop is gone must not go on looking healthy.
+    let mut died = None;
+    tokio::select! {
+        result = &mut server => {
+            result.context("the gRPC server failed")?;
+        }
+        () = shutdown => tracing::info!("shutting down"),
+        outcome = ended => {
+            died = Some(match outcome {
+                Ok(Err(why)) => why,
+                Ok(Ok(())) => "it stopped while the server was running".to_string(),
+                Err(_) => "its thread ended without a word".to_string(),
+            });
+        }
+    }
+    // Tell health checkers first, then end watch streams and stop taking
+    // calls; calls still open get a bounded time to finish.
+    health_reporter
+        .set_not_serving::<proto::jobs_server::JobsServer<grpc::JobsApi>>()
+        .await;
+    health_reporter
+        .set_not_serving::<proto::policies_server::PoliciesServer<grpc::PoliciesApi>>()
+        .await;
+    health_reporter
+        .set_not_serving::<proto::cluster_server::ClusterServer<grpc::ClusterApi>>()
+        .await;
+    let _ = stopping_tx.send(true);
+    match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+        Ok(result) => result.context("the gRPC server failed")?,
+        Err(_) => tracing::warn!(
+            grace_seconds = config.shutdown_grace.as_secs_f64(),
+            "calls were still open after the shutdown grace time; closing them"
+        ),
+    }
+    // Connections the grace time could not close still hold handles to the
+    // scheduler loop (the runtime's end closes them): tell the loop to
+    // store its final state and stop all the same.
+    drop(server);
+    handle.stop();
+    drop(handle);
+    if let Some(why) = died {
+        anyhow::bail!("the scheduler loop died ({why}); the server stopped so that a supervisor restarts it");
+    }
     tracing::info!("shutting down: storing the final state");
-    tokio::task::spawn_blocking(move || thread.join())
+    tokio::task::spawn_blocking(move || loop_thread.join())
         .await
-        .ok()
-        .and_then(Result::ok)
-        .ok_or_else(|| anyhow::anyhow!("the scheduler thread panicked"))?;
+        .map_err(|e| anyhow::anyhow!("the scheduler thread could not be joined: {e}"))??;
     Ok(())
 }
 
