@@ -360,6 +360,8 @@ pub fn job_json(job: &proto::Job) -> Value {
         "failure": job.failure,
         "recoveries": job.recoveries,
         "priority": job.priority,
+        "process_group": job.process_group,
+        "notes": job.notes.iter().map(|n| json!({"time": n.time, "text": n.text})).collect::<Vec<_>>(),
     })
 }
 
@@ -618,11 +620,17 @@ fn job_details(job: &proto::Job) -> String {
     let mut out = String::new();
     if let Value::Object(map) = json {
         for (key, value) in map {
-            if value.is_null() || value == json!("") {
+            if value.is_null() || value == json!("") || value == json!([]) {
                 continue;
+            }
+            if key == "notes" {
+                continue; // below, one a line
             }
             out.push_str(&format!("{key:<26} {value}\n"));
         }
+    }
+    for note in &job.notes {
+        out.push_str(&format!("{:<26} {}: {}\n", "note", ago(note.time), note.text));
     }
     out
 }
