@@ -130,7 +130,7 @@ async fn changes_need_the_token_and_reads_do_not() {
         .submit_job(with_token(synthetic("eve", 1, 1.0), "not-the-token"))
         .await
         .expect_err("wrong token");
-    assert_eq!(wrong.code(), Code::PermissionDenied, "{wrong:?}");
+    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
     for status in [
         jobs.cancel_job(Request::new(proto::CancelJobRequest { id: 0 }))
             .await
