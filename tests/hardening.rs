@@ -302,14 +302,11 @@ async fn sigterm_ends_open_watch_streams_and_the_server_exits_cleanly() {
     }
     // The health stream says NOT_SERVING, then ends; at the latest the
     // grace time (5 s here) ends it.
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), health.message())
-            .await
-            .expect("the health stream ends in time")
-        {
-            Ok(Some(status)) => assert_ne!(status.status, ServingStatus::Serving as i32),
-            Ok(None) | Err(_) => break,
-        }
+    while let Ok(Some(status)) = tokio::time::timeout(Duration::from_secs(10), health.message())
+        .await
+        .expect("the health stream ends in time")
+    {
+        assert_ne!(status.status, ServingStatus::Serving as i32);
     }
     let exit = server.wait_exit(Duration::from_secs(15)).expect("the server exits");
     assert!(exit.success(), "{exit:?}");

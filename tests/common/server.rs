@@ -130,11 +130,18 @@ impl Server {
 
     /// The /metrics page (status line, headers and body).
     pub fn scrape(&self) -> String {
+        self.scrape_accepting(None)
+    }
+
+    /// The /metrics page (status line, headers and body), asked for with
+    /// this `Accept` header (none: no header).
+    pub fn scrape_accepting(&self, accept: Option<&str>) -> String {
         let address = self.metrics.clone().expect("metrics address in the log");
         let mut stream = std::net::TcpStream::connect(&address).expect("connect to /metrics");
+        let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
         write!(
             stream,
-            "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+            "GET /metrics HTTP/1.1\r\nHost: {address}\r\n{accept}Connection: close\r\n\r\n"
         )
         .expect("request");
         let mut body = String::new();
@@ -167,6 +174,22 @@ impl Server {
         let pid = i32::try_from(self.child.id()).expect("pid");
         // SAFETY: kill(2) on our own child's pid.
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "signal {signal}");
+    }
+
+    /// Call `path` (`/package.Service/Method`) with `message` as the
+    /// message's bytes, as they are: requests no generated client makes.
+    pub async fn call_raw(&self, path: &'static str, message: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+        let mut grpc = tonic::client::Grpc::new(self.channel().await);
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        grpc.unary(
+            Request::new(message),
+            tonic::codegen::http::uri::PathAndQuery::from_static(path),
+            RawCodec,
+        )
+        .await
+        .map(tonic::Response::into_inner)
     }
 
     pub fn kill(&mut self) {
@@ -291,4 +314,43 @@ pub async fn next_event(watch: &mut tonic::Streaming<proto::Event>) -> proto::Ev
 
 pub fn plugin_bytes(name: &str) -> Vec<u8> {
     std::fs::read(super::plugin_path(name)).expect("plugin")
+}
+
+/// A codec that sends and receives a message's bytes as they are.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let length = prost::bytes::Buf::remaining(src);
+        Ok(Some(prost::bytes::Buf::copy_to_bytes(src, length).to_vec()))
+    }
 }

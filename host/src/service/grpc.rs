@@ -65,6 +65,8 @@ impl Auth {
         if constant_time_eq(presented.trim().as_bytes(), self.token.as_bytes()) {
             Ok(true)
         } else {
+            // A wrong token is no identity at all: UNAUTHENTICATED, not
+            // PERMISSION_DENIED, which is for a known caller lacking a right.
             Err(Status::unauthenticated("authorization: wrong token"))
         }
     }

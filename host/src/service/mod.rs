@@ -14,6 +14,8 @@
 //!
 //! - [`core`]: the scheduler loop and its state.
 //! - [`grpc`]: the tonic services, request validation and the bearer token.
+//! - [`health`]: the standard health service and the handle that sets it.
+//! - [`status`]: status codes and messages as standard clients expect them.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 //! - [`client`]: the `wsched` command line's side of the service.
 //! - [`manifest`]: job specs from YAML files.
@@ -22,9 +24,11 @@
 pub mod client;
 pub mod core;
 pub mod grpc;
+pub mod health;
 pub mod manifest;
 pub mod metrics;
 pub mod spec;
+pub mod status;
 
 pub use self::core::BUILTIN_FIFO;
 
@@ -429,28 +433,38 @@ pub async fn serve_until(
     let policies =
         proto::policies_server::PoliciesServer::new(services.policies()).max_decoding_message_size(max_message);
     let cluster = proto::cluster_server::ClusterServer::new(services.cluster());
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<proto::jobs_server::JobsServer<grpc::JobsApi>>()
-        .await;
-    health_reporter
-        .set_serving::<proto::policies_server::PoliciesServer<grpc::PoliciesApi>>()
-        .await;
-    health_reporter
-        .set_serving::<proto::cluster_server::ClusterServer<grpc::ClusterApi>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Every service SERVING from here on; `health` is the handle that
+    // changes that (`set_serving`, `shut_down` to end Watch streams).
+    let health = health::Health::new([
+        <proto::jobs_server::JobsServer<grpc::JobsApi> as tonic::server::NamedService>::NAME,
+        <proto::policies_server::PoliciesServer<grpc::PoliciesApi> as tonic::server::NamedService>::NAME,
+        <proto::cluster_server::ClusterServer<grpc::ClusterApi> as tonic::server::NamedService>::NAME,
+    ]);
+    health.set_serving(true);
+    // Both reflection versions, each listing the other too: older grpcurl
+    // releases and grpcio-reflection's client speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
         .build_v1()
+        .context("cannot build the reflection service")?;
+    let reflection_v1alpha = reflection()
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
         .context("cannot build the reflection service")?;
     drop(services);
 
     let mut stop_accepting = stopping.clone();
     let mut server = Box::pin(
         tonic::transport::Server::builder()
-            .add_service(health)
-            .add_service(reflection)
+            .layer(status::layer())
+            .add_service(health.service())
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(jobs)
             .add_service(policies)
             .add_service(cluster)
@@ -480,17 +494,10 @@ pub async fn serve_until(
             });
         }
     }
-    // Tell health checkers first, then end watch streams and stop taking
-    // calls; calls still open get a bounded time to finish.
-    health_reporter
-        .set_not_serving::<proto::jobs_server::JobsServer<grpc::JobsApi>>()
-        .await;
-    health_reporter
-        .set_not_serving::<proto::policies_server::PoliciesServer<grpc::PoliciesApi>>()
-        .await;
-    health_reporter
-        .set_not_serving::<proto::cluster_server::ClusterServer<grpc::ClusterApi>>()
-        .await;
+    // Tell health checkers first (their Watch streams end with
+    // NOT_SERVING), then end job watch streams and stop taking calls;
+    // calls still open get a bounded time to finish.
+    health.shut_down();
     let _ = stopping_tx.send(true);
     match tokio::time::timeout(config.shutdown_grace, &mut server).await {
         Ok(result) => result.context("the gRPC server failed")?,
