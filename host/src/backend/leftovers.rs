@@ -96,14 +96,26 @@ pub fn kill(targets: &[Target], deadline: Duration) -> io::Result<Vec<Leftovers>
     let mut found = vec![Leftovers::default(); targets.len()];
     let mut refused = HashSet::new();
     let mut environ = Vec::new();
+    // Whether the last scan found nothing after earlier ones had.
+    let mut settling = false;
     loop {
         let scan = markers.scan(&protected, &refused, &mut environ)?;
         for &(target, pid) in &scan.spared {
             found[target].spared.push(pid);
         }
         if scan.marked.is_empty() {
-            break;
+            // A child forked by a process just killed shows no environment
+            // while it is in the middle of exec(2): once something was
+            // found, only a second empty scan a moment later ends it.
+            let found_any = found.iter().any(|f| !f.killed.is_empty() || !f.survivors.is_empty());
+            if !found_any || settling {
+                break;
+            }
+            settling = true;
+            std::thread::sleep(POLL_INTERVAL);
+            continue;
         }
+        settling = false;
         if until.is_some_and(|until| Instant::now() >= until) {
             for &(target, pid) in &scan.marked {
                 found[target].survivors.push(pid);
@@ -380,6 +392,9 @@ pub(crate) mod testing {
     use std::os::unix::process::CommandExt;
     use std::path::Path;
     use std::process::{Child, Command, ExitStatus};
+    use std::time::{Duration, Instant};
+
+    use super::read_environ;
 
     /// A `sleep` child, killed when dropped should the test not get to it.
     pub(crate) struct Sleeper(pub(crate) Child);
@@ -393,7 +408,16 @@ pub(crate) mod testing {
             if let Some(socket) = control_socket {
                 command.env("WSCHED_CONTROL", socket);
             }
-            Sleeper(command.spawn().expect("start sleep"))
+            let sleeper = Sleeper(command.spawn().expect("start sleep"));
+            // Until exec(2) has set its environment up, a process shows none.
+            let pid = sleeper.pid();
+            let until = Instant::now() + Duration::from_secs(20);
+            let mut environ = Vec::new();
+            while !read_environ(pid, &mut environ) || environ.is_empty() {
+                assert!(Instant::now() < until, "sleep {pid} never showed its environment");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            sleeper
         }
 
         pub(crate) fn pid(&self) -> i32 {

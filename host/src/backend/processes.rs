@@ -189,8 +189,7 @@ impl ProcessBackend {
         if !found.is_clean() {
             let pids: Vec<String> = found.survivors.iter().map(i32::to_string).collect();
             return Err(format!(
-                "job {id}: {} processes of its earlier run (pids {}) are still alive {:?} after SIGKILL; it is not started beside them",
-                pids.len(),
+                "job {id}: processes of its earlier run (pids {}) are still alive {:?} after SIGKILL; it is not started beside them",
                 pids.join(", "),
                 self.leftover_deadline
             ));
@@ -368,7 +367,7 @@ mod tests {
         let err = backend.spawn(3, &[0]).expect_err("a leftover survives");
         assert!(
             err.starts_with(&format!(
-                "job 3: 1 processes of its earlier run (pids {}) are still alive",
+                "job 3: processes of its earlier run (pids {}) are still alive",
                 leftover.pid()
             )),
             "{err}"
