@@ -1,14 +1,21 @@
 //! Process jobs with real processes: the environment a job sees, its logs
-//! and exit status, and suspension both ways (the cooperative protocol
-//! with `examples/jobs/train.py`, and SIGSTOP/SIGCONT for jobs that do not
-//! take part or answer too late).
+//! and exit status, suspension both ways (the cooperative protocol with
+//! `examples/jobs/train.py`, and SIGSTOP/SIGCONT for jobs that do not take
+//! part or answer too late), and what a server killed with SIGKILL leaves
+//! of a job that forks, killed before the job runs again.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use wsched::backend::process::{ProcessJob, ProcessSpec, Suspension, describe_exit};
+use wsched::backend::leftovers::{self, Leftovers};
+use wsched::backend::process::{ProcessJob, ProcessSpec, Suspension, control_socket, describe_exit};
+use wsched::backend::processes::ProcessBackend;
+use wsched::cluster::{Cluster, JobSpec};
+use wsched::runtime::Runtime;
+use wsched::scheduler::PolicyHost;
 
 fn spec(command: &[&str]) -> ProcessSpec {
     ProcessSpec {
@@ -221,4 +228,177 @@ fn bad_commands_fail_with_a_clear_error() {
         format!("{err:#}").contains("longer than the 107 bytes a Unix socket allows"),
         "{err:#}"
     );
+}
+
+/// Names the state directory in a helper process that stands in for the
+/// server: it starts [`FORK_TREE`] and waits to be killed.
+const CRASH_HELPER: &str = "WSCHED_TEST_CRASH_HELPER";
+
+/// Names the job the helper starts.
+const CRASH_HELPER_JOB: &str = "WSCHED_TEST_CRASH_HELPER_JOB";
+
+/// A job that forks: a child, a grandchild in its process group, and a
+/// grandchild that left the group (`setsid`). Five processes: two `sh`,
+/// three `sleep`.
+const FORK_TREE: &str = "sleep 600 & (setsid sleep 600 &); sh -c 'sleep 600 & wait' & wait";
+
+/// Not a test: the server that `crash_a_server_running` kills, run in a
+/// process of its own; it does nothing unless [`CRASH_HELPER`] is set.
+#[test]
+fn crash_helper_starts_a_job_and_waits_to_be_killed() {
+    let (Some(root), Some(id)) = (std::env::var_os(CRASH_HELPER), std::env::var(CRASH_HELPER_JOB).ok()) else {
+        return;
+    };
+    let id: u64 = id.parse().expect("job id");
+    let dir = ProcessBackend::new(PathBuf::from(root)).job_dir(id);
+    std::fs::create_dir_all(&dir).expect("job directory");
+    // Spawned from this thread, which never exits: only the process's death
+    // ends the job's first process (PR_SET_PDEATHSIG), as in the server.
+    let job = ProcessJob::spawn(id, &shell(FORK_TREE, &dir), &[0], &dir).expect("spawn");
+    std::fs::write(dir.join("group.new"), job.process_group().to_string()).expect("write group");
+    std::fs::rename(dir.join("group.new"), dir.join("group")).expect("publish group");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// The crash helper, killed (with what is left of its job) should a test
+/// fail before it does so itself.
+struct Server {
+    process: Child,
+    socket: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        let target = leftovers::Target {
+            control_socket: self.socket.clone(),
+            recorded_group: None,
+        };
+        let _ = leftovers::kill_one(target, leftovers::DEFAULT_DEADLINE);
+    }
+}
+
+/// The command names of the processes carrying the marker of the job with
+/// control socket `socket`, by pid.
+fn job_processes(socket: &Path) -> Vec<(i32, String)> {
+    leftovers::processes_of(socket)
+        .expect("scan /proc")
+        .into_iter()
+        .map(|pid| (pid, read(Path::new(&format!("/proc/{pid}/comm"))).trim().to_string()))
+        .collect()
+}
+
+/// Whether the processes are exactly one [`FORK_TREE`], settled.
+fn is_one_fork_tree(processes: &[(i32, String)]) -> bool {
+    let count = |name: &str| processes.iter().filter(|(_, comm)| comm == name).count();
+    processes.len() == 5 && count("sh") == 2 && count("sleep") == 3
+}
+
+fn pids(processes: &[(i32, String)]) -> Vec<i32> {
+    processes.iter().map(|(pid, _)| *pid).collect()
+}
+
+/// A server whose job `id` runs [`FORK_TREE`], with its state under
+/// `root`, killed with SIGKILL: returns it (already dead) with the job's
+/// recorded process group and the processes left running.
+fn crash_a_server_running(root: &Path, id: u64) -> (Server, i32, Vec<(i32, String)>) {
+    let dir = ProcessBackend::new(root).job_dir(id);
+    let mut server = Server {
+        process: Command::new(std::env::current_exe().expect("test binary"))
+            .args(["crash_helper_starts_a_job_and_waits_to_be_killed", "--exact"])
+            .env(CRASH_HELPER, root)
+            .env(CRASH_HELPER_JOB, id.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the helper"),
+        socket: control_socket(&dir),
+    };
+    common::wait_for("the job's whole tree", || {
+        dir.join("group").exists() && is_one_fork_tree(&job_processes(&server.socket))
+    });
+    let group: i32 = read(&dir.join("group")).parse().expect("process group");
+    let tree = job_processes(&server.socket);
+    assert!(
+        tree.iter().any(|&(pid, _)| {
+            let stat = read(Path::new(&format!("/proc/{pid}/stat")));
+            stat.rsplit(") ").next().and_then(|rest| rest.split(' ').nth(2)) != Some(group.to_string().as_str())
+        }),
+        "a grandchild left the job's process group: {tree:?}"
+    );
+
+    server.process.kill().expect("kill -9 the server");
+    server.process.wait().expect("reap the server");
+    common::wait_for("the job's first process to die with the server", || {
+        !pids(&job_processes(&server.socket)).contains(&group)
+    });
+    let left = job_processes(&server.socket);
+    assert_eq!(left.len(), 4, "all but the first process outlive the server: {left:?}");
+    (server, group, left)
+}
+
+/// A server with one GPU whose job runs [`FORK_TREE`]; not started yet.
+fn restarted_server(root: &Path) -> (Runtime<ProcessBackend>, u64) {
+    let host = PolicyHost::new(common::engine(), Cluster::homogeneous(1, 1, "H100", 80 << 30));
+    let mut rt = Runtime::new(host, ProcessBackend::new(root));
+    let mut spec = JobSpec::new("t", 1, 0.0);
+    spec.work = None;
+    spec.expected_duration = None;
+    let id = rt.submit(spec).expect("submit");
+    let dir = rt.backend().job_dir(id);
+    rt.backend_mut().register(id, shell(FORK_TREE, &dir));
+    (rt, id)
+}
+
+/// Start the job again and check that it runs once: one tree, none of it
+/// from before; stopping the server then leaves nothing of it.
+fn start_again_and_check_it_runs_once(mut rt: Runtime<ProcessBackend>, id: u64, before: &[i32]) {
+    let socket = control_socket(&rt.backend().job_dir(id));
+    rt.step(0.0);
+    assert!(
+        rt.backend().process_group(id).is_some(),
+        "not started: {:?}",
+        rt.host().cluster().job(id).map(|j| (j.state, j.failure.clone()))
+    );
+    common::wait_for("the new tree", || is_one_fork_tree(&job_processes(&socket)));
+    let now = pids(&job_processes(&socket));
+    assert!(
+        !now.iter().any(|pid| before.contains(pid)),
+        "before {before:?}, now {now:?}"
+    );
+    drop(rt);
+    assert_eq!(
+        job_processes(&socket),
+        vec![],
+        "stopping the server kills the job, the grandchild outside its group included"
+    );
+}
+
+#[test]
+fn leftovers_of_a_crashed_server_are_killed_and_the_job_runs_once_again() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (rt, id) = restarted_server(root.path());
+    let (_server, group, left) = crash_a_server_running(root.path(), id);
+
+    let found = rt
+        .backend()
+        .clean_up_after_crash(&[(id, Some(group))])
+        .expect("clean up");
+    let expected = Leftovers {
+        killed: pids(&left),
+        ..Leftovers::default()
+    };
+    assert_eq!(found, vec![(id, expected)]);
+    assert_eq!(job_processes(&control_socket(&rt.backend().job_dir(id))), vec![]);
+    start_again_and_check_it_runs_once(rt, id, &pids(&left));
+}
+
+#[test]
+fn a_job_is_never_started_beside_what_a_crashed_server_left_of_it() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (rt, id) = restarted_server(root.path());
+    let (_server, _, left) = crash_a_server_running(root.path(), id);
+    start_again_and_check_it_runs_once(rt, id, &pids(&left));
 }

@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 
+use super::leftovers::Leftovers;
 use super::process::ProcessSpec;
 use super::processes::ProcessBackend;
 use super::synthetic::{SyntheticBackend, Workload};
@@ -66,6 +67,19 @@ impl LocalBackend {
         if let Some(devices) = &mut self.devices {
             devices.forget(id);
         }
+    }
+
+    /// The process group of command job `id`'s process, while it has one:
+    /// to record with the job, for [`Self::clean_up_after_crash`].
+    pub fn process_group(&self, id: JobId) -> Option<i32> {
+        self.processes.process_group(id)
+    }
+
+    /// At start, before recovered command jobs can run again: kill what
+    /// the crashed server left of `jobs` (id and recorded process group);
+    /// see [`ProcessBackend::clean_up_after_crash`].
+    pub fn clean_up_after_crash(&self, jobs: &[(JobId, Option<i32>)]) -> anyhow::Result<Vec<(JobId, Leftovers)>> {
+        self.processes.clean_up_after_crash(jobs)
     }
 
     /// The process backend, for logs and progress of command jobs.

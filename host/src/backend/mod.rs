@@ -12,6 +12,8 @@
 //! - [`processes`]: each job is a local command, given its GPUs through
 //!   `CUDA_VISIBLE_DEVICES`; it finishes when the process exits.
 //! - [`process`]: one such command, its logs and how it is suspended.
+//! - [`leftovers`]: what such a command left running when the server
+//!   died, killed before it starts again.
 //! - [`synthetic`]: built-in training jobs running real kernels on
 //!   devices, suspended at iteration boundaries, moved through host memory.
 //! - [`device`]: what those jobs need of a GPU, and a CPU stand-in with
@@ -24,6 +26,7 @@
 pub mod cuda;
 pub mod device;
 pub mod emulated;
+pub mod leftovers;
 pub mod local;
 pub mod process;
 pub mod processes;

@@ -46,6 +46,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use super::leftovers;
+
 /// The protocol version this host speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -154,7 +156,7 @@ impl ProcessJob {
             bail!("job {id}: the command is empty");
         };
         std::fs::create_dir_all(dir).with_context(|| format!("job {id}: cannot create {}", dir.display()))?;
-        let socket = dir.join("control.sock");
+        let socket = control_socket(dir);
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             bail!(
                 "job {id}: control socket path {} is longer than the {MAX_SOCKET_PATH} bytes a Unix socket allows; use a shorter job directory",
@@ -194,11 +196,14 @@ impl ProcessJob {
             // Its own process group, so that a signal reaches the whole job
             // (a launcher script and its workers), not only the first process.
             .process_group(0);
-        // If the host dies (even by SIGKILL), the job dies with it rather
-        // than running on unsupervised: a restarted host re-queues every
-        // live job and would otherwise run it twice. (The signal fires when
-        // the thread that spawned the job exits, so spawn from a thread
-        // that lives as long as the backend.)
+        // If the host dies (even by SIGKILL), the job's first process dies
+        // with it rather than running on unsupervised: a restarted host
+        // re-queues every live job and would otherwise run it twice. Its
+        // children are not reached by this; a restarted host kills them
+        // by their `WSCHED_CONTROL` before it starts the job again
+        // ([`leftovers`]). (The signal fires when the thread that spawned
+        // the job exits, so spawn from a thread that lives as long as the
+        // backend.)
         // SAFETY: prctl is async-signal-safe and touches no memory of ours.
         unsafe {
             command.pre_exec(|| {
@@ -238,6 +243,11 @@ impl ProcessJob {
     /// The job's id.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The process group the job was started in (its first process's pid).
+    pub fn process_group(&self) -> i32 {
+        self.pgid
     }
 
     /// The directory holding the job's logs.
@@ -344,7 +354,8 @@ impl ProcessJob {
         Ok(())
     }
 
-    /// Kill the job's whole process group and reap it.
+    /// Kill the job's whole process group, and the processes that left
+    /// the group but carry the job's marker ([`leftovers`]); reap it.
     pub fn kill(&mut self) -> anyhow::Result<ExitStatus> {
         if let Some(status) = self.try_wait()? {
             return Ok(status);
@@ -356,6 +367,24 @@ impl ProcessJob {
             .wait()
             .with_context(|| format!("job {}: cannot reap the process", self.id))?;
         self.exit = Some(status);
+        // A grandchild that called setsid is out of reach of the group's
+        // signal, and would hold on to the GPUs the job is leaving.
+        let target = leftovers::Target {
+            control_socket: self.socket.clone(),
+            recorded_group: None,
+        };
+        match leftovers::kill_one(target, leftovers::DEFAULT_DEADLINE) {
+            Ok(found) if !found.is_clean() => {
+                tracing::warn!(job = self.id, pids = ?found.survivors, "processes of the killed job are still alive")
+            }
+            Ok(found) if !found.killed.is_empty() => {
+                tracing::info!(job = self.id, pids = ?found.killed, "killed processes that had left the job's process group")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(job = self.id, error = %e, "cannot look for processes that left the job's process group")
+            }
+        }
         Ok(status)
     }
 
@@ -380,6 +409,20 @@ impl Drop for ProcessJob {
         let _ = UnixStream::connect(&self.socket);
         let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+/// The control socket of the job whose directory is `dir`, as its
+/// processes are told it in `WSCHED_CONTROL`: with the directory's
+/// canonical path when it exists, so that it names the same job however
+/// the state directory was spelled (relative, through a link), and a
+/// restarted server recognises the job's processes by it
+/// ([`leftovers`]).
+pub fn control_socket(dir: &Path) -> PathBuf {
+    let dir = dir
+        .canonicalize()
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_path_buf());
+    dir.join("control.sock")
 }
 
 /// Exit code, or the signal that ended the process, for logs and records.

@@ -19,12 +19,20 @@
 //!
 //! A job finishes when its process exits with status 0 and fails with the
 //! exit code or signal otherwise.
+//!
+//! A job is never started beside what is left of an earlier run of it (a
+//! server killed with SIGKILL leaves the job's grandchildren running):
+//! before a job whose directory exists is started, its leftovers are
+//! killed ([`super::leftovers`]), and the start fails if any survive.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::process::{ProcessJob, ProcessSpec, Progress, Suspension, describe_exit};
+use anyhow::{Context, bail};
+
+use super::leftovers::{self, Leftovers, Target};
+use super::process::{ProcessJob, ProcessSpec, Progress, Suspension, control_socket, describe_exit};
 use super::{Backend, Ending};
 use crate::cluster::{Applied, Cluster};
 use crate::wit::{Action, GpuId, JobId, JobState};
@@ -43,6 +51,8 @@ struct Live {
 pub struct ProcessBackend {
     root: PathBuf,
     suspend_deadline: Duration,
+    /// How long leftovers of a job's earlier run get to die after SIGKILL.
+    leftover_deadline: Duration,
     specs: HashMap<JobId, ProcessSpec>,
     live: HashMap<JobId, Live>,
     restarts: HashMap<JobId, u32>,
@@ -60,6 +70,7 @@ impl ProcessBackend {
         ProcessBackend {
             root: root.into(),
             suspend_deadline: DEFAULT_SUSPEND_DEADLINE,
+            leftover_deadline: leftovers::DEFAULT_DEADLINE,
             specs: HashMap::new(),
             live: HashMap::new(),
             restarts: HashMap::new(),
@@ -131,6 +142,61 @@ impl ProcessBackend {
         self.restarts.get(&id).copied().unwrap_or(0)
     }
 
+    /// The process group of job `id`'s process, while it has one: what to
+    /// record, so that a server restarted after a crash can point out
+    /// members of the group that are not the job's ([`Leftovers::spared`]).
+    pub fn process_group(&self, id: JobId) -> Option<i32> {
+        self.live.get(&id).map(|l| l.process.process_group())
+    }
+
+    /// Kill what an earlier run of the server left of `jobs` (each with its
+    /// recorded process group, if any), before they are started again; one
+    /// [`Leftovers`] per job, in order. One pass over `/proc` serves them
+    /// all. Fails when a job has a process of this server, or when `/proc`
+    /// cannot be read.
+    pub fn clean_up_after_crash(&self, jobs: &[(JobId, Option<i32>)]) -> anyhow::Result<Vec<(JobId, Leftovers)>> {
+        if let Some((id, _)) = jobs.iter().find(|(id, _)| self.live.contains_key(id)) {
+            bail!("job {id} is running here; only what an earlier server left of it can be cleaned up");
+        }
+        let targets: Vec<Target> = jobs
+            .iter()
+            .map(|&(id, recorded_group)| Target {
+                control_socket: control_socket(&self.job_dir(id)),
+                recorded_group,
+            })
+            .collect();
+        let found = leftovers::kill(&targets, self.leftover_deadline)
+            .context("cannot look for processes that jobs left when the server stopped")?;
+        Ok(jobs.iter().map(|&(id, _)| id).zip(found).collect())
+    }
+
+    /// Kill what an earlier run left of job `id` before it starts again;
+    /// an error if any of it survives. A job without a directory was never
+    /// started, so nothing can be left of it.
+    fn kill_leftovers(&self, id: JobId, dir: &Path) -> Result<(), String> {
+        if !dir.exists() {
+            return Ok(());
+        }
+        let target = Target {
+            control_socket: control_socket(dir),
+            recorded_group: None,
+        };
+        let found = leftovers::kill_one(target, self.leftover_deadline)
+            .map_err(|e| format!("job {id}: cannot look for processes left from its earlier run: {e}"))?;
+        if !found.killed.is_empty() {
+            tracing::warn!(job = id, pids = ?found.killed, "killed processes left from the job's earlier run before starting it again");
+        }
+        if !found.is_clean() {
+            let pids: Vec<String> = found.survivors.iter().map(i32::to_string).collect();
+            return Err(format!(
+                "job {id}: processes of its earlier run (pids {}) are still alive {:?} after SIGKILL; it is not started beside them",
+                pids.join(", "),
+                self.leftover_deadline
+            ));
+        }
+        Ok(())
+    }
+
     fn spawn(&mut self, id: JobId, gpus: &[GpuId]) -> Result<(), String> {
         let Some(spec) = self.specs.get(&id) else {
             return Err(format!("job {id}: no command registered with the process backend"));
@@ -139,6 +205,7 @@ impl ProcessBackend {
         let restarts = self.restarts(id);
         spec.env.insert("WSCHED_RESTARTS".into(), restarts.to_string());
         let dir = self.job_dir(id);
+        self.kill_leftovers(id, &dir)?;
         let process = ProcessJob::spawn(id, &spec, gpus, &dir).map_err(|e| format!("{e:#}"))?;
         self.live.insert(
             id,
@@ -267,5 +334,78 @@ impl ProcessBackend {
     /// The root directory holding the job directories.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+    use crate::backend::leftovers::testing::Sleeper;
+
+    fn backend_with_a_leftover_of_job(id: JobId, root: &Path) -> (ProcessBackend, Sleeper) {
+        let mut backend = ProcessBackend::new(root);
+        backend.register(
+            id,
+            ProcessSpec {
+                command: vec!["true".into()],
+                ..ProcessSpec::default()
+            },
+        );
+        let dir = backend.job_dir(id);
+        std::fs::create_dir_all(&dir).expect("job directory");
+        let leftover = Sleeper::start(Some(&control_socket(&dir)), 0);
+        (backend, leftover)
+    }
+
+    #[test]
+    fn a_job_is_not_started_beside_a_leftover_of_its_earlier_run() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (mut backend, mut leftover) = backend_with_a_leftover_of_job(3, root.path());
+        backend.leftover_deadline = Duration::ZERO;
+        let err = backend.spawn(3, &[0]).expect_err("a leftover survives");
+        assert!(
+            err.starts_with(&format!(
+                "job 3: processes of its earlier run (pids {}) are still alive",
+                leftover.pid()
+            )),
+            "{err}"
+        );
+        assert_eq!(backend.live_count(), 0);
+        assert_eq!(leftover.ended(), None);
+
+        backend.leftover_deadline = leftovers::DEFAULT_DEADLINE;
+        backend.spawn(3, &[0]).expect("started once the leftover is gone");
+        let status = leftover.0.wait().expect("wait");
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert!(backend.process_group(3).is_some_and(|group| group > 0));
+    }
+
+    #[test]
+    fn clean_up_after_crash_kills_each_jobs_leftovers_and_refuses_live_jobs() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (mut backend, mut leftover) = backend_with_a_leftover_of_job(4, root.path());
+        let found = backend
+            .clean_up_after_crash(&[(4, Some(i32::MAX)), (5, None)])
+            .expect("clean up");
+        assert_eq!(
+            found,
+            vec![
+                (
+                    4,
+                    Leftovers {
+                        killed: vec![leftover.pid()],
+                        ..Leftovers::default()
+                    }
+                ),
+                (5, Leftovers::default()),
+            ]
+        );
+        assert_eq!(leftover.0.wait().expect("wait").signal(), Some(libc::SIGKILL));
+
+        backend.spawn(4, &[0]).expect("start");
+        let err = backend.clean_up_after_crash(&[(4, None)]).expect_err("job 4 runs here");
+        assert!(format!("{err:#}").contains("job 4 is running here"), "{err:#}");
     }
 }
