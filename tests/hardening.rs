@@ -903,3 +903,94 @@ async fn hundreds_of_hostile_requests_get_clean_answers_and_the_scheduler_runs_o
     );
     assert!(!server.log().contains("panicked"), "{}", server.log());
 }
+
+/// Pids of live (not zombie) processes whose environment holds `marker`.
+fn processes_with(marker: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        {
+            continue;
+        }
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        if environ.split(|&b| b == 0).any(|var| var == marker.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_jobs_leftovers_are_killed_after_a_crash_and_it_runs_once_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    let mut server = Server::start(&state_dir, &["--emulate-gpus", "1"]);
+    let mut jobs = server.jobs().await;
+    // A job with a child, a grandchild in its group and one that left it.
+    let id = server
+        .submit(
+            &mut jobs,
+            submit_request(command(&[
+                "sh",
+                "-c",
+                "sleep 600 & (setsid sleep 600 &); sh -c 'sleep 600 & wait' & wait",
+            ])),
+        )
+        .await;
+    let socket = state_dir
+        .canonicalize()
+        .expect("state dir")
+        .join(format!("jobs/job-{id}/control.sock"));
+    let marker = format!("WSCHED_CONTROL={}", socket.display());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while processes_with(&marker).len() < 5 {
+        assert!(Instant::now() < deadline, "the job's tree never grew");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let group = all_jobs(&mut jobs).await[&id].process_group;
+    assert!(group.is_some(), "the process group is in the job's record");
+    server.kill();
+    let orphans = processes_with(&marker);
+    assert!(!orphans.is_empty(), "the crash left nothing behind: nothing to test");
+
+    let server = Server::start(&state_dir, &["--emulate-gpus", "1"]);
+    let mut jobs = server.jobs().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = processes_with(&marker);
+        let old = now.iter().filter(|pid| orphans.contains(pid)).count();
+        if old == 0 && now.len() == 5 {
+            break; // one tree: the new run's, none of the old
+        }
+        assert!(Instant::now() < deadline, "old {old} of {:?}, now {now:?}", orphans);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let job = jobs
+        .get_job(server.authed(proto::GetJobRequest { id }))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(job.recoveries, 1);
+    assert!(
+        job.notes
+            .iter()
+            .any(|n| n.text.contains("killed") && n.text.contains("earlier run")),
+        "{:?}",
+        job.notes
+    );
+    jobs.cancel_job(server.authed(proto::CancelJobRequest { id }))
+        .await
+        .expect("cancel");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !processes_with(&marker).is_empty() {
+        assert!(Instant::now() < deadline, "a cancel leaves processes behind");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -729,6 +729,7 @@ impl Core {
                 requeued += 1;
             }
         }
+        core.clean_up_after_crash();
         // Stored in id order; expiry goes by end time.
         core.expiry
             .make_contiguous()
@@ -865,6 +866,52 @@ impl Core {
         self.records.insert(id, Box::new(record));
         self.ids.insert(id);
         live
+    }
+
+    /// Before recovered command jobs run again: kill whatever their earlier
+    /// run left behind (children and grandchildren survive a `kill -9` of
+    /// the server: only a job's first process dies with it), so that a
+    /// restart never runs a job twice; each job's notes say what was done.
+    fn clean_up_after_crash(&mut self) {
+        let jobs: Vec<(JobId, Option<i32>)> = self
+            .records
+            .iter()
+            .filter(|(id, _)| self.runtime.backend().processes().is_registered(**id))
+            .map(|(id, record)| (*id, record.process_group))
+            .collect();
+        if jobs.is_empty() {
+            return;
+        }
+        let found = match self.runtime.backend().clean_up_after_crash(&jobs) {
+            Ok(found) => found,
+            Err(e) => {
+                // Each job's own start checks again and refuses to run
+                // beside leftovers, so this is not the last line.
+                tracing::error!(error = %format!("{e:#}"), "cannot look for processes left by the previous run");
+                return;
+            }
+        };
+        for (id, leftovers) in found {
+            if !leftovers.spared.is_empty() {
+                tracing::warn!(job = id, pids = ?leftovers.spared, "processes in the job's old process group do not carry its marker; left alone");
+            }
+            let text = match (leftovers.killed.len(), leftovers.survivors.is_empty()) {
+                (0, true) => continue,
+                (n, true) => format!(
+                    "after the server crashed: killed {n} process(es) left of the job's earlier run (pids {:?}) before it runs again",
+                    leftovers.killed
+                ),
+                (_, false) => format!(
+                    "after the server crashed: processes of the job's earlier run (pids {:?}) would not die; it will not be started beside them",
+                    leftovers.survivors
+                ),
+            };
+            tracing::warn!(job = id, %text, "leftovers of a crashed run");
+            if let Some(record) = self.records.get_mut(&id) {
+                record.note(text);
+                self.changed.insert(id);
+            }
+        }
     }
 
     /// The model's clock for the wall clock now.
@@ -1454,6 +1501,14 @@ impl Core {
                 .schedule_attempts(outcome.applied.len(), outcome.rejected.len(), pending);
             for (action, _) in &outcome.applied {
                 self.changed.insert(action.job());
+                // A command's process group, kept in its record for the
+                // clean-up after a crash; a start or a move makes a new one.
+                let group = self.runtime.backend().process_group(action.job());
+                if group.is_some()
+                    && let Some(record) = self.records.get_mut(&action.job())
+                {
+                    record.process_group = group;
+                }
                 match action {
                     Action::Preempt(_) => {
                         self.metrics.preemptions.inc();
