@@ -994,3 +994,70 @@ async fn a_command_jobs_leftovers_are_killed_after_a_crash_and_it_runs_once_agai
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_jobs_run_as_the_user_the_server_is_told() {
+    // SAFETY: geteuid(2) only reads our effective user id.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: starting jobs as another user needs root");
+        return;
+    }
+    let nobody = wsched::backend::process::Credentials::of_user("nobody").expect("the user nobody");
+    let dir = tempfile::tempdir().expect("tempdir");
+    use std::os::unix::fs::PermissionsExt;
+    // The job must be able to pass through the directories above its own.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let server = Server::start(
+        &dir.path().join("state"),
+        &["--emulate-gpus", "1", "--run-as", "nobody"],
+    );
+    let mut jobs = server.jobs().await;
+    let id = server
+        .submit(
+            &mut jobs,
+            submit_request(command(&[
+                "sh",
+                "-c",
+                "id -u; echo $HOME; test -w \"$WSCHED_CONTROL\" && echo reachable",
+            ])),
+        )
+        .await;
+    let done = wait_ended(&mut jobs, &[id], Duration::from_secs(20)).await;
+    assert_eq!(state(&done[0]), proto::JobState::Finished, "{:?}", done[0]);
+    let log = std::fs::read_to_string(server.state.join(format!("jobs/job-{id}/stdout.log"))).expect("log");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines[0], nobody.uid.to_string(), "{log}");
+    assert_eq!(lines[1], nobody.home.display().to_string(), "{log}");
+    assert_eq!(lines.get(2), Some(&"reachable"), "{log}");
+    // Others may pass through the state directory, not list or read it.
+    let mode = std::fs::metadata(&server.state).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o711);
+    let token_mode = std::fs::metadata(server.state.join("token"))
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(token_mode, 0o600);
+
+    // A server that is not root cannot start jobs as someone else: here,
+    // a user that does not exist is refused at start.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wsched"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-metrics",
+            "--run-as",
+            "no-such-user-anywhere",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("other"))
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--run-as") && stderr.contains("no-such-user-anywhere"),
+        "{stderr}"
+    );
+}

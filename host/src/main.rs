@@ -114,6 +114,10 @@ struct ServeArgs {
     /// the server's user.
     #[arg(long)]
     no_command_jobs: bool,
+    /// Run command jobs as this user (the server must run as root): the
+    /// token then lets a client run programs as USER, not as root.
+    #[arg(long, value_name = "USER")]
+    run_as: Option<String>,
     /// Let `LoadPolicy` read plugin files by path from this directory (and
     /// nowhere else). Without it, clients send the plugin's bytes.
     #[arg(long, value_name = "DIR")]
@@ -356,6 +360,12 @@ fn run_serve(args: ServeArgs, connect: &client::ConnectArgs, cache: Option<Compi
         }
     }
     config.no_command_jobs = args.no_command_jobs;
+    config.run_as = args
+        .run_as
+        .as_deref()
+        .map(wsched::backend::process::Credentials::of_user)
+        .transpose()
+        .context("--run-as")?;
     config.policy_dir = args.policy_dir;
     config.auth_reads = args.auth_reads;
     config.limits = args.limits.limits();

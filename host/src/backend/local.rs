@@ -43,6 +43,12 @@ impl LocalBackend {
         }
     }
 
+    /// Start command jobs' processes as `launch` says (as another user).
+    pub fn with_launch(mut self, launch: super::process::Launch) -> Self {
+        self.processes = self.processes.with_launch(launch);
+        self
+    }
+
     /// Job `id` is a command, not a synthetic job; call it right after
     /// submitting. `restarts` is how many times it was started before (a
     /// job recovered after the server restarted is told so, to resume from

@@ -66,6 +66,69 @@ pub struct ProcessSpec {
     pub workdir: Option<PathBuf>,
 }
 
+/// How jobs are started, beyond what each asks for: the server's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Launch {
+    /// Run jobs as this user instead of the server's (`serve --run-as`).
+    pub run_as: Option<Credentials>,
+    /// The file mode mask jobs start with (the server's own is stricter).
+    pub umask: Option<libc::mode_t>,
+}
+
+/// A user jobs run as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user's name.
+    pub name: String,
+    /// User id.
+    pub uid: libc::uid_t,
+    /// Primary group id (the job gets no other group).
+    pub gid: libc::gid_t,
+    /// Home directory (the job's `HOME`).
+    pub home: PathBuf,
+}
+
+impl Credentials {
+    /// Look `name` up in the user database.
+    pub fn of_user(name: &str) -> anyhow::Result<Credentials> {
+        let c_name = std::ffi::CString::new(name).context("a user name cannot hold a NUL byte")?;
+        let mut size = 16 * 1024;
+        loop {
+            let mut buf = vec![0 as libc::c_char; size];
+            // SAFETY: an all-zero passwd is a valid value to be filled in.
+            let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+            let mut found: *mut libc::passwd = std::ptr::null_mut();
+            // SAFETY: every pointer is to memory we own, sized as passed;
+            // the strings the entry points to live in `buf`, read below
+            // while `buf` lives.
+            let rc = unsafe { libc::getpwnam_r(c_name.as_ptr(), &mut entry, buf.as_mut_ptr(), buf.len(), &mut found) };
+            if rc == libc::ERANGE && size < 1 << 20 {
+                size *= 4;
+                continue;
+            }
+            if rc != 0 {
+                bail!(
+                    "cannot look up user {name:?}: {}",
+                    std::io::Error::from_raw_os_error(rc)
+                );
+            }
+            if found.is_null() {
+                bail!("no user {name:?} on this machine");
+            }
+            // SAFETY: pw_dir is a NUL-terminated string inside `buf`.
+            let home = unsafe { std::ffi::CStr::from_ptr(entry.pw_dir) }
+                .to_string_lossy()
+                .into_owned();
+            return Ok(Credentials {
+                name: name.to_string(),
+                uid: entry.pw_uid,
+                gid: entry.pw_gid,
+                home: PathBuf::from(home),
+            });
+        }
+    }
+}
+
 /// How a `suspend` ended.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Suspension {
@@ -152,6 +215,12 @@ impl ProcessJob {
     /// in `dir` (created if needed): `dir/stdout.log`, `dir/stderr.log`
     /// (appended to), `dir/control.sock`.
     pub fn spawn(id: u64, spec: &ProcessSpec, gpus: &[u32], dir: &Path) -> anyhow::Result<Self> {
+        Self::spawn_with(id, spec, gpus, dir, &Launch::default())
+    }
+
+    /// [`ProcessJob::spawn`], started as `launch` says (as another user,
+    /// with another umask).
+    pub fn spawn_with(id: u64, spec: &ProcessSpec, gpus: &[u32], dir: &Path, launch: &Launch) -> anyhow::Result<Self> {
         let Some((program, args)) = spec.command.split_first() else {
             bail!("job {id}: the command is empty");
         };
@@ -181,6 +250,19 @@ impl ProcessJob {
                 .with_context(|| format!("job {id}: cannot open {}", path.display()))
         };
         let (stdout, stderr) = (log("stdout.log")?, log("stderr.log")?);
+        if let Some(user) = &launch.run_as {
+            // The job's own directory, logs and socket are its user's: it
+            // must reach its control socket, and may read its logs.
+            for path in [
+                dir.to_path_buf(),
+                dir.join("stdout.log"),
+                dir.join("stderr.log"),
+                socket.clone(),
+            ] {
+                std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid))
+                    .with_context(|| format!("job {id}: cannot give {} to {}", path.display(), user.name))?;
+            }
+        }
 
         let visible: Vec<String> = gpus.iter().map(u32::to_string).collect();
         let mut command = Command::new(program);
@@ -204,9 +286,34 @@ impl ProcessJob {
         // ([`leftovers`]). (The signal fires when the thread that spawned
         // the job exits, so spawn from a thread that lives as long as the
         // backend.)
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        if let Some(user) = &launch.run_as {
+            for (name, value) in [("USER", &user.name), ("LOGNAME", &user.name)] {
+                if !spec.env.contains_key(name) {
+                    command.env(name, value);
+                }
+            }
+            if !spec.env.contains_key("HOME") {
+                command.env("HOME", &user.home);
+            }
+        }
+        let credentials = launch.run_as.as_ref().map(|u| (u.uid, u.gid));
+        let umask = launch.umask;
+        // SAFETY: umask, setgroups, setgid, setuid and prctl are
+        // async-signal-safe system calls that touch no memory of ours but
+        // the one group id on this closure's stack.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
+                if let Some(mask) = umask {
+                    libc::umask(mask);
+                }
+                if let Some((uid, gid)) = credentials {
+                    // Groups, then group, then user: after setuid the
+                    // others can no longer be changed.
+                    if libc::setgroups(1, &gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // After the credentials: changing them clears this setting.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }

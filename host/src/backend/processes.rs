@@ -32,7 +32,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use super::leftovers::{self, Leftovers, Target};
-use super::process::{ProcessJob, ProcessSpec, Progress, Suspension, control_socket, describe_exit};
+use super::process::{Launch, ProcessJob, ProcessSpec, Progress, Suspension, control_socket, describe_exit};
 use super::{Backend, Ending};
 use crate::cluster::{Applied, Cluster};
 use crate::wit::{Action, GpuId, JobId, JobState};
@@ -61,6 +61,8 @@ pub struct ProcessBackend {
     early_ends: Vec<(JobId, Ending)>,
     /// Last progress of processes that ended, reported at the next `progress`.
     final_progress: Vec<(JobId, Progress)>,
+    /// How processes are started (user, umask).
+    launch: Launch,
 }
 
 impl ProcessBackend {
@@ -76,7 +78,14 @@ impl ProcessBackend {
             restarts: HashMap::new(),
             early_ends: Vec::new(),
             final_progress: Vec::new(),
+            launch: Launch::default(),
         }
+    }
+
+    /// Start every process as `launch` says (as another user, say).
+    pub fn with_launch(mut self, launch: Launch) -> Self {
+        self.launch = launch;
+        self
     }
 
     /// Give cooperating jobs `deadline` to checkpoint before SIGSTOP.
@@ -206,7 +215,7 @@ impl ProcessBackend {
         spec.env.insert("WSCHED_RESTARTS".into(), restarts.to_string());
         let dir = self.job_dir(id);
         self.kill_leftovers(id, &dir)?;
-        let process = ProcessJob::spawn(id, &spec, gpus, &dir).map_err(|e| format!("{e:#}"))?;
+        let process = ProcessJob::spawn_with(id, &spec, gpus, &dir, &self.launch).map_err(|e| format!("{e:#}"))?;
         self.live.insert(
             id,
             Live {

@@ -31,7 +31,7 @@ use super::spec::{self, ServerChecks};
 use crate::backend::Backend;
 use crate::backend::device::DeviceInfo;
 use crate::backend::local::LocalBackend;
-use crate::backend::process::ProcessSpec;
+use crate::backend::process::{Launch, ProcessSpec};
 use crate::backend::synthetic::{DEFAULT_FLOPS_PER_ITERATION, SyntheticBackend, Workload};
 use crate::cluster::{Cluster, GpuSpec, Job, JobSpec};
 use crate::engine::{Engine, Plugin};
@@ -640,7 +640,13 @@ impl Core {
         } else {
             let devices = SyntheticBackend::new(config.devices.clone()).with_suspend_memory(config.suspend_memory);
             LocalBackend::with_devices(jobs_dir, devices)
-        };
+        }
+        .with_launch(Launch {
+            run_as: config.run_as.clone(),
+            // Jobs get the umask the server was started with, not the
+            // server's own private one.
+            umask: super::ORIGINAL_UMASK.get().copied(),
+        });
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let mut core = Core {
             runtime: Runtime::new(host, backend),

@@ -109,6 +109,8 @@ pub struct ServeConfig {
     pub finished_ttl: Option<Duration>,
     /// Refuse command jobs: run only synthetic (emulated or device) jobs.
     pub no_command_jobs: bool,
+    /// Run command jobs as this user instead of the server's own.
+    pub run_as: Option<crate::backend::process::Credentials>,
     /// Where `LoadPolicy` may read plugin files named by path; none: it
     /// may not (clients send the bytes).
     pub policy_dir: Option<PathBuf>,
@@ -148,6 +150,7 @@ impl ServeConfig {
             checkpoint_every: Duration::from_secs(10),
             finished_ttl: Some(DEFAULT_FINISHED_TTL),
             no_command_jobs: false,
+            run_as: None,
             policy_dir: None,
             auth_reads: false,
             shutdown_grace: Duration::from_secs(10),
@@ -171,7 +174,7 @@ pub fn default_state_dir() -> Option<PathBuf> {
 /// directories (the process's umask; job processes get the umask the
 /// server was started with back). The directory holds the token, every
 /// job's spec and logs: nobody else has business reading it.
-pub fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {
+pub fn prepare_state_dir(dir: &Path, traversable: bool) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -182,7 +185,9 @@ pub fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read the state directory {}", dir.display()))?
         .permissions()
         .mode();
-    if mode & 0o077 != 0 {
+    // With `--run-as` the directory is 0711 on purpose (see open_jobs_to).
+    let allowed = if traversable { 0o011 } else { 0 };
+    if mode & 0o077 & !allowed != 0 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot make {} private (chmod 700)", dir.display()))?;
         tracing::warn!(dir = %dir.display(), was = format!("{:o}", mode & 0o777), "the state directory was readable by others; it is 0700 now");
@@ -200,6 +205,34 @@ pub fn prepare_state_dir(dir: &Path) -> anyhow::Result<()> {
         // SAFETY: umask(2) only swaps the process's file mode mask.
         unsafe { libc::umask(0o077) }
     });
+    Ok(())
+}
+
+/// With `--run-as`, a job runs as another user and must reach its own
+/// directory (its control socket) under the state directory: the state
+/// directory and `jobs/` become 0711, which lets others pass through but
+/// not list them (everything in them stays 0600 or 0700, and each job's
+/// own directory is its user's).
+fn open_jobs_to(state_dir: &Path, user: &crate::backend::process::Credentials) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    // SAFETY: geteuid(2) only reads the process's effective user id.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 && euid != user.uid {
+        anyhow::bail!(
+            "--run-as {}: the server runs as user id {euid}; only root can start jobs as another user",
+            user.name
+        );
+    }
+    let jobs = state_dir.join("jobs");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(&jobs)
+        .with_context(|| format!("cannot create {}", jobs.display()))?;
+    for dir in [state_dir, jobs.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+            .with_context(|| format!("cannot open {} to --run-as {} (chmod 711)", dir.display(), user.name))?;
+    }
     Ok(())
 }
 
@@ -376,7 +409,10 @@ pub async fn serve_until(
     anyhow::ensure!(config.emulate_gpus > 0, "--emulate-gpus: must be at least 1");
     anyhow::ensure!(config.gpus_per_node > 0, "--gpus-per-node: must be at least 1");
 
-    prepare_state_dir(&config.state_dir)?;
+    prepare_state_dir(&config.state_dir, config.run_as.is_some())?;
+    if let Some(user) = &config.run_as {
+        open_jobs_to(&config.state_dir, user)?;
+    }
     let token = match &config.token {
         Some(token) if !token.trim().is_empty() => token.trim().to_string(),
         Some(_) => anyhow::bail!("--token: empty"),
