@@ -436,7 +436,7 @@ fn policy_event(time: f64, from: &str, to: &str, reason: &str, state_handed_over
 
 impl Core {
     fn recover(config: &ServeConfig, engine: Engine, metrics: Metrics) -> anyhow::Result<Core> {
-        let mut store = Store::open(&config.state_dir.join("wsched.redb"))?;
+        let mut store = Store::open(&crate::store::database_path(&config.state_dir))?;
         let recovered = store.recover()?;
         let epoch = match recovered.epoch {
             Some(epoch) => epoch,
