@@ -175,6 +175,19 @@ fn job_id_of(payload: &[u8]) -> Option<u64> {
     proto::Job::decode(payload).ok().map(|job| job.id)
 }
 
+/// The job id an encoded job's first bytes hold (its field 1, which the
+/// encoder writes first), whatever follows.
+fn leading_job_id(payload: &[u8]) -> Option<u64> {
+    let mut rest = payload.strip_prefix(&[0x08])?;
+    prost::encoding::decode_varint(&mut rest).ok()
+}
+
+/// How the log reads job records.
+const JOB_PAYLOADS: wal::Payloads = wal::Payloads {
+    id: job_id_of,
+    leading_id: leading_job_id,
+};
+
 /// Open (or create) the database at `path`; its file lock keeps a second
 /// process (a server, or a salvage) off it and the log beside it.
 fn open_database(path: &Path) -> anyhow::Result<Database> {
@@ -182,12 +195,38 @@ fn open_database(path: &Path) -> anyhow::Result<Database> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     Database::create(path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => anyhow::anyhow!(
-            "the database {} is in use by another process (a running `wsched serve`?); stop it first",
-            path.display()
-        ),
+        redb::DatabaseError::DatabaseAlreadyOpen => in_use(path),
         e => anyhow::Error::new(e).context(format!("cannot open the database {}", path.display())),
     })
+}
+
+/// The error for a database another process holds.
+fn in_use(path: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the database {} is in use by another process (a running `wsched serve`?); stop it first",
+        path.display()
+    )
+}
+
+/// The finding for a database that is gone from beside its log.
+fn database_missing(path: &Path) -> String {
+    format!(
+        "{}: missing, while the write-ahead log beside it holds records: the jobs it held are gone",
+        path.display()
+    )
+}
+
+/// What is wrong with the state beside the database at `path`, whose log
+/// `scan` read: a damaged log, or a log without its database (created
+/// before the log's first header, so missing only if removed, with every
+/// job checkpointed into it).
+fn damage(path: &Path, scan: &wal::LogScan) -> Vec<String> {
+    let mut findings = Vec::new();
+    if !path.exists() && scan.holds_a_log() {
+        findings.push(database_missing(path));
+    }
+    findings.extend(scan.problems().iter().map(ToString::to_string));
+    findings
 }
 
 /// The state directory is damaged: the store refused to open it, and
@@ -222,31 +261,29 @@ impl Store {
     /// before any file is changed.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
         let logs = log_paths(path);
-        if !path.exists() {
-            // Created only before the log's first header: a log without
-            // its database lost every job checkpointed into it.
-            let scan = wal::LogScan::read([&logs[0], &logs[1]], job_id_of)?;
-            if scan.holds_a_log() {
-                return Err(Damaged {
-                    dir: state_dir_of(path).to_path_buf(),
-                    findings: vec![format!(
-                        "{}: missing, while the write-ahead log beside it holds records: the jobs it held are gone",
-                        path.display()
-                    )],
-                }
-                .into());
+        let read_log = || wal::LogScan::read([&logs[0], &logs[1]], JOB_PAYLOADS);
+        // Judged before the database is opened for writing (which repairs
+        // one a crash left), so that a refusal leaves every file as found.
+        let findings = damage(path, &read_log()?);
+        if !findings.is_empty() {
+            if path.exists() && matches!(redb::ReadOnlyDatabase::open(path), Err(redb::DatabaseError::DatabaseAlreadyOpen)) {
+                return Err(in_use(path));
             }
-        }
-        // The log is read after the database is opened, whose file lock
-        // keeps a second server (or a salvage) off both, and judged before
-        // anything is written.
-        let db = open_database(path)?;
-        let scan = wal::LogScan::read([&logs[0], &logs[1]], job_id_of)?;
-        let problems = scan.problems();
-        if !problems.is_empty() {
             return Err(Damaged {
                 dir: state_dir_of(path).to_path_buf(),
-                findings: problems.iter().map(ToString::to_string).collect(),
+                findings,
+            }
+            .into());
+        }
+        let db = open_database(path)?;
+        // Again under the database's lock, which keeps a server (and a
+        // salvage) off the log too: one may have written it since.
+        let scan = read_log()?;
+        let findings = damage(path, &scan);
+        if !findings.is_empty() {
+            return Err(Damaged {
+                dir: state_dir_of(path).to_path_buf(),
+                findings,
             }
             .into());
         }
@@ -607,7 +644,7 @@ pub fn salvage(path: &Path) -> anyhow::Result<Salvage> {
     let logs = log_paths(path);
     let existed = path.exists();
     let db = open_database(path)?;
-    let scan = wal::LogScan::read([&logs[0], &logs[1]], job_id_of)?;
+    let scan = wal::LogScan::read([&logs[0], &logs[1]], JOB_PAYLOADS)?;
     let (rows, corrupt) = read_job_rows(&db)?;
     let problems = scan.problems();
     let mut report = Salvage {
@@ -616,10 +653,7 @@ pub fn salvage(path: &Path) -> anyhow::Result<Salvage> {
     };
     let missing_database = !existed && scan.holds_a_log();
     if missing_database {
-        report.findings.push(format!(
-            "{}: missing, while the write-ahead log beside it holds records: the jobs it held are gone",
-            path.display()
-        ));
+        report.findings.push(database_missing(path));
     }
     report.findings.extend(problems.iter().map(ToString::to_string));
     report.findings.extend(
@@ -855,5 +889,191 @@ mod tests {
         assert!(b.plugins.is_empty() && b.unload == ["a"]);
         b.merge(load("a"));
         assert!(b.unload.is_empty() && b.plugins.len() == 1);
+    }
+
+    /// A job of id `id` whose record says `failure`.
+    fn job(id: u64, failure: &str) -> proto::Job {
+        proto::Job {
+            id,
+            failure: failure.into(),
+            ..Default::default()
+        }
+    }
+
+    /// A store at `path` holding jobs 0..200, each committed on its own,
+    /// then `kill -9`ed (dropped without a word).
+    fn two_hundred_jobs(path: &Path) {
+        let mut store = Store::open(path).unwrap();
+        for id in 0..200 {
+            store
+                .commit(&Batch {
+                    jobs: vec![job(id, "first")],
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+    }
+
+    /// Where the newest record of job `id` lies: file and offset.
+    fn record_of(path: &Path, id: u64) -> (PathBuf, u64) {
+        let logs = log_paths(path);
+        let scan = wal::LogScan::read([&logs[0], &logs[1]], JOB_PAYLOADS).unwrap();
+        let (place, found) = scan.records().filter(|(_, r)| r.id == id).last().unwrap();
+        (scan.segment_path(place.rank).to_path_buf(), found.at)
+    }
+
+    fn flip(file: &Path, at: u64) {
+        let mut bytes = std::fs::read(file).unwrap();
+        bytes[at as usize] ^= 0xff;
+        std::fs::write(file, bytes).unwrap();
+    }
+
+    /// Every file in `dir`, by name, with its bytes.
+    fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+            .collect()
+    }
+
+    fn ids(store: &Store) -> Vec<u64> {
+        store.recover().unwrap().jobs.iter().map(|j| j.id).collect()
+    }
+
+    #[test]
+    fn a_damaged_log_is_refused_untouched_then_salvaged_naming_the_lost_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        two_hundred_jobs(&path);
+        let (file, at) = record_of(&path, 100);
+        flip(&file, at + 20); // in its payload
+        let before = files(dir.path());
+
+        let error = Store::open(&path).err().expect("refused");
+        let damaged = error.downcast_ref::<Damaged>().expect("a Damaged error");
+        let message = format!("{error:#}");
+        assert!(message.contains(&format!("{}: the record at byte {at} (job 100)", file.display())), "{message}");
+        assert!(message.contains("99 records that check follow it"), "{message}");
+        assert!(message.contains(&format!("wsched store recover --state-dir {}", dir.path().display())), "{message}");
+        assert_eq!(damaged.dir, dir.path());
+        assert!(files(dir.path()) == before, "a refusal changed a file");
+
+        let report = salvage(&path).unwrap();
+        assert_eq!(report.ids(Fate::Lost), [100], "{report}");
+        assert_eq!(report.touched.len(), 1, "{report}");
+        assert_eq!(report.copies.len(), 1, "{report}");
+        assert_eq!(std::fs::read(&report.copies[0].1).unwrap(), before[&file.file_name().unwrap().to_string_lossy().into_owned()]);
+        let printed = report.to_string();
+        assert!(printed.contains("jobs lost: 100\n"), "{printed}");
+        assert!(printed.contains(&format!("job 100: lost: its record at byte {at} of {}", file.display())), "{printed}");
+
+        let store = Store::open(&path).unwrap();
+        let expected: Vec<u64> = (0..200).filter(|&id| id != 100).collect();
+        assert_eq!(ids(&store), expected);
+        drop(store);
+        // And again, once the log has started over.
+        assert_eq!(ids(&Store::open(&path).unwrap()), expected);
+        assert!(salvage(&path).unwrap().findings.is_empty(), "nothing left to salvage");
+    }
+
+    #[test]
+    fn a_job_whose_newest_record_is_damaged_is_rolled_back_and_said_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        two_hundred_jobs(&path);
+        {
+            let mut store = Store::open(&path).unwrap(); // checkpoints the 200 into the database
+            for (id, failure) in [(7, "second"), (8, "second"), (8, "third"), (9, "second")] {
+                store
+                    .commit(&Batch {
+                        jobs: vec![job(id, failure)],
+                        ..Default::default()
+                    })
+                    .unwrap();
+            }
+        }
+        for id in [7, 8] {
+            let (file, at) = record_of(&path, id);
+            flip(&file, at + 4); // its checksum
+        }
+        assert!(Store::open(&path).is_err());
+        let report = salvage(&path).unwrap();
+        assert!(report.ids(Fate::Lost).is_empty(), "{report}");
+        assert_eq!(report.ids(Fate::RolledBackToDatabase), [7], "{report}");
+        assert_eq!(report.ids(Fate::RolledBackToLog), [8], "{report}");
+        let store = Store::open(&path).unwrap();
+        let jobs = store.recover().unwrap().jobs;
+        let failure = |id: u64| jobs.iter().find(|j| j.id == id).unwrap().failure.clone();
+        assert_eq!(failure(7), "first");
+        assert_eq!(failure(8), "second");
+        assert_eq!(failure(9), "second");
+    }
+
+    #[test]
+    fn a_cut_log_is_refused_and_salvaged_up_to_the_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        two_hundred_jobs(&path);
+        let (file, at) = record_of(&path, 150);
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..at as usize + 7]).unwrap();
+        let message = format!("{:#}", Store::open(&path).err().expect("refused"));
+        assert!(message.contains(&format!("{}: the file was cut short at byte {}", file.display(), at + 7)), "{message}");
+        let report = salvage(&path).unwrap();
+        let (gaps, highest) = report.unaccounted.clone().expect("ids that may be lost");
+        assert!(gaps.is_empty(), "{report}");
+        assert_eq!(highest, Some(149), "{report}");
+        assert!(report.to_string().contains("jobs above 149 may have been lost too"), "{report}");
+        assert_eq!(ids(&Store::open(&path).unwrap()), (0..150).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_row_that_does_not_decode_is_named_and_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        two_hundred_jobs(&path);
+        drop(Store::open(&path).unwrap()); // into the database
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(JOBS).unwrap().insert(5, [0xffu8, 0xff, 0xff].as_slice()).unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let message = format!("{:#}", store.recover().err().expect("refused"));
+        assert!(message.contains("the record of job 5 does not decode"), "{message}");
+        assert!(message.contains("wsched store recover --state-dir"), "{message}");
+        drop(store);
+        let report = salvage(&path).unwrap();
+        assert_eq!(report.ids(Fate::RowLost), [5], "{report}");
+        assert!(report.to_string().contains("jobs lost: 5\n"), "{report}");
+        assert_eq!(report.copies.len(), 1);
+        assert_eq!(report.copies[0].0, path);
+        let expected: Vec<u64> = (0..200).filter(|&id| id != 5).collect();
+        assert_eq!(ids(&Store::open(&path).unwrap()), expected);
+    }
+
+    #[test]
+    fn a_log_without_its_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        two_hundred_jobs(&path);
+        std::fs::remove_file(&path).unwrap();
+        let message = format!("{:#}", Store::open(&path).err().expect("refused"));
+        assert!(message.contains("missing, while the write-ahead log beside it holds records"), "{message}");
+        assert!(!path.exists(), "the refusal created the database");
+        let report = salvage(&path).unwrap();
+        assert!(report.unaccounted.is_some(), "{report}");
+        assert_eq!(ids(&Store::open(&path).unwrap()).len(), 200, "the log's records");
+    }
+
+    #[test]
+    fn a_salvage_waits_for_the_server_to_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let _server = Store::open(&path).unwrap();
+        let message = format!("{:#}", salvage(&path).err().expect("refused"));
+        assert!(message.contains("in use by another process"), "{message}");
     }
 }

@@ -93,7 +93,7 @@ impl Segment {
     /// Open the segment `scan` read (creating its file if there was none),
     /// zero-filled to at least `SEGMENT_BYTES`. Called only once the log is
     /// judged sound, or its records salvaged: it may change the file.
-    fn prepare(scan: &SegmentScan) -> anyhow::Result<Segment> {
+    fn prepare(scan: &SegmentScan, wipe: bool) -> anyhow::Result<Segment> {
         let path = &scan.path;
         let file = OpenOptions::new()
             .read(true)
@@ -109,10 +109,15 @@ impl Segment {
             end: scan.end,
             capacity: scan.bytes.len() as u64,
         };
+        if wipe {
+            // Damaged bytes left past the end of the new log would be
+            // judged damage again at the next open.
+            segment.capacity = 0;
+        }
         // Zero-fill the whole segment up front: an append into blocks that
         // exist and were written needs no metadata in its fdatasync.
         if segment.capacity < SEGMENT_BYTES {
-            segment.grow(SEGMENT_BYTES)?;
+            segment.grow(SEGMENT_BYTES.max(scan.bytes.len() as u64))?;
         }
         if !scan.exists
             && let Some(dir) = path.parent()
@@ -188,11 +193,19 @@ impl Segment {
 
 // Reading and judging a log without changing it.
 
-/// The job id a record's payload holds, if it is a well-formed payload: the
-/// store's knowledge of its records, which the log uses to tell records
-/// from noise when it looks past damage. (An empty payload, a deletion, is
-/// always well-formed; this is not asked about it.)
-pub type PayloadId = fn(&[u8]) -> Option<u64>;
+/// How the log reads its records' payloads: the store's knowledge of its
+/// records, which the log uses to tell records from noise when it looks
+/// past damage, and to name the jobs of damaged ones. (An empty payload, a
+/// deletion, is always well-formed; neither is asked about it.)
+#[derive(Debug, Clone, Copy)]
+pub struct Payloads {
+    /// The job id a whole, well-formed payload holds; `None` for anything
+    /// else (a payload cut short, damaged, or noise).
+    pub id: fn(&[u8]) -> Option<u64>,
+    /// The job id a payload's first bytes name, even when the rest is
+    /// damaged or cut short.
+    pub leading_id: fn(&[u8]) -> Option<u64>,
+}
 
 /// The unit a crash leaves written or not: a write cut short ends at a
 /// multiple of this.
@@ -286,19 +299,19 @@ impl SegmentScan {
 
     /// The segment at `path`, with `header` and its records of
     /// `generation` (none without one).
-    fn new(path: &Path, exists: bool, bytes: Vec<u8>, header: Header, payload_id: PayloadId) -> SegmentScan {
+    fn new(path: &Path, exists: bool, bytes: Vec<u8>, header: Header, payloads: Payloads) -> SegmentScan {
         let generation = match header {
             Header::Valid(generation) | Header::Damaged(Some(generation)) => Some(generation),
             _ => None,
         };
         let (records, intact, end) = match generation {
-            Some(generation) => find_records(&bytes, generation, payload_id),
+            Some(generation) => find_records(&bytes, generation, payloads),
             None => (Vec::new(), 0, HEADER_BYTES),
         };
         let tail = match generation {
             Some(generation) => {
                 let after = records.last().map_or(HEADER_BYTES, Found::end);
-                tail_at(&bytes, usize::try_from(after).unwrap_or(usize::MAX), generation, payload_id)
+                tail_at(&bytes, usize::try_from(after).unwrap_or(usize::MAX), generation, payloads)
             }
             None => Tail::Clean,
         };
@@ -319,7 +332,7 @@ impl SegmentScan {
 /// before it changes anything, and what a salvage works from.
 pub struct LogScan {
     segments: [SegmentScan; 2],
-    payload_id: PayloadId,
+    payloads: Payloads,
 }
 
 /// Something wrong with a log that a crash does not leave: records after
@@ -464,7 +477,7 @@ pub struct Place {
 impl LogScan {
     /// Read the log in `paths` (two segment files, either possibly
     /// missing), changing nothing. Fails only when a file cannot be read.
-    pub fn read(paths: [&Path; 2], payload_id: PayloadId) -> anyhow::Result<LogScan> {
+    pub fn read(paths: [&Path; 2], payloads: Payloads) -> anyhow::Result<LogScan> {
         let read = |path: &Path| match std::fs::read(path) {
             Ok(bytes) => Ok((true, bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((false, Vec::new())),
@@ -490,7 +503,7 @@ impl LogScan {
                 header.extend_from_slice(&generation.to_le_bytes());
                 Some(crc32fast::hash(&header)) == checksum
             };
-            let has_records = |generation: u64| !find_records(bytes, generation, payload_id).0.is_empty();
+            let has_records = |generation: u64| !find_records(bytes, generation, payloads).0.is_empty();
             let (older, newer) = match other {
                 Header::Valid(g) => (g.checked_sub(1), g.checked_add(1)),
                 _ => (None, None),
@@ -517,10 +530,10 @@ impl LogScan {
         ];
         Ok(LogScan {
             segments: [
-                SegmentScan::new(paths[0], exists0, bytes0, headers[0], payload_id),
-                SegmentScan::new(paths[1], exists1, bytes1, headers[1], payload_id),
+                SegmentScan::new(paths[0], exists0, bytes0, headers[0], payloads),
+                SegmentScan::new(paths[1], exists1, bytes1, headers[1], payloads),
             ],
-            payload_id,
+            payloads,
         })
     }
 
@@ -587,7 +600,7 @@ impl LogScan {
                 Header::Valid(_) => {
                     if segment.records.len() > segment.intact {
                         let next = segment.records[segment.intact].at;
-                        let stretch = segment.lost_stretch(segment.end..next, Cause::Damage, 0, self.payload_id);
+                        let stretch = segment.lost_stretch(segment.end..next, Cause::Damage, 0, self.payloads);
                         problems.push(Problem {
                             path: path.clone(),
                             offset: segment.end,
@@ -616,6 +629,11 @@ impl LogScan {
             }
         }
         problems
+    }
+
+    /// The file of the segment at `rank` in the log (0: the older).
+    pub fn segment_path(&self, rank: usize) -> &Path {
+        &self.segments[self.order()[rank.min(1)]].path
     }
 
     /// Every record that checks, in both segments, in log order (the older
@@ -652,10 +670,10 @@ impl LogScan {
             if segment.header == Header::Damaged(None) {
                 // No generation: nothing in it can be checked.
                 if first_nonzero(&segment.bytes, HEADER_BYTES as usize).is_some() {
-                    lost.push(segment.lost_stretch(HEADER_BYTES..size, Cause::Header, rank, self.payload_id));
+                    lost.push(segment.lost_stretch(HEADER_BYTES..size, Cause::Header, rank, self.payloads));
                 }
                 if segment.truncated() {
-                    lost.push(segment.lost_stretch(size..size, Cause::Cut, rank, self.payload_id));
+                    lost.push(segment.lost_stretch(size..size, Cause::Cut, rank, self.payloads));
                 }
                 continue;
             }
@@ -664,14 +682,14 @@ impl LogScan {
                 // held is lost unseen.
                 if !segment.headed() && self.segments[1 - i].headed() && first_nonzero(&segment.bytes, 0).is_none() {
                     let cause = if segment.bytes.len() as u64 >= SEGMENT_BYTES { Cause::Header } else { Cause::Cut };
-                    lost.push(segment.lost_stretch(0..size, cause, rank, self.payload_id));
+                    lost.push(segment.lost_stretch(0..size, cause, rank, self.payloads));
                 }
                 continue;
             }
             let mut from = HEADER_BYTES;
             for record in &segment.records {
                 if record.at > from {
-                    lost.push(segment.lost_stretch(from..record.at, Cause::Damage, rank, self.payload_id));
+                    lost.push(segment.lost_stretch(from..record.at, Cause::Damage, rank, self.payloads));
                 }
                 from = record.end();
             }
@@ -679,17 +697,17 @@ impl LogScan {
                 Tail::Clean => from,
                 Tail::Torn { at, end, .. } => {
                     if !segment.truncated() {
-                        lost.push(segment.lost_stretch(at..end, Cause::Torn, rank, self.payload_id));
+                        lost.push(segment.lost_stretch(at..end, Cause::Torn, rank, self.payloads));
                     }
                     at
                 }
                 Tail::Damaged { at, end, .. } => {
-                    lost.push(segment.lost_stretch(at..end, Cause::Damage, rank, self.payload_id));
+                    lost.push(segment.lost_stretch(at..end, Cause::Damage, rank, self.payloads));
                     end
                 }
             };
             if segment.truncated() {
-                lost.push(segment.lost_stretch(cut_from.min(size)..size, Cause::Cut, rank, self.payload_id));
+                lost.push(segment.lost_stretch(cut_from.min(size)..size, Cause::Cut, rank, self.payloads));
             }
         }
         lost
@@ -729,7 +747,7 @@ impl SegmentScan {
         range: std::ops::Range<u64>,
         cause: Cause,
         rank: usize,
-        payload_id: PayloadId,
+        payloads: Payloads,
     ) -> LostStretch {
         let bytes = &self.bytes;
         let start = usize::try_from(range.start).unwrap_or(usize::MAX).min(bytes.len());
@@ -744,7 +762,7 @@ impl SegmentScan {
             let framed = (at + RECORD_HEADER_BYTES).checked_add(len).filter(|&e| e <= end);
             let decoded = framed.and_then(|e| {
                 let payload = &bytes[at + RECORD_HEADER_BYTES..e];
-                if payload.is_empty() { None } else { payload_id(payload) }
+                if payload.is_empty() { None } else { (payloads.id)(payload) }
             });
             let (next, ids, sure) = match (framed, decoded) {
                 // The payload names the header's job: both are intact.
@@ -753,13 +771,16 @@ impl SegmentScan {
                 (Some(e), Some(named)) => (e, vec![named, id], false),
                 // A deletion, or a payload that does not decode, whose
                 // length leads exactly to the next record: the header
-                // holds.
-                (Some(e), None) if e == end => (e, vec![id], len == 0),
+                // holds (the id too, if the payload's first bytes agree).
+                (Some(e), None) if e == end => {
+                    let leading = (payloads.leading_id)(&bytes[at + RECORD_HEADER_BYTES..e]);
+                    (e, vec![id], len == 0 || leading == Some(id))
+                }
                 _ => {
                     // Perhaps only the length is damaged: the rest of the
                     // stretch as the payload.
                     let rest = &bytes[(at + RECORD_HEADER_BYTES).min(end)..end];
-                    if !rest.is_empty() && payload_id(rest) == Some(id) {
+                    if !rest.is_empty() && (payloads.id)(rest) == Some(id) {
                         (end, vec![id], true)
                     } else {
                         break;
@@ -802,7 +823,7 @@ fn header_of(exists: bool, bytes: &[u8]) -> Header {
 /// The records of `generation` in `bytes`: all that check (a scan past
 /// damage finds those after it), how many of them follow one another from
 /// the header, and where those end.
-fn find_records(bytes: &[u8], generation: u64, payload_id: PayloadId) -> (Vec<Found>, usize, u64) {
+fn find_records(bytes: &[u8], generation: u64, payloads: Payloads) -> (Vec<Found>, usize, u64) {
     let mut records = Vec::new();
     let found = |(id, payload, _): (u64, &[u8], usize), at: usize| Found {
         at: at as u64,
@@ -832,7 +853,7 @@ fn find_records(bytes: &[u8], generation: u64, payload_id: PayloadId) -> (Vec<Fo
             }
             continue;
         }
-        match plausible_record(bytes, probe, generation, payload_id) {
+        match plausible_record(bytes, probe, generation, payloads) {
             Some(record) => {
                 let next = record.2;
                 records.push(found(record, probe));
@@ -853,14 +874,14 @@ fn record_head(head: &[u8]) -> (usize, u64) {
 
 /// The record at `at`, as [`parse_record`], when its payload is also a
 /// well-formed one of its job.
-fn plausible_record(bytes: &[u8], at: usize, generation: u64, payload_id: PayloadId) -> Option<(u64, &[u8], usize)> {
+fn plausible_record(bytes: &[u8], at: usize, generation: u64, payloads: Payloads) -> Option<(u64, &[u8], usize)> {
     let head = bytes.get(at..at.checked_add(RECORD_HEADER_BYTES)?)?;
     let (len, id) = record_head(head);
     let start = at + RECORD_HEADER_BYTES;
     let payload = bytes.get(start..start.checked_add(len)?)?;
     // A short record's checksum costs less than decoding its payload, and
     // rejects what an older generation left; a long one's is the dearer.
-    let well_formed = || payload.is_empty() || payload_id(payload) == Some(id);
+    let well_formed = || payload.is_empty() || (payloads.id)(payload) == Some(id);
     if len <= 4096 {
         parse_record(bytes, at, generation).filter(|_| well_formed())
     } else if well_formed() {
@@ -871,7 +892,7 @@ fn plausible_record(bytes: &[u8], at: usize, generation: u64, payload_id: Payloa
 }
 
 /// What follows the last record that checks, at `at`.
-fn tail_at(bytes: &[u8], at: usize, generation: u64, payload_id: PayloadId) -> Tail {
+fn tail_at(bytes: &[u8], at: usize, generation: u64, payloads: Payloads) -> Tail {
     let Some(head) = bytes.get(at..at.saturating_add(RECORD_HEADER_BYTES)) else {
         return Tail::Clean; // a cut file is judged by its size
     };
@@ -891,7 +912,7 @@ fn tail_at(bytes: &[u8], at: usize, generation: u64, payload_id: PayloadId) -> T
         // whole payload that decodes was written whole, so its failing
         // checksum is damage.
         if !payload.is_empty()
-            && let Some(named) = payload_id(payload)
+            && let Some(named) = (payloads.id)(payload)
         {
             return Tail::Damaged {
                 at: at as u64,
@@ -909,7 +930,7 @@ fn tail_at(bytes: &[u8], at: usize, generation: u64, payload_id: PayloadId) -> T
     // write cut short would end them too.
     if last_nonzero >= start && (last_nonzero + 1) % SECTOR_BYTES != 0 {
         let rest = &bytes[start..=last_nonzero];
-        if payload_id(rest) == Some(id) {
+        if (payloads.id)(rest) == Some(id) {
             return Tail::Damaged {
                 at: at as u64,
                 end: last_nonzero as u64 + 1,
@@ -1160,8 +1181,8 @@ impl Log {
     /// into the database through `checkpoint`, and start it over empty.
     /// Returns the log and how many records were replayed. A damaged log is
     /// refused with a [`DamagedLog`] error, before any file is changed.
-    pub fn open(paths: [&Path; 2], checkpoint: CheckpointFn, payload_id: PayloadId) -> anyhow::Result<(Log, usize)> {
-        Log::open_scanned(LogScan::read(paths, payload_id)?, checkpoint)
+    pub fn open(paths: [&Path; 2], checkpoint: CheckpointFn, payloads: Payloads) -> anyhow::Result<(Log, usize)> {
+        Log::open_scanned(LogScan::read(paths, payloads)?, checkpoint)
     }
 
     /// [`Log::open`] the log `scan` read.
@@ -1180,11 +1201,13 @@ impl Log {
 
     /// Start the log `scan` read over empty, in the same files, once its
     /// records are in the database: both segments are (created and)
-    /// reset, the older first, with generations above any they held.
+    /// reset, the older first, with generations above any they held; a
+    /// damaged one is zero-filled first (keep a copy).
     pub fn start_over(scan: &LogScan, checkpoint: CheckpointFn) -> anyhow::Result<Log> {
+        let damaged: Vec<PathBuf> = scan.problems().into_iter().map(|p| p.path).collect();
         let mut segments = [
-            Segment::prepare(&scan.segments[0])?,
-            Segment::prepare(&scan.segments[1])?,
+            Segment::prepare(&scan.segments[0], damaged.contains(&scan.segments[0].path))?,
+            Segment::prepare(&scan.segments[1], damaged.contains(&scan.segments[1].path))?,
         ];
         let order = scan.order();
         let mut next_generation = scan.highest_generation() + 1;
@@ -1278,6 +1301,11 @@ mod tests {
         (text.last() == Some(&b'.') && !text.contains(&0)).then(|| u64::from_le_bytes(id.try_into().unwrap()))
     }
 
+    const TEST_PAYLOADS: Payloads = Payloads {
+        id: test_payload_id,
+        leading_id: |payload| payload.get(..8)?.try_into().ok().map(u64::from_le_bytes),
+    };
+
     /// A payload of job `id` saying `text`.
     fn rec(id: u64, text: &str) -> Vec<u8> {
         let mut payload = id.to_le_bytes().to_vec();
@@ -1288,7 +1316,7 @@ mod tests {
 
     fn try_open(dir: &Path, write: &CheckpointFn) -> anyhow::Result<(Log, usize)> {
         let [a, b] = paths(dir);
-        Log::open([&a, &b], write.clone(), test_payload_id)
+        Log::open([&a, &b], write.clone(), TEST_PAYLOADS)
     }
 
     fn open(dir: &Path, write: &CheckpointFn) -> (Log, usize) {
@@ -1491,7 +1519,7 @@ mod tests {
             }
             let [a, b] = paths(dir.path());
             let files = [std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap()];
-            let scan = LogScan::read([&a, &b], test_payload_id).unwrap();
+            let scan = LogScan::read([&a, &b], TEST_PAYLOADS).unwrap();
             assert!(scan.problems().is_empty(), "{:?}", scan.problems());
             let order = scan.order();
             let records = scan
@@ -1571,7 +1599,7 @@ mod tests {
                     }
                     // The salvage.
                     let [a, b] = paths(self.dir.path());
-                    let scan = LogScan::read([&a, &b], test_payload_id).unwrap();
+                    let scan = LogScan::read([&a, &b], TEST_PAYLOADS).unwrap();
                     let mut salvaged = self.db.clone();
                     salvaged.extend(scan.salvage().0);
                     assert_same(&salvaged, &expected, &format!("{harm:?}: a salvage lost a record that checks"));
@@ -1584,7 +1612,15 @@ mod tests {
                         });
                         assert!(named, "{harm:?}: the damaged record of job {id} at {at} is not named: {lost:?}");
                     }
-                    std::fs::write(path, &self.files[file]).unwrap();
+                    // Started over, the log opens clean.
+                    db.lock().unwrap().clone_from(&salvaged);
+                    drop(Log::start_over(&scan, write.clone()).unwrap());
+                    let (log, replayed) = try_open(self.dir.path(), &write)
+                        .unwrap_or_else(|e| panic!("{harm:?}: refused after a salvage: {e:#}"));
+                    drop(log);
+                    assert_eq!(replayed, 0, "{harm:?}");
+                    assert_same(&db.lock().unwrap(), &expected, &format!("{harm:?}: after a salvage"));
+                    self.write(&self.files);
                     true
                 }
             };
