@@ -200,6 +200,16 @@ fn open_database(path: &Path) -> anyhow::Result<Database> {
     })
 }
 
+/// Create the tables, so that reads of a new database find them.
+fn create_tables(db: &Database) -> anyhow::Result<()> {
+    let txn = db.begin_write()?;
+    txn.open_table(JOBS)?;
+    txn.open_table(PLUGINS)?;
+    txn.open_table(META)?;
+    txn.commit()?;
+    Ok(())
+}
+
 /// The error for a database another process holds.
 fn in_use(path: &Path) -> anyhow::Error {
     anyhow::anyhow!(
@@ -239,6 +249,17 @@ pub struct Damaged {
     pub findings: Vec<String>,
 }
 
+impl Damaged {
+    /// The error for `findings` beside the database at `path`.
+    fn at(path: &Path, findings: Vec<String>) -> anyhow::Error {
+        Damaged {
+            dir: state_dir_of(path).to_path_buf(),
+            findings,
+        }
+        .into()
+    }
+}
+
 impl std::fmt::Display for Damaged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.findings.join("; "))?;
@@ -266,14 +287,15 @@ impl Store {
         // one a crash left), so that a refusal leaves every file as found.
         let findings = damage(path, &read_log()?);
         if !findings.is_empty() {
-            if path.exists() && matches!(redb::ReadOnlyDatabase::open(path), Err(redb::DatabaseError::DatabaseAlreadyOpen)) {
+            if path.exists()
+                && matches!(
+                    redb::ReadOnlyDatabase::open(path),
+                    Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                )
+            {
                 return Err(in_use(path));
             }
-            return Err(Damaged {
-                dir: state_dir_of(path).to_path_buf(),
-                findings,
-            }
-            .into());
+            return Err(Damaged::at(path, findings));
         }
         let db = open_database(path)?;
         // Again under the database's lock, which keeps a server (and a
@@ -281,18 +303,9 @@ impl Store {
         let scan = read_log()?;
         let findings = damage(path, &scan);
         if !findings.is_empty() {
-            return Err(Damaged {
-                dir: state_dir_of(path).to_path_buf(),
-                findings,
-            }
-            .into());
+            return Err(Damaged::at(path, findings));
         }
-        // Create the tables so that reads of a new database find them.
-        let txn = db.begin_write()?;
-        txn.open_table(JOBS)?;
-        txn.open_table(PLUGINS)?;
-        txn.open_table(META)?;
-        txn.commit()?;
+        create_tables(&db)?;
         let db = Arc::new(db);
         let (log, replayed) = wal::Log::open_scanned(scan, checkpoint_into(&db))?;
         if replayed > 0 {
@@ -567,7 +580,11 @@ impl std::fmt::Display for Salvage {
                     }
                 })
                 .collect();
-            let ranges = if ranges.is_empty() { "none".to_string() } else { ranges.join(", ") };
+            let ranges = if ranges.is_empty() {
+                "none".to_string()
+            } else {
+                ranges.join(", ")
+            };
             write!(
                 f,
                 "job ids with no record anywhere: {ranges} (jobs the lost bytes held, or jobs deleted by retention)"
@@ -584,7 +601,10 @@ impl std::fmt::Display for Salvage {
 /// Keep a copy of `file` beside it, as `NAME.damaged-SECONDS`, durably;
 /// returns its path.
 fn keep_copy(file: &Path, seconds: u64) -> anyhow::Result<PathBuf> {
-    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let dir = state_dir_of(file);
     let copy = (1..1000)
         .map(|n| match n {
@@ -737,7 +757,11 @@ pub fn salvage(path: &Path) -> anyhow::Result<Salvage> {
     for &id in &corrupt {
         report.touched.push(Touched {
             id,
-            fate: if records.contains_key(&id) { Fate::RowReplaced } else { Fate::RowLost },
+            fate: if records.contains_key(&id) {
+                Fate::RowReplaced
+            } else {
+                Fate::RowLost
+            },
             at: None,
             unsure: false,
         });
@@ -774,11 +798,7 @@ pub fn salvage(path: &Path) -> anyhow::Result<Salvage> {
     // decode, or deleting them), then a log started over.
     report.records = count;
     report.jobs = records.len();
-    let txn = db.begin_write()?;
-    txn.open_table(JOBS)?;
-    txn.open_table(PLUGINS)?;
-    txn.open_table(META)?;
-    txn.commit()?;
+    create_tables(&db)?;
     let db = Arc::new(db);
     write_jobs(&db, &corrupt, &records).context("cannot write the salvaged records into the database")?;
     drop(wal::Log::start_over(&scan, checkpoint_into(&db))?);
@@ -933,7 +953,12 @@ mod tests {
         std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap())
-            .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
             .collect()
     }
 
@@ -953,9 +978,15 @@ mod tests {
         let error = Store::open(&path).err().expect("refused");
         let damaged = error.downcast_ref::<Damaged>().expect("a Damaged error");
         let message = format!("{error:#}");
-        assert!(message.contains(&format!("{}: the record at byte {at} (job 100)", file.display())), "{message}");
+        assert!(
+            message.contains(&format!("{}: the record at byte {at} (job 100)", file.display())),
+            "{message}"
+        );
         assert!(message.contains("99 records that check follow it"), "{message}");
-        assert!(message.contains(&format!("wsched store recover --state-dir {}", dir.path().display())), "{message}");
+        assert!(
+            message.contains(&format!("wsched store recover --state-dir {}", dir.path().display())),
+            "{message}"
+        );
         assert_eq!(damaged.dir, dir.path());
         assert!(files(dir.path()) == before, "a refusal changed a file");
 
@@ -963,10 +994,16 @@ mod tests {
         assert_eq!(report.ids(Fate::Lost), [100], "{report}");
         assert_eq!(report.touched.len(), 1, "{report}");
         assert_eq!(report.copies.len(), 1, "{report}");
-        assert_eq!(std::fs::read(&report.copies[0].1).unwrap(), before[&file.file_name().unwrap().to_string_lossy().into_owned()]);
+        assert_eq!(
+            std::fs::read(&report.copies[0].1).unwrap(),
+            before[&file.file_name().unwrap().to_string_lossy().into_owned()]
+        );
         let printed = report.to_string();
         assert!(printed.contains("jobs lost: 100\n"), "{printed}");
-        assert!(printed.contains(&format!("job 100: lost: its record at byte {at} of {}", file.display())), "{printed}");
+        assert!(
+            printed.contains(&format!("job 100: lost: its record at byte {at} of {}", file.display())),
+            "{printed}"
+        );
 
         let store = Store::open(&path).unwrap();
         let expected: Vec<u64> = (0..200).filter(|&id| id != 100).collect();
@@ -1019,12 +1056,22 @@ mod tests {
         let bytes = std::fs::read(&file).unwrap();
         std::fs::write(&file, &bytes[..at as usize + 7]).unwrap();
         let message = format!("{:#}", Store::open(&path).err().expect("refused"));
-        assert!(message.contains(&format!("{}: the file was cut short at byte {}", file.display(), at + 7)), "{message}");
+        assert!(
+            message.contains(&format!(
+                "{}: the file was cut short at byte {}",
+                file.display(),
+                at + 7
+            )),
+            "{message}"
+        );
         let report = salvage(&path).unwrap();
         let (gaps, highest) = report.unaccounted.clone().expect("ids that may be lost");
         assert!(gaps.is_empty(), "{report}");
         assert_eq!(highest, Some(149), "{report}");
-        assert!(report.to_string().contains("jobs above 149 may have been lost too"), "{report}");
+        assert!(
+            report.to_string().contains("jobs above 149 may have been lost too"),
+            "{report}"
+        );
         assert_eq!(ids(&Store::open(&path).unwrap()), (0..150).collect::<Vec<_>>());
     }
 
@@ -1037,11 +1084,14 @@ mod tests {
         {
             let db = Database::create(&path).unwrap();
             let txn = db.begin_write().unwrap();
-            txn.open_table(JOBS).unwrap().insert(5, [0xffu8, 0xff, 0xff].as_slice()).unwrap();
+            txn.open_table(JOBS)
+                .unwrap()
+                .insert(5, [0xffu8, 0xff, 0xff].as_slice())
+                .unwrap();
             txn.commit().unwrap();
         }
         let store = Store::open(&path).unwrap();
-        let message = format!("{:#}", store.recover().err().expect("refused"));
+        let message = format!("{:#}", store.recover().expect_err("refused"));
         assert!(message.contains("the record of job 5 does not decode"), "{message}");
         assert!(message.contains("wsched store recover --state-dir"), "{message}");
         drop(store);
@@ -1061,7 +1111,10 @@ mod tests {
         two_hundred_jobs(&path);
         std::fs::remove_file(&path).unwrap();
         let message = format!("{:#}", Store::open(&path).err().expect("refused"));
-        assert!(message.contains("missing, while the write-ahead log beside it holds records"), "{message}");
+        assert!(
+            message.contains("missing, while the write-ahead log beside it holds records"),
+            "{message}"
+        );
         assert!(!path.exists(), "the refusal created the database");
         let report = salvage(&path).unwrap();
         assert!(report.unaccounted.is_some(), "{report}");
@@ -1073,7 +1126,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.redb");
         let _server = Store::open(&path).unwrap();
-        let message = format!("{:#}", salvage(&path).err().expect("refused"));
+        let message = format!("{:#}", salvage(&path).expect_err("refused"));
         assert!(message.contains("in use by another process"), "{message}");
     }
 }
