@@ -175,11 +175,13 @@ fn job_id_of(payload: &[u8]) -> Option<u64> {
     proto::Job::decode(payload).ok().map(|job| job.id)
 }
 
-/// The job id an encoded job's first bytes hold (its field 1, which the
-/// encoder writes first), whatever follows.
+/// The job id an encoded job's first bytes hold, whatever follows: its
+/// field 1, which the encoder writes first, and leaves out when it is 0.
 fn leading_job_id(payload: &[u8]) -> Option<u64> {
-    let mut rest = payload.strip_prefix(&[0x08])?;
-    prost::encoding::decode_varint(&mut rest).ok()
+    match payload.strip_prefix(&[0x08]) {
+        Some(mut rest) => prost::encoding::decode_varint(&mut rest).ok(),
+        None => Some(0),
+    }
 }
 
 /// How the log reads job records.
@@ -285,7 +287,8 @@ impl Store {
         let read_log = || wal::LogScan::read([&logs[0], &logs[1]], JOB_PAYLOADS);
         // Judged before the database is opened for writing (which repairs
         // one a crash left), so that a refusal leaves every file as found.
-        let findings = damage(path, &read_log()?);
+        let mut scan = read_log()?;
+        let findings = damage(path, &scan);
         if !findings.is_empty() {
             if path.exists()
                 && matches!(
@@ -298,12 +301,14 @@ impl Store {
             return Err(Damaged::at(path, findings));
         }
         let db = open_database(path)?;
-        // Again under the database's lock, which keeps a server (and a
-        // salvage) off the log too: one may have written it since.
-        let scan = read_log()?;
-        let findings = damage(path, &scan);
-        if !findings.is_empty() {
-            return Err(Damaged::at(path, findings));
+        // The database's lock keeps a server (or a salvage) off the log
+        // too; if one wrote it since it was read, judge it again.
+        if !scan.unchanged()? {
+            scan = read_log()?;
+            let findings = damage(path, &scan);
+            if !findings.is_empty() {
+                return Err(Damaged::at(path, findings));
+            }
         }
         create_tables(&db)?;
         let db = Arc::new(db);

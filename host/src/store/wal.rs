@@ -203,7 +203,8 @@ pub struct Payloads {
     /// else (a payload cut short, damaged, or noise).
     pub id: fn(&[u8]) -> Option<u64>,
     /// The job id a payload's first bytes name, even when the rest is
-    /// damaged or cut short.
+    /// damaged or cut short. It must be `id`'s for every payload `id`
+    /// accepts: the log checks it first, as the cheap test.
     pub leading_id: fn(&[u8]) -> Option<u64>,
 }
 
@@ -483,11 +484,7 @@ impl LogScan {
     /// Read the log in `paths` (two segment files, either possibly
     /// missing), changing nothing. Fails only when a file cannot be read.
     pub fn read(paths: [&Path; 2], payloads: Payloads) -> anyhow::Result<LogScan> {
-        let read = |path: &Path| match std::fs::read(path) {
-            Ok(bytes) => Ok((true, bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((false, Vec::new())),
-            Err(e) => Err(e).with_context(|| format!("cannot read the log {}", path.display())),
-        };
+        let read = |path: &Path| read_segment(path).map(|bytes| (bytes.is_some(), bytes.unwrap_or_default()));
         let [(exists0, bytes0), (exists1, bytes1)] = [read(paths[0])?, read(paths[1])?];
         let headers = [header_of(exists0, &bytes0), header_of(exists1, &bytes1)];
         // A damaged header's generation, where it can be told for certain:
@@ -543,6 +540,17 @@ impl LogScan {
             ],
             payloads,
         })
+    }
+
+    /// Whether the files still hold what was read.
+    pub fn unchanged(&self) -> anyhow::Result<bool> {
+        for segment in &self.segments {
+            let now = read_segment(&segment.path)?;
+            if now.as_deref() != segment.exists.then_some(segment.bytes.as_slice()) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Whether either segment holds (or held) a log: its header was written.
@@ -826,6 +834,15 @@ impl SegmentScan {
     }
 }
 
+/// A segment file's bytes; `None` when there is no file.
+fn read_segment(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read the log {}", path.display())),
+    }
+}
+
 /// What the first bytes of a file say (`exists`: whether there is one).
 fn header_of(exists: bool, bytes: &[u8]) -> Header {
     if !exists {
@@ -864,6 +881,12 @@ fn find_records(bytes: &[u8], generation: u64, payloads: Payloads) -> (Vec<Found
     // length costs a checksum, and noise all but never passes for one.
     let mut probe = at + 1;
     while let Some(head) = bytes.get(probe..probe + RECORD_HEADER_BYTES) {
+        // Most noise claims a length past the end of the file.
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if len > bytes.len() - probe - RECORD_HEADER_BYTES {
+            probe += 1;
+            continue;
+        }
         if head.iter().all(|&b| b == 0) {
             match first_nonzero(bytes, probe + RECORD_HEADER_BYTES) {
                 // The first candidate whose header reaches that byte.
@@ -904,16 +927,13 @@ fn plausible_record(bytes: &[u8], at: usize, generation: u64, payloads: Payloads
     let (len, id) = record_head(head);
     let start = at + RECORD_HEADER_BYTES;
     let payload = bytes.get(start..start.checked_add(len)?)?;
-    // A short record's checksum costs less than decoding its payload, and
-    // rejects what an older generation left; a long one's is the dearer.
-    let well_formed = || payload.is_empty() || (payloads.id)(payload) == Some(id);
-    if len <= 4096 {
-        parse_record(bytes, at, generation).filter(|_| well_formed())
-    } else if well_formed() {
-        parse_record(bytes, at, generation)
-    } else {
-        None
+    // Cheapest first: the payload's first bytes, which reject nearly all
+    // noise; the checksum, which rejects what an older generation left;
+    // then the whole payload.
+    if !payload.is_empty() && (payloads.leading_id)(payload) != Some(id) {
+        return None;
     }
+    parse_record(bytes, at, generation).filter(|_| payload.is_empty() || (payloads.id)(payload) == Some(id))
 }
 
 /// What follows the last record that checks, at `at`.
