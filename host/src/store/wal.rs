@@ -214,7 +214,7 @@ const SECTOR_BYTES: usize = 512;
 
 /// What a segment file's first bytes say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Header {
+enum Header {
     /// There is no file.
     Missing,
     /// Zeros, and so is the rest of the file: created and never used.
