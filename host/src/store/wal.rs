@@ -629,7 +629,9 @@ impl LogScan {
                             },
                             records: segment.records.len() - segment.intact,
                         });
-                    } else if let Tail::Damaged { at, id, .. } = segment.tail {
+                    } else if let Tail::Damaged { at, id, .. } = segment.tail
+                        && !segment.truncated()
+                    {
                         problems.push(Problem {
                             path: path.clone(),
                             offset: at,
@@ -726,8 +728,10 @@ impl LogScan {
                     at
                 }
                 Tail::Damaged { at, end, .. } => {
-                    lost.push(segment.lost_stretch(at..end, Cause::Damage, rank, self.payloads));
-                    end
+                    if !segment.truncated() {
+                        lost.push(segment.lost_stretch(at..end, Cause::Damage, rank, self.payloads));
+                    }
+                    at
                 }
             };
             if segment.truncated() {
@@ -810,6 +814,17 @@ impl SegmentScan {
                     if !rest.is_empty() && (payloads.id)(rest) == Some(id) {
                         (end, vec![id], true)
                     } else {
+                        // Unreadable from here; but if the payload's first
+                        // bytes name the header's job, it is probably the
+                        // job of the record starting here (one cut short).
+                        if !rest.is_empty() && (payloads.leading_id)(rest) == Some(id) {
+                            records.push(LostRecord {
+                                at: at as u64,
+                                ids: vec![id],
+                                sure: false,
+                                deletion: false,
+                            });
+                        }
                         break;
                     }
                 }
