@@ -44,6 +44,17 @@ enum Command {
     /// Show the server's GPUs.
     #[command(subcommand)]
     Gpu(client::GpuCommand),
+    /// Repair the server's stored state (with the server stopped).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Salvage a damaged state directory that `wsched serve` refuses to
+    /// start on: keeps a copy of each damaged file, brings back every
+    /// record whose checksum holds, and lists the jobs that were lost.
+    Recover,
 }
 
 #[derive(Subcommand)]
@@ -309,6 +320,7 @@ fn main() -> ExitCode {
         Command::Gpu(command) => block_on(client::gpu(command, &cli.connect)),
         Command::Serve(args) => run_serve(args, &cli.connect, cli.cache.cache()),
         Command::DeviceWorker(args) => run_device_worker(args),
+        Command::Store(StoreCommand::Recover) => run_store_recover(&cli.connect),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -327,12 +339,23 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(future: F) -> a
         .block_on(future)
 }
 
-fn run_serve(args: ServeArgs, connect: &client::ConnectArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
-    let state_dir = connect
+/// The server's state directory: `--state-dir`, or the default.
+fn state_dir(connect: &client::ConnectArgs) -> anyhow::Result<PathBuf> {
+    connect
         .state_dir
         .clone()
         .or_else(service::default_state_dir)
-        .ok_or_else(|| anyhow!("--state-dir: no default (neither XDG_STATE_HOME nor HOME is set)"))?;
+        .ok_or_else(|| anyhow!("--state-dir: no default (neither XDG_STATE_HOME nor HOME is set)"))
+}
+
+fn run_store_recover(connect: &client::ConnectArgs) -> anyhow::Result<()> {
+    let report = wsched::store::salvage(&wsched::store::database_path(&state_dir(connect)?))?;
+    print!("{report}");
+    Ok(())
+}
+
+fn run_serve(args: ServeArgs, connect: &client::ConnectArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
+    let state_dir = state_dir(connect)?;
     let mut config = service::ServeConfig::new(state_dir);
     config.listen = args.listen;
     config.metrics_listen = (!args.no_metrics).then_some(args.metrics_listen);

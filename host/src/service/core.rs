@@ -607,7 +607,7 @@ impl Core {
         let checks = ServerChecks {
             no_command_jobs: config.no_command_jobs,
         };
-        let mut store = Store::open(&config.state_dir.join("wsched.redb"))?;
+        let mut store = Store::open(&crate::store::database_path(&config.state_dir))?;
         let recovered = store.recover()?;
         let epoch = match recovered.epoch {
             Some(epoch) => epoch,
