@@ -1061,3 +1061,72 @@ async fn command_jobs_run_as_the_user_the_server_is_told() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mutation_without_the_right_token_is_unauthenticated_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("state"), &["--emulate-gpus", "1"]);
+    let mut jobs = server.jobs().await;
+    let mut policies = server.policies().await;
+    let plugin = std::fs::read(common::plugin_path("fifo")).expect("plugin");
+    fn as_with<T>(token: Option<&str>, message: T) -> tonic::Request<T> {
+        match token {
+            None => tonic::Request::new(message),
+            Some(token) => with_token(message, token),
+        }
+    }
+    for token in [None, Some("wrong"), Some(""), Some("Bearer")] {
+        let statuses = [
+            jobs.submit_job(as_with(token, synthetic("eve", 1, 1.0)))
+                .await
+                .map(|_| ()),
+            jobs.submit_jobs(as_with(
+                token,
+                proto::SubmitJobsRequest {
+                    specs: vec![lasting(1.0)],
+                },
+            ))
+            .await
+            .map(|_| ()),
+            jobs.cancel_job(as_with(token, proto::CancelJobRequest { id: 0 }))
+                .await
+                .map(|_| ()),
+            policies
+                .load_policy(as_with(
+                    token,
+                    proto::LoadPolicyRequest {
+                        name: "x".into(),
+                        source: Some(proto::load_policy_request::Source::Wasm(plugin.clone())),
+                    },
+                ))
+                .await
+                .map(|_| ()),
+            policies
+                .swap_policy(as_with(
+                    token,
+                    proto::SwapPolicyRequest {
+                        name: "builtin-fifo".into(),
+                        config: String::new(),
+                    },
+                ))
+                .await
+                .map(|_| ()),
+            policies
+                .unload_policy(as_with(token, proto::UnloadPolicyRequest { name: "x".into() }))
+                .await
+                .map(|_| ()),
+        ];
+        for (i, status) in statuses.into_iter().enumerate() {
+            let status = status.expect_err("refused");
+            assert_eq!(status.code(), Code::Unauthenticated, "{token:?} #{i}: {status:?}");
+        }
+    }
+    assert!(all_jobs(&mut jobs).await.is_empty(), "nothing was accepted");
+    let list = policies
+        .list_policies(proto::ListPoliciesRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.policies.len(), 1, "nothing was loaded: {list:?}");
+    assert_eq!(list.swaps, 0);
+}
