@@ -195,12 +195,14 @@ enum SuspendMemoryArg {
 /// Limits for plugins.
 #[derive(Args)]
 struct LimitArgs {
-    /// Per-call deadline for plugins, in milliseconds.
-    #[arg(long, default_value_t = 100)]
+    /// Per-call deadline for plugins: CPU time, in milliseconds (1 to
+    /// 60000); ten times it in wall-clock time stops a call in any case.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     deadline_ms: u64,
-    /// Memory cap for plugins, in MiB.
-    #[arg(long, default_value_t = 256)]
-    memory_mib: usize,
+    /// Memory cap for plugins, all their memories and tables together, in
+    /// MiB (1 to 65536).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    memory_mib: u64,
     /// Faults tolerated before a plugin is ejected.
     #[arg(long, default_value_t = 3)]
     max_strikes: u32,
@@ -209,8 +211,8 @@ struct LimitArgs {
 impl LimitArgs {
     fn limits(&self) -> Limits {
         Limits {
-            deadline: Duration::from_millis(self.deadline_ms.max(1)),
-            memory: self.memory_mib.max(1) << 20,
+            deadline: Duration::from_millis(self.deadline_ms),
+            memory: usize::try_from(self.memory_mib << 20).unwrap_or(usize::MAX),
             max_strikes: self.max_strikes.max(1),
             ..Limits::default()
         }

@@ -23,6 +23,12 @@ use crate::wit::{GpuId, JobId};
 /// cannot spin a step forever.
 const MAX_DECISIONS_PER_STEP: usize = 8;
 
+/// The least time between two decisions prompted by the policy's own
+/// tick or wake-up, in seconds: here time is real, so a policy asking for
+/// a 1 ms tick would otherwise take a core. Caps those calls at 100 a
+/// second; decisions prompted by events (arrivals, endings) are not held.
+pub const MIN_TIMER_GAP: f64 = 0.01;
+
 /// What one step did.
 #[derive(Debug, Default)]
 pub struct Step {
@@ -39,6 +45,8 @@ pub struct Runtime<B: Backend> {
     host: PolicyHost,
     backend: B,
     next_tick: Option<f64>,
+    /// When the last tick or wake-up was raised.
+    last_timer: Option<f64>,
 }
 
 impl<B: Backend> Runtime<B> {
@@ -48,6 +56,7 @@ impl<B: Backend> Runtime<B> {
             host,
             backend,
             next_tick: None,
+            last_timer: None,
         }
     }
 
@@ -132,18 +141,25 @@ impl<B: Backend> Runtime<B> {
         }
 
         let live = self.host.cluster().live_jobs() > 0;
+        let timer_allowed = now >= self.timer_floor();
+        let mut timer = false;
         match self.host.tick_interval() {
             Some(interval) if live => {
                 let due = *self.next_tick.get_or_insert(now + interval);
-                if now >= due {
+                if now >= due && timer_allowed {
                     self.host.tick();
                     self.next_tick = Some(now + interval);
+                    timer = true;
                 }
             }
             _ => self.next_tick = None,
         }
-        if live && self.host.wakeup().is_some_and(|w| w <= now) {
+        if live && timer_allowed && self.host.wakeup().is_some_and(|w| w <= now) {
             self.host.tick();
+            timer = true;
+        }
+        if timer {
+            self.last_timer = Some(now);
         }
 
         for _ in 0..MAX_DECISIONS_PER_STEP {
@@ -170,14 +186,20 @@ impl<B: Backend> Runtime<B> {
     /// Backends that cannot predict ends (processes) must be polled too.
     pub fn next_due(&self) -> Option<f64> {
         let live = self.host.cluster().live_jobs() > 0;
+        let floor = self.timer_floor();
         [
             self.backend.next_end(self.host.cluster()),
-            self.host.wakeup().filter(|_| live),
-            self.next_tick.filter(|_| live),
+            self.host.wakeup().filter(|_| live).map(|t| t.max(floor)),
+            self.next_tick.filter(|_| live).map(|t| t.max(floor)),
         ]
         .into_iter()
         .flatten()
         .min_by(f64::total_cmp)
+    }
+
+    /// The soonest the next tick or wake-up may be raised.
+    fn timer_floor(&self) -> f64 {
+        self.last_timer.map_or(f64::NEG_INFINITY, |t| t + MIN_TIMER_GAP)
     }
 
     /// Step on the wall clock until no job is live, sleeping until the next

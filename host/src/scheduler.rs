@@ -14,10 +14,13 @@
 //! ever skipped. After `max_strikes` the plugin is ejected and the built-in
 //! FIFO takes over. Hot swaps happen between two decisions: the next policy
 //! is instantiated off the decision path, given the old one's snapshot, and
-//! switched in; if anything about it fails, the old policy stays.
+//! switched in. If it cannot start, the old policy stays; if it starts but
+//! cannot take the old one's state (a refusal, a fault, a snapshot too big
+//! or too slow), it is switched in anyway, fresh and without the state, so
+//! that the policy being replaced cannot veto its replacement.
 
 use crate::cluster::{Applied, Cluster, JobSpec};
-use crate::engine::{Engine, Fault, LoadError, PluginInstance};
+use crate::engine::{Engine, Fault, LoadError, MAX_TEXT, PluginInstance, bounded};
 use crate::latency::Latencies;
 use crate::native::{Fifo, NativePolicy};
 use crate::wit::{Action, Decision, Event, GpuId, JobId, Rejection};
@@ -106,6 +109,8 @@ pub struct HostStats {
     pub state_handovers: u64,
     /// Each fault, in order: "policy: fault".
     pub faults: Vec<String>,
+    /// Plugin log lines dropped over the log budget.
+    pub log_lines_dropped: u64,
     /// Wall time of the decision calls.
     #[serde(skip)]
     pub call_times: Latencies,
@@ -154,6 +159,8 @@ pub struct SwapReport {
     pub to: String,
     /// Whether the old policy's snapshot was restored into the new one.
     pub state_handed_over: bool,
+    /// Why the state was not handed over, when there was state to hand.
+    pub note: Option<String>,
 }
 
 /// The cluster model plus the policy that decides for it.
@@ -343,7 +350,11 @@ impl PolicyHost {
             let started = Instant::now();
             let result = match &mut self.active {
                 ActivePolicy::Native(p) => Ok(p.decide(&self.cluster, &events)),
-                ActivePolicy::Plugin(p) => p.decide(&mut self.cluster, &events),
+                ActivePolicy::Plugin(p) => {
+                    let result = p.decide(&mut self.cluster, &events);
+                    self.stats.log_lines_dropped += p.take_log_lines_dropped();
+                    result
+                }
             };
             let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             self.stats.call_times.record(nanos);
@@ -507,26 +518,28 @@ impl PolicyHost {
     /// Count a fault against the active plugin; eject it at the limit,
     /// otherwise (when `refresh`) replace its instance with a fresh one.
     fn strike(&mut self, mut fault: Fault, refresh: bool) {
+        let ActivePolicy::Plugin(instance) = &self.active else {
+            return;
+        };
+        let plugin = instance.plugin().clone();
+        let config = instance.config().to_string();
+        let name = instance.info().name.clone();
         loop {
-            let ActivePolicy::Plugin(plugin) = &self.active else {
-                return;
-            };
-            let name = plugin.info().name.clone();
             self.strikes += 1;
             self.stats.strikes += 1;
             self.stats.faults.push(format!("{name}: {fault}"));
             tracing::warn!(policy = %name, strike = self.strikes, %fault, "plugin fault");
             if self.strikes >= self.engine.limits().max_strikes {
-                self.eject(fault);
+                self.eject_named(&name, fault);
                 return;
             }
             if !refresh {
                 return;
             }
-            match self
-                .engine
-                .instantiate(plugin.plugin(), plugin.config(), self.cluster.now())
-            {
+            // The faulted instance goes before its replacement is made, so
+            // that a plugin never holds two instances' memory at once.
+            self.retire_active();
+            match self.engine.instantiate(&plugin, &config, self.cluster.now()) {
                 Ok(fresh) => {
                     self.active = ActivePolicy::Plugin(Box::new(fresh));
                     self.takeover = true;
@@ -534,21 +547,43 @@ impl PolicyHost {
                     return;
                 }
                 Err(LoadError::InitFault(f)) => fault = f,
-                Err(other) => fault = Fault::Trap(other.to_string()),
+                Err(other) => fault = Fault::Trap(bounded(&other.to_string(), MAX_TEXT)),
             }
         }
+    }
+
+    /// Drop the active policy, leaving the built-in FIFO in its place, and
+    /// count what its log dropped.
+    fn retire_active(&mut self) {
+        if let ActivePolicy::Plugin(p) = &mut self.active {
+            self.stats.log_lines_dropped += p.take_log_lines_dropped();
+        }
+        self.active = ActivePolicy::Native(Box::new(Fifo));
     }
 
     /// Replace the active plugin with the built-in FIFO, for good (until
     /// the next swap).
     pub fn eject(&mut self, fault: Fault) {
-        if let ActivePolicy::Plugin(p) = &self.active {
-            tracing::error!(policy = %p.info().name, %fault, "plugin ejected; the built-in FIFO takes over");
-            if matches!(fault, Fault::Stall(_)) {
-                self.stats.faults.push(format!("{}: {fault}", p.info().name));
-            }
+        let name = match &self.active {
+            ActivePolicy::Plugin(p) => Some(p.info().name.clone()),
+            ActivePolicy::Native(_) => None,
+        };
+        match name {
+            Some(name) => self.eject_named(&name, fault),
+            None => self.eject_unnamed(),
         }
-        self.active = ActivePolicy::Native(Box::new(Fifo));
+    }
+
+    fn eject_named(&mut self, name: &str, fault: Fault) {
+        tracing::error!(policy = %name, %fault, "plugin ejected; the built-in FIFO takes over");
+        if matches!(fault, Fault::Stall(_)) {
+            self.stats.faults.push(format!("{name}: {fault}"));
+        }
+        self.eject_unnamed();
+    }
+
+    fn eject_unnamed(&mut self) {
+        self.retire_active();
         self.stats.ejections += 1;
         self.takeover = true;
         self.wakeup = None;
@@ -574,6 +609,7 @@ impl PolicyHost {
             from,
             to,
             state_handed_over: false,
+            note: None,
         }
     }
 
@@ -584,31 +620,49 @@ impl PolicyHost {
     }
 
     /// Switch to `next` between two decisions, handing over the old
-    /// policy's snapshot when it has one and `next` accepts it. If `next`
-    /// faults while restoring, the swap is refused and the old policy stays.
+    /// policy's snapshot when it has one and `next` accepts it. Without
+    /// the state when the snapshot fails or is too big, or `next` refuses
+    /// it; when `next` faults restoring it, `next` is started afresh and
+    /// switched in without it (the contract's promise for a restore
+    /// error). Only when that fresh start fails too does the old policy
+    /// stay.
     pub fn swap(&mut self, mut next: PluginInstance) -> Result<SwapReport, String> {
         let now = self.cluster.now();
         let from = self.active.name().to_string();
+        let to = next.info().name.clone();
         let mut state_handed_over = false;
+        let mut note = None;
         if let ActivePolicy::Plugin(old) = &mut self.active {
-            match old.snapshot(now) {
+            let snapshot = old.snapshot(now);
+            self.stats.log_lines_dropped += old.take_log_lines_dropped();
+            match snapshot {
                 Ok(Some(state)) => match next.restore(&state, now) {
                     Ok(Ok(())) => state_handed_over = true,
-                    Ok(Err(why)) => {
-                        tracing::info!(policy = %next.info().name, %why, "new policy declined the old one's state")
-                    }
+                    Ok(Err(why)) => note = Some(format!("{to} declined the state of {from}: {why}")),
                     Err(fault) => {
-                        return Err(format!(
-                            "{} faulted while restoring state ({fault}); {from} stays active",
-                            next.info().name
+                        // The fault may have left `next` in any state.
+                        let (plugin, config) = (next.plugin().clone(), next.config().to_string());
+                        drop(next);
+                        next = self.engine.instantiate(&plugin, &config, now).map_err(|e| {
+                            format!("{to} faulted restoring the state of {from} ({fault}) and could not start again ({e}); {from} stays active")
+                        })?;
+                        note = Some(format!(
+                            "{to} faulted restoring the state of {from} ({fault}); it starts afresh without it"
                         ));
                     }
                 },
                 Ok(None) => {}
-                Err(fault) => tracing::warn!(policy = %from, %fault, "snapshot failed; swapping without state"),
+                Err(fault) => {
+                    note = Some(format!(
+                        "{from} could not give its state ({fault}); {to} starts without it"
+                    ))
+                }
             }
         }
-        let to = next.info().name.clone();
+        if let Some(note) = &note {
+            tracing::warn!(%from, %to, %note, "swapping without state");
+        }
+        self.retire_active();
         self.active = ActivePolicy::Plugin(Box::new(next));
         self.takeover = true;
         self.wakeup = None;
@@ -622,6 +676,7 @@ impl PolicyHost {
             from,
             to,
             state_handed_over,
+            note,
         })
     }
 }

@@ -8,16 +8,31 @@
 //! an instance that trapped and start a fresh one, and prepare the next
 //! policy of a hot swap while the current one keeps deciding.
 //!
-//! Every call into a plugin is bounded: an epoch deadline (a background
-//! thread ticks the engine's epoch every millisecond) stops a plugin that
-//! runs too long, and a resource limiter stops one that grows its memory
-//! past the cap. Both come back as a [`Fault`] that names the limit, never
-//! as a hang or a host crash.
+//! Every call into a plugin is bounded, and each bound comes back as a
+//! [`Fault`] that names it, never as a hang or a host crash:
+//! - time: a deadline in CPU time under a wall-clock ceiling (see
+//!   `deadline.rs`), and no import that can make the host wait (see
+//!   `nowait.rs`);
+//! - memory: one cap on the sum of every memory and table the plugin owns,
+//!   and a bound on how many it may declare (see `sandbox.rs`);
+//! - words: a log budget and bounded names and texts (see `log.rs`);
+//! - answers: actions per decision, snapshot size, and what `scheduler.rs`
+//!   and `bounds.rs` check.
 
 mod cache;
+mod deadline;
+mod log;
+mod nowait;
 mod sandbox;
 
 pub use cache::CompileCache;
+pub use deadline::WALL_CEILING_FACTOR;
+pub use log::{
+    BYTES_PER_CALL as LOG_BYTES_PER_CALL, BYTES_PER_SECOND as LOG_BYTES_PER_SECOND,
+    LINES_PER_CALL as LOG_LINES_PER_CALL, LINES_PER_SECOND as LOG_LINES_PER_SECOND, MAX_LINE as MAX_LOG_LINE, MAX_NAME,
+    MAX_TEXT, bounded,
+};
+pub use sandbox::{MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES};
 
 use crate::cluster::Cluster;
 use crate::wit::{self, Decision, Event, PolicyInfo, ViewToken};
@@ -28,17 +43,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, Resource};
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
-/// How often the epoch ticks; deadlines are whole multiples of it.
-const EPOCH_TICK: Duration = Duration::from_millis(1);
+use deadline::{EPOCH_TICK, Overrun};
 
 /// Limits every plugin call runs under.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
-    /// Longest a single call (init, decide, snapshot, restore) may run.
+    /// CPU time a single call (init, decide, snapshot, restore) may use;
+    /// [`WALL_CEILING_FACTOR`] times it in wall-clock time stops it in any case.
     pub deadline: Duration,
-    /// Largest linear memory a plugin may grow to, in bytes.
+    /// Bytes all of a plugin's memories and tables together may grow to.
     pub memory: usize,
     /// Faults tolerated before the plugin is ejected.
     pub max_strikes: u32,
@@ -46,6 +61,8 @@ pub struct Limits {
     pub max_actions: usize,
     /// Largest plugin file accepted, in bytes.
     pub max_plugin_size: usize,
+    /// Largest snapshot handed from one policy to the next, in bytes.
+    pub max_snapshot: usize,
 }
 
 impl Default for Limits {
@@ -56,6 +73,7 @@ impl Default for Limits {
             max_strikes: 3,
             max_actions: 100_000,
             max_plugin_size: 64 << 20,
+            max_snapshot: 16 << 20,
         }
     }
 }
@@ -63,8 +81,11 @@ impl Default for Limits {
 /// Why a plugin call did not return a usable answer. Each is a strike.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fault {
-    /// The call ran past the deadline.
+    /// The call used more CPU time than its deadline.
     Deadline(Duration),
+    /// The call took [`WALL_CEILING_FACTOR`] times its deadline in
+    /// wall-clock time, whatever it was doing.
+    WallClock(Duration),
     /// The plugin tried to grow its memory past the cap.
     MemoryCap {
         /// The cap in bytes.
@@ -83,10 +104,19 @@ pub enum Fault {
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Fault::Deadline(d) => write!(f, "deadline exceeded: the call ran longer than {} ms", d.as_millis()),
+            Fault::Deadline(d) => write!(
+                f,
+                "deadline exceeded: the call used more than {} ms of CPU time",
+                d.as_millis()
+            ),
+            Fault::WallClock(d) => write!(
+                f,
+                "deadline exceeded: the call took more than {} ms of wall-clock time",
+                d.as_millis()
+            ),
             Fault::MemoryCap { limit, wanted } => write!(
                 f,
-                "memory cap hit: tried to grow memory to {} MiB, the cap is {} MiB",
+                "memory cap hit: its memories and tables would reach {} MiB, the cap is {} MiB",
                 wanted >> 20,
                 limit >> 20
             ),
@@ -162,6 +192,7 @@ impl Engine {
         let engine = wasmtime::Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        nowait::link(&mut linker).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         wit::Scheduler::add_to_linker::<PluginState, wasmtime::component::HasSelf<PluginState>>(&mut linker, |state| {
             state
         })
@@ -240,6 +271,7 @@ impl Engine {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Invalid(format!("cannot link: {e:#}")))?;
         let pre = wit::SchedulerPre::new(pre).map_err(|_| LoadError::Invalid(self.missing_export(&component)))?;
+        self.check_exports(name, &pre)?;
         // Cache only what passed every check: nothing refused is kept.
         if !from_cache && let Some(cache) = &self.inner.cache {
             cache.put(engine, bytes, &component);
@@ -282,6 +314,42 @@ impl Engine {
         Ok(())
     }
 
+    /// Type-check the exports: the names are there, but only making an
+    /// instance compares their types with the contract's. No export is
+    /// called; the instance runs under the usual limits and is dropped.
+    fn check_exports(&self, name: &str, pre: &wit::SchedulerPre<PluginState>) -> Result<(), LoadError> {
+        let mut store = self.new_store(name);
+        let instance = match pre.instance_pre().instantiate(&mut store) {
+            Ok(instance) => instance,
+            Err(e) => return Err(LoadError::InitFault(classify(&mut store, e))),
+        };
+        wit::SchedulerIndices::new(pre.instance_pre())
+            .and_then(|indices| indices.load(&mut store, &instance))
+            .map(drop)
+            .map_err(|e| {
+                LoadError::Invalid(bounded(
+                    &format!(
+                        "its exports do not match wit/policy.wit ({e:#}); build it against wit/policy.wit, world `scheduler`"
+                    ),
+                    MAX_TEXT,
+                ))
+            })
+    }
+
+    /// A store for one plugin instance, with every limit set.
+    fn new_store(&self, name: &str) -> Store<PluginState> {
+        let limits = &self.inner.limits;
+        let mut store = Store::new(&self.inner.engine, PluginState::new(name.into(), limits));
+        store.limiter(|s| &mut s.memory);
+        store.epoch_deadline_callback(|mut cx| match cx.data_mut().budget.on_deadline() {
+            Some(ticks) => Ok(UpdateDeadline::Continue(ticks)),
+            None => Err(Trap::Interrupt.into()),
+        });
+        let ticks = store.data_mut().budget.arm();
+        store.set_epoch_deadline(ticks);
+        store
+    }
+
     fn missing_export(&self, component: &Component) -> String {
         let ty = component.component_type();
         let exports: Vec<String> = ty
@@ -303,25 +371,21 @@ impl Engine {
     /// at clock time `now`. Safe to call off the decision path (another
     /// thread), which is how hot swaps avoid stalling decisions.
     pub fn instantiate(&self, plugin: &Plugin, config: &str, now: f64) -> Result<PluginInstance, LoadError> {
-        let limits = &self.inner.limits;
-        let mut store = Store::new(
-            &self.inner.engine,
-            PluginState::new(plugin.inner.name.as_str().into(), limits.memory),
-        );
-        store.limiter(|s| &mut s.memory);
-        store.epoch_deadline_trap();
+        let mut store = self.new_store(&plugin.inner.name);
         store.data().clock.set(now);
-        let deadline = limits.deadline;
-        store.set_epoch_deadline(deadline_ticks(deadline));
         let bindings = match plugin.inner.pre.instantiate(&mut store) {
             Ok(b) => b,
-            Err(e) => return Err(LoadError::InitFault(classify(&mut store, deadline, e))),
+            Err(e) => return Err(LoadError::InitFault(classify(&mut store, e))),
         };
-        store.set_epoch_deadline(deadline_ticks(deadline));
-        let info = match bindings.wsched_policy_policy().call_init(&mut store, config) {
+        let ticks = store.data_mut().budget.arm();
+        store.set_epoch_deadline(ticks);
+        store.data().log.start_call();
+        let result = bindings.wsched_policy_policy().call_init(&mut store, config);
+        store.data().log.end_call();
+        let mut info = match result {
             Ok(Ok(info)) => info,
-            Ok(Err(msg)) => return Err(LoadError::InitRefused(msg)),
-            Err(e) => return Err(LoadError::InitFault(classify(&mut store, deadline, e))),
+            Ok(Err(msg)) => return Err(LoadError::InitRefused(bounded(&msg, MAX_TEXT))),
+            Err(e) => return Err(LoadError::InitFault(classify(&mut store, e))),
         };
         if let Some(t) = info.tick_interval
             && let Err(why) = crate::bounds::check_tick(t)
@@ -330,25 +394,18 @@ impl Engine {
                 "tick-interval {why}"
             ))));
         }
-        let name: Arc<str> = if info.name.trim().is_empty() {
-            plugin.inner.name.as_str().into()
-        } else {
-            info.name.as_str().into()
-        };
-        store.data_mut().name = name;
+        info.name = log::plugin_name(&info.name, &plugin.inner.name);
+        store.data().log.set_name(info.name.as_str().into());
         Ok(PluginInstance {
             plugin: plugin.clone(),
             config: config.to_string(),
             store,
             bindings,
             info,
-            deadline,
+            max_snapshot: self.inner.limits.max_snapshot,
+            log_dropped_counted: 0,
         })
     }
-}
-
-fn deadline_ticks(deadline: Duration) -> u64 {
-    (deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
 }
 
 /// Tell a core module or a stray file from a component before compiling,
@@ -372,19 +429,57 @@ fn check_header(bytes: &[u8]) -> Result<(), String> {
 }
 
 /// Turn a failed call into the fault that caused it.
-fn classify(store: &mut Store<PluginState>, deadline: Duration, error: wasmtime::Error) -> Fault {
-    let memory = &mut store.data_mut().memory;
-    if let Some(wanted) = memory.hit.take() {
+fn classify(store: &mut Store<PluginState>, error: wasmtime::Error) -> Fault {
+    let state = store.data_mut();
+    if let Some(wanted) = state.memory.hit.take() {
         return Fault::MemoryCap {
-            limit: memory.limit,
+            limit: state.memory.limit,
             wanted,
         };
+    }
+    let deadline = state.budget.deadline();
+    match state.budget.overrun.take() {
+        Some(Overrun::Cpu) => return Fault::Deadline(deadline),
+        Some(Overrun::Wall) => return Fault::WallClock(deadline),
+        None => {}
     }
     if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         return Fault::Deadline(deadline);
     }
-    let detail = format!("{error:#}");
-    Fault::Trap(detail.lines().next().unwrap_or("unknown").to_string())
+    Fault::Trap(bounded(&describe_trap(&error), MAX_TEXT))
+}
+
+/// What went wrong and where: the trap's code (or the host's message) and
+/// the innermost Wasm functions of the backtrace.
+fn describe_trap(error: &wasmtime::Error) -> String {
+    let what = match error.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        // Not a Wasm trap: an import refused (a host error), whose message
+        // is the first of the chain's that is not the backtrace.
+        None => error
+            .chain()
+            .map(|e| e.to_string())
+            .find(|m| !m.starts_with("error while executing at wasm backtrace"))
+            .unwrap_or_else(|| "unknown error".to_string()),
+    };
+    let frames: Vec<String> = error
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(|bt| {
+            bt.frames()
+                .iter()
+                .take(3)
+                .map(|f| match f.func_name() {
+                    Some(name) => format!("`{name}`"),
+                    None => format!("function #{}", f.func_index()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if frames.is_empty() {
+        what
+    } else {
+        format!("{what} in {}", frames.join(" < "))
+    }
 }
 
 /// A compiled, checked plugin. Cheap to clone.
@@ -446,7 +541,9 @@ pub struct PluginInstance {
     store: Store<PluginState>,
     bindings: wit::Scheduler,
     info: PolicyInfo,
-    deadline: Duration,
+    max_snapshot: usize,
+    /// Dropped log lines already counted by `take_log_lines_dropped`.
+    log_dropped_counted: u64,
 }
 
 impl PluginInstance {
@@ -465,10 +562,29 @@ impl PluginInstance {
         &self.config
     }
 
+    /// Log lines this instance dropped over its budget since the last
+    /// time this was asked.
+    pub fn take_log_lines_dropped(&mut self) -> u64 {
+        let total = self.store.data().log.dropped();
+        let new = total.saturating_sub(self.log_dropped_counted);
+        self.log_dropped_counted = total;
+        new
+    }
+
     fn arm(&mut self, now: f64) {
-        self.store.data().clock.set(now);
-        self.store.data_mut().memory.hit = None;
-        self.store.set_epoch_deadline(deadline_ticks(self.deadline));
+        let state = self.store.data_mut();
+        state.clock.set(now);
+        state.memory.hit = None;
+        state.log.start_call();
+        let ticks = state.budget.arm();
+        self.store.set_epoch_deadline(ticks);
+    }
+
+    /// After a call: the log's dropped lines are reported, and a failure
+    /// is turned into its fault.
+    fn finish<T>(&mut self, result: wasmtime::Result<T>) -> Result<T, Fault> {
+        self.store.data().log.end_call();
+        result.map_err(|e| classify(&mut self.store, e))
     }
 
     /// Ask for a decision. The cluster is lent to the plugin's store for
@@ -482,26 +598,36 @@ impl PluginInstance {
             events,
         );
         std::mem::swap(&mut self.store.data_mut().cluster, cluster);
-        result.map_err(|e| classify(&mut self.store, self.deadline, e))
+        self.finish(result)
     }
 
-    /// The plugin's state for a hot swap, if it keeps any.
+    /// The plugin's state for a hot swap, if it keeps any. A snapshot
+    /// over [`Limits::max_snapshot`] is a fault.
     pub fn snapshot(&mut self, now: f64) -> Result<Option<Vec<u8>>, Fault> {
         self.arm(now);
-        self.bindings
-            .wsched_policy_policy()
-            .call_snapshot(&mut self.store)
-            .map_err(|e| classify(&mut self.store, self.deadline, e))
+        let result = self.bindings.wsched_policy_policy().call_snapshot(&mut self.store);
+        let state = self.finish(result)?;
+        if let Some(s) = &state
+            && s.len() > self.max_snapshot
+        {
+            return Err(Fault::InvalidOutput(format!(
+                "a snapshot of {} bytes, the limit is {} bytes",
+                s.len(),
+                self.max_snapshot
+            )));
+        }
+        Ok(state)
     }
 
     /// Hand state from a previous policy to this one. The inner result is
     /// the plugin's own answer (it may refuse state it does not recognise).
     pub fn restore(&mut self, state: &[u8], now: f64) -> Result<Result<(), String>, Fault> {
         self.arm(now);
-        self.bindings
+        let result = self
+            .bindings
             .wsched_policy_policy()
-            .call_restore(&mut self.store, state)
-            .map_err(|e| classify(&mut self.store, self.deadline, e))
+            .call_restore(&mut self.store, state);
+        Ok(self.finish(result)?.map_err(|why| bounded(&why, MAX_TEXT)))
     }
 }
 

@@ -10,6 +10,8 @@
 //! while letting those guests load. With virtual clocks and seeded
 //! randomness a plugin cannot make a simulation nondeterministic.
 
+use super::deadline::CallBudget;
+use super::log::PluginLog;
 use crate::cluster::Cluster;
 use crate::wit::{
     self, ClusterStats, GpuId, GpuInfo, GpuMeasurement, JobId, JobInfo, JobState, Level, RunningJob, ViewToken,
@@ -24,10 +26,6 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-/// Longest log line kept from a plugin; longer ones are cut, so a plugin
-/// cannot flood the host's log with one message.
-const MAX_LOG_LINE: usize = 4096;
-
 /// The host's clock as seen by a plugin: seconds as `f64` bits, shared with
 /// the WASI clocks so that both read the same (virtual) time.
 #[derive(Debug, Clone, Default)]
@@ -40,8 +38,11 @@ impl SharedClock {
     pub(crate) fn get(&self) -> f64 {
         f64::from_bits(self.0.load(Ordering::Relaxed))
     }
+    /// The clock as a duration since zero. Never panics: a time the
+    /// host would not reach (the scheduler refuses wake-ups past
+    /// `bounds::MAX_TIME`) still saturates rather than failing.
     fn as_duration(&self) -> Duration {
-        Duration::from_secs_f64(self.get().max(0.0))
+        Duration::try_from_secs_f64(self.get().max(0.0)).unwrap_or(Duration::MAX)
     }
 }
 
@@ -59,30 +60,74 @@ impl HostMonotonicClock for SharedClock {
         1
     }
     fn now(&self) -> u64 {
-        self.as_duration().as_nanos() as u64
+        u64::try_from(self.as_duration().as_nanos()).unwrap_or(u64::MAX)
     }
 }
 
-/// Caps a plugin's linear memory and remembers when the cap was hit, so a
-/// failed allocation that ends in a trap is reported as "memory cap".
+/// Linear memories one plugin instance may have (all its core modules
+/// together). Compilers give a policy one; a few more leave room for
+/// adapters and multi-module languages.
+pub const MAX_MEMORIES: usize = 8;
+/// Tables one plugin instance may have.
+pub const MAX_TABLES: usize = 64;
+/// Core instances one plugin may be made of.
+pub const MAX_INSTANCES: usize = 256;
+/// Bytes a table element is counted as against the memory cap (a
+/// reference, with room for the runtime's bookkeeping).
+const TABLE_ELEMENT_BYTES: usize = 16;
+
+/// Caps everything a plugin instance can grow: the sum of all its linear
+/// memories and tables, not each one, so that declaring many memories
+/// cannot multiply the cap. Remembers when the cap was hit, so a failed
+/// allocation that ends in a trap is reported as "memory cap".
 #[derive(Debug)]
 pub(crate) struct MemoryCap {
     pub(crate) limit: usize,
     pub(crate) hit: Option<usize>,
+    /// Bytes of memory and tables the instance holds now.
+    used: usize,
+}
+
+impl MemoryCap {
+    pub(crate) fn new(limit: usize) -> Self {
+        MemoryCap {
+            limit,
+            hit: None,
+            used: 0,
+        }
+    }
+
+    fn grow(&mut self, by: usize) -> bool {
+        let total = self.used.saturating_add(by);
+        if total > self.limit {
+            self.hit = Some(total);
+            return false;
+        }
+        self.used = total;
+        true
+    }
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.limit {
-            self.hit = Some(desired);
-            return Ok(false);
-        }
-        Ok(true)
+    // Called when a memory is created (from 0) and each time it grows.
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(self.grow(desired.saturating_sub(current)))
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        // Tables hold function references; a million is far beyond any real policy.
-        Ok(desired <= 1_000_000)
+    fn table_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(self.grow(desired.saturating_sub(current).saturating_mul(TABLE_ELEMENT_BYTES)))
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
     }
 }
 
@@ -91,24 +136,26 @@ pub(crate) struct PluginState {
     /// The cluster the plugin reads through `cluster-view`; moved in for
     /// the duration of a `decide` call and back out after it.
     pub(crate) cluster: Cluster,
-    pub(crate) name: Arc<str>,
     pub(crate) clock: SharedClock,
     pub(crate) memory: MemoryCap,
+    pub(crate) budget: CallBudget,
+    pub(crate) log: PluginLog,
     wasi: WasiCtx,
     table: ResourceTable,
 }
 
 impl PluginState {
-    pub(crate) fn new(name: Arc<str>, memory_limit: usize) -> Self {
+    pub(crate) fn new(name: Arc<str>, limits: &super::Limits) -> Self {
         let clock = SharedClock::default();
+        let log = PluginLog::new(name);
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(LogSink {
-            plugin: name.clone(),
-            stream: "stdout",
+            log: log.clone(),
+            level: Level::Info,
         })
         .stderr(LogSink {
-            plugin: name.clone(),
-            stream: "stderr",
+            log: log.clone(),
+            level: Level::Warn,
         })
         .wall_clock(clock.clone())
         .monotonic_clock(clock.clone())
@@ -117,15 +164,18 @@ impl PluginState {
         .insecure_random_seed(0x5eed);
         PluginState {
             cluster: Cluster::default(),
-            name,
             clock,
-            memory: MemoryCap {
-                limit: memory_limit,
-                hit: None,
-            },
+            memory: MemoryCap::new(limits.memory),
+            budget: CallBudget::new(limits.deadline),
+            log,
             wasi: wasi.build(),
             table: ResourceTable::new(),
         }
+    }
+
+    /// The plugin's WASI resources.
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 
@@ -155,7 +205,7 @@ impl wit::wsched::policy::host::Host for PluginState {
     }
 
     fn log(&mut self, level: Level, message: String) {
-        log_line(&self.name, level, truncate(&message));
+        self.log.line(level, &message);
     }
 
     fn now(&mut self) -> f64 {
@@ -199,33 +249,13 @@ impl wit::wsched::policy::host::HostClusterView for PluginState {
     }
 }
 
-fn truncate(message: &str) -> &str {
-    if message.len() <= MAX_LOG_LINE {
-        return message;
-    }
-    let mut end = MAX_LOG_LINE;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    &message[..end]
-}
-
-fn log_line(plugin: &str, level: Level, message: &str) {
-    match level {
-        Level::Error => tracing::error!(target: "wsched::plugin", plugin, "{message}"),
-        Level::Warn => tracing::warn!(target: "wsched::plugin", plugin, "{message}"),
-        Level::Info => tracing::info!(target: "wsched::plugin", plugin, "{message}"),
-        Level::Debug => tracing::debug!(target: "wsched::plugin", plugin, "{message}"),
-        Level::Trace => tracing::trace!(target: "wsched::plugin", plugin, "{message}"),
-    }
-}
-
 /// A plugin's stdout or stderr: every write becomes host log lines
-/// (stderr at warn, where Rust panics land; stdout at info).
+/// (stderr at warn, where Rust panics land; stdout at info), under the
+/// plugin's log budget.
 #[derive(Clone)]
 struct LogSink {
-    plugin: Arc<str>,
-    stream: &'static str,
+    log: PluginLog,
+    level: Level,
 }
 
 impl IsTerminal for LogSink {
@@ -242,16 +272,14 @@ impl StdoutStream for LogSink {
 
 impl tokio::io::AsyncWrite for LogSink {
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let text = String::from_utf8_lossy(buf);
-        let level = if self.stream == "stderr" {
-            Level::Warn
-        } else {
-            Level::Info
-        };
+        // Only as much as the budget could ever keep is looked at.
+        let buf_len = buf.len();
+        let shown = &buf[..buf_len.min(super::log::BYTES_PER_CALL)];
+        let text = String::from_utf8_lossy(shown);
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            log_line(&self.plugin, level, truncate(line));
+            self.log.line(self.level, line);
         }
-        Poll::Ready(Ok(buf.len()))
+        Poll::Ready(Ok(buf_len))
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))

@@ -714,9 +714,9 @@ pub async fn policy(command: PolicyRemoteCommand, connect: &ConnectArgs) -> anyh
                 .map_err(status_error)?
                 .into_inner();
             client.print(
-                &json!({"from": swap.from, "to": swap.to, "state_handed_over": swap.state_handed_over}),
+                &json!({"from": swap.from, "to": swap.to, "state_handed_over": swap.state_handed_over, "note": swap.note}),
                 || {
-                    format!(
+                    let mut line = format!(
                         "active policy: {} -> {}{}\n",
                         swap.from,
                         swap.to,
@@ -725,7 +725,11 @@ pub async fn policy(command: PolicyRemoteCommand, connect: &ConnectArgs) -> anyh
                         } else {
                             ""
                         }
-                    )
+                    );
+                    if !swap.note.is_empty() {
+                        line.push_str(&format!("note: {}\n", swap.note));
+                    }
+                    line
                 },
             );
         }

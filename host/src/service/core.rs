@@ -271,6 +271,7 @@ struct Core {
     active: ActivePolicyRecord,
     stats: HashMap<String, PolicyStats>,
     seen_strikes: u64,
+    seen_log_dropped: u64,
     seen_ejections: u64,
     events: broadcast::Sender<Arc<proto::Event>>,
     metrics: Metrics,
@@ -662,6 +663,7 @@ impl Core {
             },
             stats: HashMap::new(),
             seen_strikes: 0,
+            seen_log_dropped: 0,
             seen_ejections: 0,
             events,
             metrics,
@@ -1429,12 +1431,13 @@ impl Core {
             name,
             "swap",
             report.state_handed_over,
-            "",
+            report.note.as_deref().unwrap_or(""),
         ));
         Ok(proto::SwapPolicyResponse {
             from: from.name,
             to: name.to_string(),
             state_handed_over: report.state_handed_over,
+            note: report.note.unwrap_or_default(),
         })
     }
 
@@ -1538,7 +1541,12 @@ impl Core {
         }
 
         let host = self.runtime.host().stats();
-        let (strikes, ejections) = (host.strikes, host.ejections);
+        let (strikes, ejections, log_dropped) = (host.strikes, host.ejections, host.log_lines_dropped);
+        if log_dropped > self.seen_log_dropped {
+            self.metrics
+                .log_lines_dropped(&name, log_dropped - self.seen_log_dropped);
+            self.seen_log_dropped = log_dropped;
+        }
         if strikes > self.seen_strikes {
             let new = strikes - self.seen_strikes;
             stats.strikes += new;

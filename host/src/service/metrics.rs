@@ -51,6 +51,7 @@ pub struct Metrics {
     attempts: Family<ResultLabel, Counter>,
     calls: HistogramFamily<CallLabels>,
     plugin_strikes: Family<PluginLabel, Counter>,
+    plugin_log_dropped: Family<PluginLabel, Counter>,
     /// Hot swaps done.
     pub policy_swaps: Counter,
     /// Plugins ejected in favour of the built-in policy.
@@ -87,6 +88,7 @@ impl Metrics {
             attempts: Family::default(),
             calls: Family::new_with_constructor(call_histogram),
             plugin_strikes: Family::default(),
+            plugin_log_dropped: Family::default(),
             policy_swaps: Counter::default(),
             ejections: Counter::default(),
             preemptions: Counter::default(),
@@ -116,6 +118,11 @@ impl Metrics {
             "plugin_strikes",
             "Faults counted against plugins",
             m.plugin_strikes.clone(),
+        );
+        registry.register(
+            "plugin_log_lines_dropped",
+            "Plugin log lines dropped over the plugin's log budget",
+            m.plugin_log_dropped.clone(),
         );
         registry.register("policy_swaps", "Hot swaps of the active policy", m.policy_swaps.clone());
         registry.register(
@@ -218,6 +225,15 @@ impl Metrics {
     /// Faults counted against `plugin`.
     pub fn strikes(&self, plugin: &str, count: u64) {
         self.plugin_strikes
+            .get_or_create(&PluginLabel {
+                plugin: plugin.to_string(),
+            })
+            .inc_by(count);
+    }
+
+    /// Log lines `plugin` wrote over its budget.
+    pub fn log_lines_dropped(&self, plugin: &str, count: u64) {
+        self.plugin_log_dropped
             .get_or_create(&PluginLabel {
                 plugin: plugin.to_string(),
             })

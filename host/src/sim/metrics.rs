@@ -111,6 +111,9 @@ pub struct Summary {
     pub swaps: u64,
     /// Each fault, in order.
     pub faults: Vec<String>,
+    /// Plugin log lines dropped over the log budget (absent when none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub plugin_log_lines_dropped: u64,
     /// Each scheduled swap: time and outcome.
     pub swap_log: Vec<String>,
 }
@@ -256,14 +259,21 @@ pub(super) fn collect(input: Inputs<'_>) -> SimResult {
         ejections: stats.ejections,
         swaps: stats.swaps,
         faults: stats.faults.clone(),
+        plugin_log_lines_dropped: stats.log_lines_dropped,
         swap_log: input
             .swaps
             .iter()
             .map(|(t, r)| match r {
-                Ok(r) => format!(
-                    "t={t}: {} -> {} (state handed over: {})",
-                    r.from, r.to, r.state_handed_over
-                ),
+                Ok(r) => match &r.note {
+                    Some(note) => format!(
+                        "t={t}: {} -> {} (state handed over: {}; {note})",
+                        r.from, r.to, r.state_handed_over
+                    ),
+                    None => format!(
+                        "t={t}: {} -> {} (state handed over: {})",
+                        r.from, r.to, r.state_handed_over
+                    ),
+                },
                 Err(why) => format!("t={t}: refused: {why}"),
             })
             .collect(),
@@ -297,6 +307,10 @@ fn fairness(rhos: &[f64]) -> Fairness {
         rho_over_2: rhos.iter().filter(|&&r| r > 2.0).count() as f64 / n,
         jain_index: if sum_sq > 0.0 { sum * sum / (n * sum_sq) } else { 1.0 },
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -9,8 +9,9 @@
 //! plugin turning bad mid-run (`after=N`).
 //!
 //! Config (`key=value;...`):
-//! - `mode=ok|loop|oom|escape|idle|trap|invalid|init-fail|loop-init|bad-wakeup`
-//!   (default `ok`):
+//! - `mode=ok|loop|oom|escape|idle|trap|invalid|init-fail|loop-init|bad-wakeup|
+//!   sleep|sleep-forever|clock-wait|far-wakeup|busy-wakeup|tiny-share|log-flood|
+//!   slow-restore|slow-snapshot` (default `ok`):
 //!   - `ok`: strict FIFO;
 //!   - `loop`: spins forever in `decide`;
 //!   - `oom`: allocates and touches 1 MiB chunks in `decide` without
@@ -24,9 +25,30 @@
 //!     by another job) followed by the valid FIFO actions;
 //!   - `init-fail`: `init` returns an error;
 //!   - `loop-init`: spins forever in `init`;
-//!   - `bad-wakeup`: FIFO actions with a NaN wake-up time.
+//!   - `bad-wakeup`: FIFO actions with a NaN wake-up time;
+//!   - `sleep`: sleeps 5 s of WASI time (monotonic-clock subscribe and
+//!     poll) in `decide`, `snapshot`, `restore` and `init`, then FIFO;
+//!   - `sleep-forever`: sleeps without end the same way;
+//!   - `clock-wait`: busy-waits for the WASI clock to move a second;
+//!   - `far-wakeup`: FIFO actions with a wake-up at 1e30 s, then reads the
+//!     WASI clocks;
+//!   - `busy-wakeup`: starts nothing and asks to be woken 1 ns later, every
+//!     time (time moves, nothing progresses);
+//!   - `tiny-share`: places the first pending single-GPU job on GPU 0 at a
+//!     share of 1e-300, then starts nothing else;
+//!   - `log-flood`: logs 10 MiB in one message and 1,000 lines through
+//!     `host.log`, and as much through stderr, in every `decide`; then FIFO;
+//!   - `slow-restore`: spins forever in `restore`; otherwise FIFO;
+//!   - `slow-snapshot`: spins forever in `snapshot`; otherwise FIFO.
 //! - `after=N`: behave as `ok` for the first `N` `decide` calls, then as
 //!   `mode` (default 0). Has no effect on the `init` modes.
+//! - `tick=SECONDS`: the tick interval it asks for (default none; any
+//!   number, even 5e-324, is passed on for the host to judge).
+//! - `name-bytes=N`: a policy name of `N` bytes (default: `hostile`).
+//! - `error-bytes=N`: with `init-fail`, an error of `N` bytes.
+//! - `snapshot-bytes=N`: hand over a snapshot of `N` bytes (default none).
+//! - `work=N`: spin `N` iterations in every `decide` before deciding, as a
+//!   policy with real work to do (default 0).
 
 // FIFO's policy code, compiled into this crate rather than linked from the
 // `wsched-fifo` rlib: that rlib also carries FIFO's component exports, which
@@ -60,6 +82,36 @@ pub enum Mode {
     LoopInit,
     /// A NaN wake-up.
     BadWakeup,
+    /// Sleep 5 s on the WASI clock in every export.
+    Sleep,
+    /// Sleep without end on the WASI clock.
+    SleepForever,
+    /// Busy-wait for the WASI clock to move.
+    ClockWait,
+    /// A wake-up at 1e30 s.
+    FarWakeup,
+    /// A wake-up 1 ns later each time, and nothing else.
+    BusyWakeup,
+    /// A share of 1e-300.
+    TinyShare,
+    /// Flood the log.
+    LogFlood,
+    /// Spin forever in restore.
+    SlowRestore,
+    /// Spin forever in snapshot.
+    SlowSnapshot,
+}
+
+/// Everything the config sets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    mode: Mode,
+    after: u64,
+    tick: Option<f64>,
+    name_bytes: Option<usize>,
+    error_bytes: Option<usize>,
+    snapshot_bytes: Option<usize>,
+    work: u64,
 }
 
 /// The hostile policy.
@@ -68,11 +120,20 @@ pub struct Hostile {
     mode: Mode,
     after: u64,
     calls: u64,
+    snapshot_bytes: Option<usize>,
+    work: u64,
     fifo: Fifo,
 }
 
-fn parse_config(config: &str) -> Result<(Mode, u64), String> {
+fn parse_config(config: &str) -> Result<Config, String> {
     let (mut mode, mut after) = (Mode::Ok, 0);
+    let (mut tick, mut name_bytes, mut error_bytes, mut snapshot_bytes) = (None, None, None, None);
+    let mut work = 0;
+    let bytes = |key: &str, value: &str| {
+        value
+            .parse::<usize>()
+            .map_err(|_| format!("hostile: {key}: `{value}` is not a whole number"))
+    };
     for pair in config.split(';').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((key, value)) = pair.split_once('=') else {
             return Err(format!("hostile: `{pair}` is not key=value"));
@@ -91,6 +152,15 @@ fn parse_config(config: &str) -> Result<(Mode, u64), String> {
                     "init-fail" => Mode::InitFail,
                     "loop-init" => Mode::LoopInit,
                     "bad-wakeup" => Mode::BadWakeup,
+                    "sleep" => Mode::Sleep,
+                    "sleep-forever" => Mode::SleepForever,
+                    "clock-wait" => Mode::ClockWait,
+                    "far-wakeup" => Mode::FarWakeup,
+                    "busy-wakeup" => Mode::BusyWakeup,
+                    "tiny-share" => Mode::TinyShare,
+                    "log-flood" => Mode::LogFlood,
+                    "slow-restore" => Mode::SlowRestore,
+                    "slow-snapshot" => Mode::SlowSnapshot,
                     other => return Err(format!("hostile: mode: unknown mode `{other}`")),
                 }
             }
@@ -99,12 +169,63 @@ fn parse_config(config: &str) -> Result<(Mode, u64), String> {
                     .parse()
                     .map_err(|_| format!("hostile: after: `{value}` is not a whole number"))?;
             }
+            "tick" => {
+                tick = Some(
+                    value
+                        .parse::<f64>()
+                        .map_err(|_| format!("hostile: tick: `{value}` is not a number"))?,
+                );
+            }
+            "name-bytes" => name_bytes = Some(bytes("name-bytes", value)?),
+            "error-bytes" => error_bytes = Some(bytes("error-bytes", value)?),
+            "snapshot-bytes" => snapshot_bytes = Some(bytes("snapshot-bytes", value)?),
+            "work" => work = bytes("work", value)? as u64,
             other => {
-                return Err(format!("hostile: unknown config key `{other}` (known: mode, after)"));
+                return Err(format!(
+                    "hostile: unknown config key `{other}` (known: mode, after, tick, name-bytes, error-bytes, snapshot-bytes, work)"
+                ));
             }
         }
     }
-    Ok((mode, after))
+    Ok(Config {
+        mode,
+        after,
+        tick,
+        name_bytes,
+        error_bytes,
+        snapshot_bytes,
+        work,
+    })
+}
+
+/// Sleep on the WASI monotonic clock (std's sleep is `subscribe-duration`
+/// and `poll`): a policy must not be able to make the host wait.
+fn sleep(forever: bool) {
+    let d = if forever {
+        std::time::Duration::from_secs(u64::MAX / 4)
+    } else {
+        std::time::Duration::from_secs(5)
+    };
+    std::thread::sleep(d);
+}
+
+/// Wait for the WASI clock to move a second, reading it in a loop: under
+/// a virtual clock that stands still during a call, forever.
+fn clock_wait() {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(1) {
+        std::hint::black_box(());
+    }
+}
+
+/// Say far too much, through `host.log` and through stderr.
+fn flood_log() {
+    log(Level::Info, &"x".repeat(10 << 20));
+    for i in 0..1000 {
+        log(Level::Info, &format!("hostile: line {i}"));
+        eprintln!("hostile: stderr line {i}");
+    }
+    eprintln!("{}", "y".repeat(10 << 20));
 }
 
 /// Spin without end; `black_box` keeps the optimiser from removing the loop.
@@ -212,31 +333,65 @@ impl Hostile {
 
 impl Policy for Hostile {
     fn init(config: &str) -> Result<(Self, PolicyInfo), String> {
-        let (mode, after) = parse_config(config)?;
-        match mode {
-            Mode::InitFail => return Err("hostile: init refused on purpose".into()),
+        let c = parse_config(config)?;
+        match c.mode {
+            Mode::InitFail => {
+                return Err(match c.error_bytes {
+                    Some(n) => "e".repeat(n),
+                    None => "hostile: init refused on purpose".into(),
+                });
+            }
             Mode::LoopInit => spin(),
+            Mode::Sleep | Mode::SleepForever => sleep(c.mode == Mode::SleepForever),
             _ => {}
         }
         let (fifo, _) = Fifo::init("")?;
         let policy = Hostile {
-            mode,
-            after,
+            mode: c.mode,
+            after: c.after,
             calls: 0,
+            snapshot_bytes: c.snapshot_bytes,
+            work: c.work,
             fifo,
+        };
+        let name = match c.name_bytes {
+            Some(n) => "n".repeat(n),
+            None => "hostile".into(),
         };
         Ok((
             policy,
             PolicyInfo {
-                name: "hostile".into(),
-                tick_interval: None,
+                name,
+                tick_interval: c.tick,
             },
         ))
+    }
+
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        match self.mode {
+            Mode::SlowSnapshot => spin(),
+            Mode::Sleep | Mode::SleepForever => sleep(self.mode == Mode::SleepForever),
+            _ => {}
+        }
+        self.snapshot_bytes.map(|n| vec![0x5a; n])
+    }
+
+    fn restore(&mut self, _state: &[u8]) -> Result<(), String> {
+        match self.mode {
+            Mode::SlowRestore => spin(),
+            Mode::Sleep | Mode::SleepForever => sleep(self.mode == Mode::SleepForever),
+            _ => {}
+        }
+        Ok(())
     }
 
     fn decide(&mut self, view: &impl View, events: Vec<Event>) -> Decision {
         let mode = self.current_mode();
         self.calls += 1;
+        let mut n: u64 = 0;
+        for _ in 0..self.work {
+            n = std::hint::black_box(n.wrapping_add(1));
+        }
         match mode {
             Mode::Loop => spin(),
             Mode::Oom => exhaust_memory(),
@@ -261,7 +416,54 @@ impl Policy for Hostile {
                     wakeup: Some(f64::NAN),
                 }
             }
-            Mode::Ok | Mode::InitFail | Mode::LoopInit => self.fifo.decide(view, events),
+            Mode::Sleep | Mode::SleepForever => {
+                sleep(mode == Mode::SleepForever);
+                self.fifo.decide(view, events)
+            }
+            Mode::ClockWait => {
+                clock_wait();
+                self.fifo.decide(view, events)
+            }
+            Mode::FarWakeup => {
+                let d = self.fifo.decide(view, events);
+                // Reading the clocks after the far wake-up must not hurt the host.
+                let _ = std::hint::black_box(std::time::SystemTime::now());
+                let _ = std::hint::black_box(std::time::Instant::now());
+                Decision {
+                    actions: d.actions,
+                    wakeup: Some(1e30),
+                }
+            }
+            Mode::BusyWakeup => Decision {
+                actions: Vec::new(),
+                wakeup: Some(view.now() + 1e-9),
+            },
+            Mode::TinyShare => {
+                let job = view
+                    .jobs(JobState::Pending)
+                    .into_iter()
+                    .filter_map(|id| view.job(id))
+                    .find(|j| j.gpus_requested == 1);
+                Decision {
+                    actions: job
+                        .map(|j| {
+                            vec![Action::Share(SharedPlacement {
+                                job: j.id,
+                                gpus: vec![0],
+                                fraction: 1e-300,
+                            })]
+                        })
+                        .unwrap_or_default(),
+                    wakeup: None,
+                }
+            }
+            Mode::LogFlood => {
+                flood_log();
+                self.fifo.decide(view, events)
+            }
+            Mode::Ok | Mode::InitFail | Mode::LoopInit | Mode::SlowRestore | Mode::SlowSnapshot => {
+                self.fifo.decide(view, events)
+            }
         }
     }
 }
@@ -282,11 +484,25 @@ mod tests {
         assert_eq!(Hostile::init("").unwrap().0.mode, Mode::Ok);
         let h = Hostile::init("mode=trap; after=3").unwrap().0;
         assert_eq!((h.mode, h.after), (Mode::Trap, 3));
+        let (h, info) = Hostile::init("mode=ok;tick=5e-324;name-bytes=300;snapshot-bytes=7").unwrap();
+        assert_eq!((info.tick_interval, info.name.len()), (Some(5e-324), 300));
+        assert_eq!(h.snapshot().map(|s| s.len()), Some(7));
+        assert_eq!(
+            Hostile::init("mode=init-fail;error-bytes=1000").err().unwrap().len(),
+            1000
+        );
         assert_eq!(
             Hostile::init("mode=init-fail").err().unwrap(),
             "hostile: init refused on purpose"
         );
-        for bad in ["mode=nice", "after=-1", "colour=red", "mode"] {
+        for bad in [
+            "mode=nice",
+            "after=-1",
+            "colour=red",
+            "mode",
+            "tick=soon",
+            "name-bytes=-1",
+        ] {
             assert!(Hostile::init(bad).err().unwrap().starts_with("hostile:"), "{bad}");
         }
     }
