@@ -12,12 +12,23 @@
 //! The model is backend-agnostic. Progress is kept as seconds of work on
 //! the job's full gang, so the simulator can predict completions and real
 //! backends can report measured progress into the same field.
+//!
+//! Why nothing here walks every job or GPU on an event: replays of large
+//! traces on large clusters are event loops, and an event's cost must not
+//! grow with the cluster. So a running job's progress and service are
+//! settled only when its rate changes (`accounted_at`, read lazily with
+//! [`Job::progress_at`] and friends), completions sit in ordered sets keyed
+//! by projected finish (re-keyed only for the jobs whose rate changes), the
+//! free GPUs and the allocated share are maintained as they change (the
+//! share in exact fixed point, so the total equals the sum over GPUs), and
+//! the job table is hashed by a multiplicative hash of the id.
 
 use crate::bounds;
 use crate::wit::{
     Action, ClusterStats, GpuId, GpuInfo, GpuMeasurement, JobId, JobInfo, JobState, Resident, RunningJob,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Fractions are compared with this slack so that 0.5 + 0.5 fits in 1.0.
 const FRACTION_EPSILON: f64 = 1e-9;
@@ -79,12 +90,16 @@ pub struct Job {
     pub placement: Vec<GpuId>,
     /// Share of each held GPU.
     pub fraction: f64,
-    /// Seconds of work on the full gang done so far.
+    /// Seconds of work on the full gang done, as of `accounted_at` (see
+    /// [`Job::progress_at`] for now).
     pub progress: f64,
-    /// GPU-seconds of service received.
+    /// GPU-seconds of service received, as of `accounted_at`.
     pub attained_gpu_seconds: f64,
-    /// Seconds spent running.
+    /// Seconds spent running, as of `accounted_at`.
     pub attained_seconds: f64,
+    /// When `progress` and the attained service were last brought up to
+    /// date; a running job accrues from here at its current rate.
+    pub accounted_at: f64,
     /// When it last started or resumed.
     pub since: f64,
     /// When it first started.
@@ -120,9 +135,57 @@ impl Job {
         self.placement.len() as f64 * share / self.spec.gpus as f64
     }
 
-    /// Seconds of full-gang work left, when the total is known.
+    /// Seconds of full-gang work left as of `accounted_at`, when the
+    /// total is known.
     pub fn remaining_work(&self) -> Option<f64> {
         self.spec.work.map(|w| (w - self.progress).max(0.0))
+    }
+
+    /// Seconds running since the accounts were last settled, as of `now`.
+    fn unaccounted(&self, now: f64) -> f64 {
+        if self.state == JobState::Running {
+            (now - self.accounted_at).max(0.0)
+        } else {
+            0.0
+        }
+    }
+
+    /// Seconds of full-gang work done as of `now`.
+    pub fn progress_at(&self, now: f64) -> f64 {
+        let dt = self.unaccounted(now);
+        if dt > 0.0 {
+            self.progress + dt * self.rate()
+        } else {
+            self.progress
+        }
+    }
+
+    /// GPU-seconds of service received as of `now`.
+    pub fn attained_gpu_seconds_at(&self, now: f64) -> f64 {
+        let dt = self.unaccounted(now);
+        if dt > 0.0 {
+            self.attained_gpu_seconds + dt * self.placement.len() as f64 * self.fraction
+        } else {
+            self.attained_gpu_seconds
+        }
+    }
+
+    /// Seconds spent running as of `now`.
+    pub fn attained_seconds_at(&self, now: f64) -> f64 {
+        let dt = self.unaccounted(now);
+        if dt > 0.0 {
+            self.attained_seconds + dt
+        } else {
+            self.attained_seconds
+        }
+    }
+
+    /// Bring `progress` and the attained service up to `now`.
+    fn settle(&mut self, now: f64) {
+        self.progress = self.progress_at(now);
+        self.attained_gpu_seconds = self.attained_gpu_seconds_at(now);
+        self.attained_seconds = self.attained_seconds_at(now);
+        self.accounted_at = now;
     }
 
     /// Whether the job has ended (finished or failed).
@@ -143,14 +206,80 @@ fn work_done(job: &Job, now: f64) -> bool {
     if job.state != JobState::Running {
         return false;
     }
-    let Some(left) = job.remaining_work() else {
+    let Some(work) = job.spec.work else {
         return false;
     };
-    if left <= DONE_EPSILON * job.spec.work.unwrap_or(0.0).max(1.0) {
+    let left = (work - job.progress_at(now)).max(0.0);
+    if left <= done_slack(job) {
         return true;
     }
     let rate = job.rate();
     rate > 0.0 && now + left / rate <= now
+}
+
+/// Work left under which a job counts as done (see [`DONE_EPSILON`]).
+fn done_slack(job: &Job) -> f64 {
+    DONE_EPSILON * job.spec.work.unwrap_or(0.0).max(1.0)
+}
+
+/// A time as an ordered key (times in the model are never NaN).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Time(f64);
+
+impl Eq for Time {}
+
+impl PartialOrd for Time {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Time {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Where a running job sits in the completion sets: when it finishes at
+/// its current rate, and the earliest time its work counts as done (its
+/// finish less the rounding slack).
+#[derive(Debug, Clone, Copy)]
+struct CompletionKey {
+    finish: Time,
+    done_from: Time,
+}
+
+/// A hasher for job ids: a multiplicative (Fibonacci) hash, one multiply
+/// per lookup. Ids are dense integers from the host, not input an attacker
+/// picks to collide, so SipHash's protection buys nothing here.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<JobId, V, BuildHasherDefault<IdHasher>>;
+
+/// Shares in fixed point: units of 2^-64 of a GPU. Every share the model
+/// accepts (at least 0.001, about 2^-10, with 52 bits of mantissa) is a
+/// whole number of units, so sums are exact and do not depend on order.
+const SHARE_ONE: u128 = 1 << 64;
+
+fn share_units(fraction: f64) -> u128 {
+    // An exact product by a power of two, then a truncating cast (exact
+    // for every fraction of 2^-12 or more).
+    (fraction.clamp(0.0, 1.0) * SHARE_ONE as f64) as u128
 }
 
 /// Hardware description of one GPU.
@@ -179,6 +308,8 @@ pub struct Gpu {
     pub residents: Vec<Resident>,
     /// What the GPU's own counters said at the last sample (real GPUs).
     pub measured: Option<GpuMeasurement>,
+    /// The residents' shares summed in fixed point (see [`SHARE_ONE`]).
+    allocated_units: u128,
 }
 
 impl Gpu {
@@ -219,12 +350,21 @@ pub struct Cluster {
     /// Boxed so that growing the table moves pointers, not whole jobs: with
     /// the jobs inline, each doubling of a 50,000-job table stalled the
     /// scheduler loop for 20 ms or more.
-    jobs: HashMap<JobId, Box<Job>>,
+    jobs: IdMap<Box<Job>>,
     pending: BTreeSet<JobId>,
     running: BTreeSet<JobId>,
     suspended: BTreeSet<JobId>,
     waiting_gangs: GangSizes,
-    free_gpus: u32,
+    /// Online GPUs with no resident.
+    free: BTreeSet<GpuId>,
+    /// Running jobs with known work and a positive rate, by finish time.
+    by_finish: BTreeSet<(Time, JobId)>,
+    /// The same jobs, by the time their work counts as done.
+    by_done: BTreeSet<(Time, JobId)>,
+    /// Each such job's keys in the two sets.
+    completion_keys: IdMap<CompletionKey>,
+    /// Sum over GPUs of min(1, allocated share), in fixed point.
+    allocated_units: u128,
     next_id: JobId,
 }
 
@@ -241,12 +381,13 @@ impl Cluster {
                 online: true,
                 residents: Vec::new(),
                 measured: None,
+                allocated_units: 0,
             })
             .collect();
-        let free_gpus = gpus.len() as u32;
+        let free = gpus.iter().map(|g| g.id).collect();
         Cluster {
             gpus,
-            free_gpus,
+            free,
             ..Cluster::default()
         }
     }
@@ -270,53 +411,74 @@ impl Cluster {
         self.now
     }
 
-    /// Move the clock to `t`, crediting running jobs with progress and
-    /// service. A time in the past is ignored: the clock never goes back.
+    /// Move the clock to `t`; running jobs accrue progress and service
+    /// from it (read lazily). A time in the past is ignored: the clock
+    /// never goes back.
     pub fn advance(&mut self, t: f64) {
-        let dt = t - self.now;
-        if dt.is_nan() || dt <= 0.0 {
-            return;
+        if t > self.now {
+            self.now = t;
         }
-        for id in &self.running {
-            if let Some(job) = self.jobs.get_mut(id) {
-                let rate = job.rate();
-                job.progress += dt * rate;
-                job.attained_seconds += dt;
-                job.attained_gpu_seconds += dt * job.placement.len() as f64 * job.fraction;
-            }
-        }
-        self.now = t;
     }
 
-    /// Running jobs whose known work is done by now (to within rounding):
-    /// what a model-driven backend (the simulator, emulated GPUs) reports
-    /// as finished. Jobs whose work is unknown never appear.
+    /// Running jobs whose known work is done by now (to within rounding),
+    /// oldest first: what a model-driven backend (the simulator, emulated
+    /// GPUs) reports as finished. Jobs whose work is unknown never appear.
+    /// Costs what it returns, not the number of running jobs.
     pub fn work_completed(&self) -> Vec<JobId> {
-        self.running
-            .iter()
-            .copied()
-            .filter(|id| self.jobs.get(id).is_some_and(|job| work_done(job, self.now)))
-            .collect()
+        let now = self.now;
+        let mut done: Vec<JobId> = self
+            .by_done
+            .range(..=(Time(now), JobId::MAX))
+            .map(|&(_, id)| id)
+            .filter(|id| {
+                self.jobs.get(id).is_some_and(|job| {
+                    work_done(job, now) || self.completion_keys.get(id).is_some_and(|k| k.finish.0 <= now)
+                })
+            })
+            .collect();
+        done.sort_unstable();
+        done
     }
 
     /// When the next running job's known work completes, if any is making
     /// progress (now, for one already done).
     pub fn next_completion(&self) -> Option<f64> {
-        self.running
-            .iter()
-            .filter_map(|id| self.jobs.get(id))
-            .filter_map(|j| {
-                let rate = j.rate();
-                let left = j.remaining_work()?;
-                (rate > 0.0).then(|| {
-                    if work_done(j, self.now) {
-                        self.now
-                    } else {
-                        self.now + left / rate
-                    }
-                })
+        if !self.work_completed_is_empty() {
+            return Some(self.now);
+        }
+        self.by_finish.first().map(|&(t, _)| t.0.max(self.now))
+    }
+
+    fn work_completed_is_empty(&self) -> bool {
+        let now = self.now;
+        !self.by_done.range(..=(Time(now), JobId::MAX)).any(|&(_, id)| {
+            self.jobs.get(&id).is_some_and(|job| {
+                work_done(job, now) || self.completion_keys.get(&id).is_some_and(|k| k.finish.0 <= now)
             })
-            .min_by(f64::total_cmp)
+        })
+    }
+
+    /// Put job `id` where it belongs in the completion sets after its rate
+    /// changed (its accounts settled at now): out if it is not running
+    /// with known work at a positive rate.
+    fn rekey(&mut self, id: JobId) {
+        if let Some(old) = self.completion_keys.remove(&id) {
+            self.by_finish.remove(&(old.finish, id));
+            self.by_done.remove(&(old.done_from, id));
+        }
+        let Some(job) = self.jobs.get(&id) else { return };
+        let rate = job.rate();
+        let (true, Some(left)) = (job.state == JobState::Running && rate > 0.0, job.remaining_work()) else {
+            return;
+        };
+        let now = self.now;
+        let key = CompletionKey {
+            finish: Time(now + left / rate),
+            done_from: Time(now + (left - done_slack(job)) / rate),
+        };
+        self.by_finish.insert((key.finish, id));
+        self.by_done.insert((key.done_from, id));
+        self.completion_keys.insert(id, key);
     }
 
     /// Number of GPUs, online or not.
@@ -373,7 +535,11 @@ impl Cluster {
     /// runs, and some waiting job's gang fits in the free GPUs. A policy
     /// that leaves it so is stalled (see the scheduler's watchdog).
     pub fn idles_with_work(&self) -> bool {
-        self.running.is_empty() && self.waiting_gangs.smallest().is_some_and(|gang| gang <= self.free_gpus)
+        self.running.is_empty()
+            && self
+                .waiting_gangs
+                .smallest()
+                .is_some_and(|gang| gang as usize <= self.free.len())
     }
 
     /// Number of jobs waiting (pending or suspended) or running.
@@ -385,7 +551,7 @@ impl Cluster {
     pub fn stats(&self) -> ClusterStats {
         ClusterStats {
             gpus: self.gpu_count(),
-            free_gpus: self.free_gpus,
+            free_gpus: self.free.len() as u32,
             pending: self.pending.len() as u32,
             running: self.running.len() as u32,
             suspended: self.suspended.len() as u32,
@@ -393,13 +559,33 @@ impl Cluster {
     }
 
     /// Sum over GPUs of the share allocated to jobs (0 ..= GPU count).
+    /// Kept as GPUs change, in exact fixed point: the same as summing
+    /// [`Gpu::allocated`] over the GPUs for the shares policies use (whole
+    /// GPUs, halves, quarters...), and never dependent on order.
     pub fn allocated_share(&self) -> f64 {
-        self.gpus.iter().map(Gpu::allocated).fold(0.0, |a, b| a + b) // not `sum`, which gives -0.0 for no GPUs in use
+        self.allocated_units as f64 / SHARE_ONE as f64
     }
 
     /// Online GPUs with no resident, lowest id first.
     pub fn free_gpu_ids(&self) -> Vec<GpuId> {
-        self.gpus.iter().filter(|g| g.is_free()).map(|g| g.id).collect()
+        self.free.iter().copied().collect()
+    }
+
+    /// Online GPUs with no resident, lowest id first, without collecting them.
+    pub fn free_gpus(&self) -> impl Iterator<Item = GpuId> + '_ {
+        self.free.iter().copied()
+    }
+
+    /// Waiting (pending or suspended) jobs, oldest submission first,
+    /// without collecting them: a strict FIFO reads only the head.
+    pub fn waiting_ids(&self) -> impl Iterator<Item = JobId> + '_ {
+        let mut pending = self.pending.iter().copied().peekable();
+        let mut suspended = self.suspended.iter().copied().peekable();
+        std::iter::from_fn(move || match (pending.peek(), suspended.peek()) {
+            (Some(p), Some(s)) if s < p => suspended.next(),
+            (Some(_), _) => pending.next(),
+            (None, _) => suspended.next(),
+        })
     }
 
     /// The policy-facing record of one job.
@@ -413,8 +599,8 @@ impl Cluster {
             state: j.state,
             placement: j.placement.clone(),
             fraction: j.fraction,
-            attained_gpu_seconds: j.attained_gpu_seconds,
-            attained_seconds: j.attained_seconds,
+            attained_gpu_seconds: j.attained_gpu_seconds_at(self.now),
+            attained_seconds: j.attained_seconds_at(self.now),
             iterations_done: j.iterations_done,
             iterations_total: j.spec.iterations_total,
             iteration_time: j.iteration_time,
@@ -435,7 +621,7 @@ impl Cluster {
                 id: j.id,
                 gpus: j.placement.len() as u32,
                 fraction: j.fraction,
-                attained_gpu_seconds: j.attained_gpu_seconds,
+                attained_gpu_seconds: j.attained_gpu_seconds_at(self.now),
                 submit_time: j.submit_time,
                 since: j.since,
                 priority: j.priority,
@@ -537,6 +723,7 @@ impl Cluster {
                 progress: 0.0,
                 attained_gpu_seconds: 0.0,
                 attained_seconds: 0.0,
+                accounted_at: self.now,
                 since: self.now,
                 first_start: None,
                 end_time: None,
@@ -573,6 +760,7 @@ impl Cluster {
             };
             job.since = self.now;
         }
+        job.accounted_at = self.now;
         let id = job.id;
         let state = job.state;
         let gang = job.spec.gpus;
@@ -680,14 +868,8 @@ impl Cluster {
                 j.preemptions += 1;
             }
         }
-        let g = &mut self.gpus[gpu as usize];
-        let was_free = g.is_free();
-        g.online = online;
-        match (was_free, g.is_free()) {
-            (true, false) => self.free_gpus -= 1,
-            (false, true) => self.free_gpus += 1,
-            _ => {}
-        }
+        self.gpus[gpu as usize].online = online;
+        self.note_free(gpu);
         victims
     }
 
@@ -854,17 +1036,32 @@ impl Cluster {
         Ok(())
     }
 
+    /// Keep the free set and the allocated total right after GPU `gpu`
+    /// changed (residents or online).
+    fn note_free(&mut self, gpu: GpuId) {
+        let Some(g) = self.gpus.get_mut(gpu as usize) else {
+            return;
+        };
+        if g.is_free() {
+            self.free.insert(gpu);
+        } else {
+            self.free.remove(&gpu);
+        }
+        let old = g.allocated_units.min(SHARE_ONE);
+        g.allocated_units = g.residents.iter().map(|r| share_units(r.fraction)).sum();
+        let new = g.allocated_units.min(SHARE_ONE);
+        self.allocated_units = self.allocated_units - old + new;
+    }
+
     /// Put a job on `gpus` with `fraction` each (after checks), as running.
     fn place(&mut self, id: JobId, gpus: &[GpuId], fraction: f64) {
         self.release(id);
         let memory = self.jobs.get(&id).map(|j| j.spec.memory_per_gpu).unwrap_or(0);
         for &gpu in gpus {
             let g = &mut self.gpus[gpu as usize];
-            if g.is_free() {
-                self.free_gpus -= 1;
-            }
             g.residents.push(Resident { job: id, fraction });
             g.memory_used = g.memory_used.saturating_add(memory);
+            self.note_free(gpu);
         }
         let now = self.now;
         let was_running = self.jobs.get(&id).is_some_and(|j| j.state == JobState::Running);
@@ -877,19 +1074,25 @@ impl Cluster {
             j.first_start.get_or_insert(now);
         }
         self.set_state(id, JobState::Running);
+        if was_running {
+            // A migration or a new share: the rate may have changed
+            // without a change of state.
+            self.rekey(id);
+        }
     }
 
-    /// Take a job off all its GPUs (state unchanged).
+    /// Take a job off all its GPUs (state unchanged), its accounts
+    /// settled first: every change of rate goes through here.
     fn release(&mut self, id: JobId) {
+        let now = self.now;
         let Some(job) = self.jobs.get_mut(&id) else { return };
+        job.settle(now);
         let memory = job.spec.memory_per_gpu;
         for gpu in std::mem::take(&mut job.placement) {
             if let Some(g) = self.gpus.get_mut(gpu as usize) {
                 g.residents.retain(|r| r.job != id);
                 g.memory_used = g.memory_used.saturating_sub(memory);
-                if g.is_free() {
-                    self.free_gpus += 1;
-                }
+                self.note_free(gpu);
             }
         }
     }
@@ -914,6 +1117,9 @@ impl Cluster {
             if state == s {
                 set.insert(id);
             }
+        }
+        if old != state {
+            self.rekey(id);
         }
     }
 }
@@ -968,6 +1174,44 @@ mod tests {
             job,
             gpus: gpus.to_vec(),
         })
+    }
+
+    #[test]
+    fn accounts_settle_lazily_and_completions_come_in_finish_order() {
+        let mut c = cluster(4);
+        let a = c.submit(JobSpec::new("u", 2, 100.0)).unwrap();
+        let b = c.submit(JobSpec::new("u", 1, 30.0)).unwrap();
+        let w = c.submit(JobSpec::new("u", 4, 10.0)).unwrap();
+        c.apply(&start(a, &[0, 1])).unwrap();
+        c.apply(&start(b, &[2])).unwrap();
+        assert_eq!(c.next_completion(), Some(30.0));
+        c.advance(10.0);
+        let job = c.job(a).unwrap();
+        assert_eq!((job.progress, job.progress_at(10.0)), (0.0, 10.0), "read lazily");
+        assert_eq!(c.job_info(a).unwrap().attained_gpu_seconds, 20.0);
+        assert_eq!((c.free_gpu_ids(), c.allocated_share()), (vec![3], 3.0));
+        c.advance(30.0);
+        assert_eq!(c.work_completed(), vec![b]);
+        assert!(c.finish(b));
+        assert_eq!(c.job(b).unwrap().attained_seconds, 30.0, "settled at its end");
+        assert_eq!(c.next_completion(), Some(100.0));
+        // Halving a's share halves its rate: its finish is re-keyed.
+        let half = Action::Share(SharedPlacement {
+            job: a,
+            gpus: vec![0, 1],
+            fraction: 0.5,
+        });
+        c.apply(&half).unwrap();
+        assert_eq!(c.allocated_share(), 1.0);
+        assert_eq!(c.next_completion(), Some(30.0 + 70.0 / 0.5));
+        c.apply(&Action::Preempt(a)).unwrap();
+        assert_eq!(c.job(a).unwrap().progress, 30.0);
+        assert_eq!(
+            (c.next_completion(), c.allocated_share(), c.free_gpu_ids().len()),
+            (None, 0.0, 4)
+        );
+        // Waiting jobs, pending and suspended merged, oldest first.
+        assert_eq!(c.waiting_ids().collect::<Vec<_>>(), vec![a, w]);
     }
 
     #[test]

@@ -27,21 +27,23 @@ impl NativePolicy for Fifo {
         "builtin-fifo"
     }
 
+    /// Reads only the head of the queue and the GPUs it takes: the cost
+    /// of a decision is that of the jobs it starts, whatever the queue's
+    /// depth or the cluster's size.
     fn decide(&mut self, cluster: &Cluster, _events: &[Event]) -> Decision {
-        let mut waiting = cluster.ids_in(JobState::Pending);
-        waiting.extend(cluster.ids_in(JobState::Suspended));
-        waiting.sort_unstable();
-        let mut free = cluster.free_gpu_ids();
+        let mut left = cluster.stats().free_gpus as usize;
+        let mut free = cluster.free_gpus();
         let mut actions = Vec::new();
-        for id in waiting {
+        for id in cluster.waiting_ids() {
             let Some(job) = cluster.job(id) else { continue };
             let need = job.spec.gpus as usize;
-            if need > free.len() {
+            if need > left {
                 break;
             }
+            left -= need;
             let placement = Placement {
                 job: id,
-                gpus: free.drain(..need).collect(),
+                gpus: free.by_ref().take(need).collect(),
             };
             actions.push(if job.state == JobState::Suspended {
                 Action::Resume(placement)

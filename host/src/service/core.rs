@@ -813,6 +813,7 @@ impl Core {
             progress,
             attained_gpu_seconds: attained,
             attained_seconds: attained / f64::from(model.gpus.max(1)),
+            accounted_at: 0.0,
             since: 0.0,
             first_start: job.start_time.map(time),
             end_time: job.end_time.map(time),
@@ -928,12 +929,13 @@ impl Core {
     }
 
     fn job_message(&self, job: &Job) -> proto::Job {
+        let now = self.runtime.host().cluster().now();
         let counted = job.iterations_done.zip(job.spec.iterations_total.filter(|&t| t > 0));
         let progress = match job.spec.work {
             // What the backend counted is the truth, where it counts.
             _ if job.state == JobState::Finished => Some(1.0),
             _ if counted.is_some() => counted.map(|(done, total)| (done as f64 / total as f64).clamp(0.0, 1.0)),
-            Some(w) if w > 0.0 => Some((job.progress / w).clamp(0.0, 1.0)),
+            Some(w) if w > 0.0 => Some((job.progress_at(now) / w).clamp(0.0, 1.0)),
             Some(_) => Some(if job.state == JobState::Finished { 1.0 } else { 0.0 }),
             None => None,
         };
@@ -948,7 +950,7 @@ impl Core {
             placement: job.placement.clone(),
             fraction: job.fraction,
             progress,
-            attained_gpu_seconds: job.attained_gpu_seconds,
+            attained_gpu_seconds: job.attained_gpu_seconds_at(now),
             preemptions: job.preemptions,
             migrations: job.migrations,
             iterations_done: job.iterations_done,
