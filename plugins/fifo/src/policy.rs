@@ -15,6 +15,9 @@ use wsched_sdk::*;
 #[derive(Debug, Default)]
 pub struct Fifo {
     waiting: BTreeMap<JobId, (u32, JobState)>,
+    /// Kept from events: reading the view's free list at every decision
+    /// would cost the cluster's size.
+    free: FreeGpus,
 }
 
 impl Policy for Fifo {
@@ -30,6 +33,9 @@ impl Policy for Fifo {
     }
 
     fn decide(&mut self, view: &impl View, events: Vec<Event>) -> Decision {
+        for event in &events {
+            self.free.observe(event);
+        }
         for event in events {
             match event {
                 Event::JobArrived(job) => match job.state {
@@ -58,9 +64,9 @@ impl Policy for Fifo {
         if self.waiting.is_empty() {
             return Decision { actions, wakeup: None };
         }
-        let mut free = view.free_gpus();
+        self.free.sync(view);
         while let Some((&id, &(gpus, state))) = self.waiting.first_key_value() {
-            let Some(placement) = take_gpus(&mut free, gpus) else {
+            let Some(placement) = self.free.take(id, gpus) else {
                 break; // head-of-line blocking
             };
             let placement = Placement {

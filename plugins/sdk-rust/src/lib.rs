@@ -37,9 +37,11 @@
 //! export_policy!(Greedy);
 //! ```
 
+mod free;
 mod helpers;
 pub mod testing;
 
+pub use free::FreeGpus;
 pub use helpers::*;
 
 #[doc(hidden)]

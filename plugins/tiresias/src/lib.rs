@@ -139,6 +139,8 @@ pub struct Tiresias {
     topology: Option<Topology>,
     /// Online GPUs.
     capacity: u32,
+    /// Free GPUs kept from events (see `FreeGpus`).
+    free: FreeGpus,
 }
 
 impl Tiresias {
@@ -435,6 +437,7 @@ impl Policy for Tiresias {
             running_gpus: 0,
             topology: None,
             capacity: 0,
+            free: FreeGpus::new(),
         };
         Ok((
             policy,
@@ -448,6 +451,9 @@ impl Policy for Tiresias {
     fn decide(&mut self, view: &impl View, events: Vec<Event>) -> Decision {
         let now = view.now();
         let mut resync = false;
+        for event in &events {
+            self.free.observe(event);
+        }
         for event in events {
             match event {
                 Event::JobArrived(job) => self.note(&job, now),
@@ -565,7 +571,7 @@ impl Policy for Tiresias {
             };
         }
 
-        let mut free = view.free_gpus();
+        self.free.sync(view);
         for id in victims {
             actions.push(Action::Preempt(id));
             let Some(r) = self.unrun(id) else { continue };
@@ -575,9 +581,12 @@ impl Policy for Tiresias {
                 gpus = job.gpus_requested;
                 attained = job.attained_gpu_seconds;
                 // Only an exclusive holder leaves its GPUs free behind it.
-                if r.fraction >= 1.0 - EPS {
-                    free.extend_from_slice(&job.placement);
-                }
+                let left = if r.fraction >= 1.0 - EPS {
+                    &job.placement[..]
+                } else {
+                    &[]
+                };
+                self.free.vacate(id, left);
             }
             self.wait(
                 id,
@@ -591,12 +600,14 @@ impl Policy for Tiresias {
         let Some(topology) = self.topology.as_ref() else {
             return Decision { actions, wakeup: None };
         };
+        let free: Vec<GpuId> = self.free.iter().collect();
         let mut pool = FreePool::new(topology, &free);
         let mut started: Vec<(JobId, Waiting)> = Vec::new();
         for (id, w) in admit {
             let Some(gpus) = pool.take(w.gpus) else {
                 continue; // not actually available (shared GPUs): try next time
             };
+            self.free.assign(id, &gpus);
             let placement = Placement { job: id, gpus };
             actions.push(match w.state {
                 JobState::Suspended => Action::Resume(placement),
