@@ -11,7 +11,7 @@
 //! an action was refused).
 
 use crate::{Event, GpuId, JobId, View};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Free GPUs for a policy that places every job exclusively.
 ///
@@ -21,6 +21,12 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 #[derive(Debug, Default, Clone)]
 pub struct FreeGpus {
     free: BTreeSet<GpuId>,
+    /// Each GPU's node (GPU ids are indices), read with the free set.
+    node_of: Vec<u32>,
+    /// Free GPUs per node.
+    by_node: BTreeMap<u32, BTreeSet<GpuId>>,
+    /// Nodes by how many free GPUs they have (count, then node id).
+    by_count: BTreeSet<(usize, u32)>,
     /// The GPUs each running job holds whole, as far as this policy knows.
     held: HashMap<JobId, Vec<GpuId>>,
     /// Running jobs that share their GPUs (met at a takeover): when one
@@ -65,8 +71,45 @@ impl FreeGpus {
     /// Read the free GPUs from the view if the set may be stale.
     pub fn sync(&mut self, view: &impl View) {
         if !self.known {
-            self.free = view.free_gpus().into_iter().collect();
+            self.node_of = view.gpus().iter().map(|g| g.node).collect();
+            self.free.clear();
+            self.by_node.clear();
+            self.by_count.clear();
+            for g in view.free_gpus() {
+                self.insert(g);
+            }
             self.known = true;
+        }
+    }
+
+    fn node(&self, gpu: GpuId) -> u32 {
+        self.node_of.get(gpu as usize).copied().unwrap_or(u32::MAX)
+    }
+
+    fn insert(&mut self, gpu: GpuId) {
+        if !self.free.insert(gpu) {
+            return;
+        }
+        let node = self.node(gpu);
+        let on_node = self.by_node.entry(node).or_default();
+        self.by_count.remove(&(on_node.len(), node));
+        on_node.insert(gpu);
+        self.by_count.insert((on_node.len(), node));
+    }
+
+    fn remove(&mut self, gpu: GpuId) {
+        if !self.free.remove(&gpu) {
+            return;
+        }
+        let node = self.node(gpu);
+        if let Some(on_node) = self.by_node.get_mut(&node) {
+            self.by_count.remove(&(on_node.len(), node));
+            on_node.remove(&gpu);
+            if on_node.is_empty() {
+                self.by_node.remove(&node);
+            } else {
+                self.by_count.insert((on_node.len(), node));
+            }
         }
     }
 
@@ -95,8 +138,8 @@ impl FreeGpus {
 
     /// Give `job` these GPUs (chosen by the policy from [`FreeGpus::iter`]).
     pub fn assign(&mut self, job: JobId, gpus: &[GpuId]) {
-        for g in gpus {
-            self.free.remove(g);
+        for &g in gpus {
+            self.remove(g);
         }
         self.held.insert(job, gpus.to_vec());
     }
@@ -106,7 +149,66 @@ impl FreeGpus {
         if k == 0 || self.free.len() < k {
             return None;
         }
-        Some((0..k).filter_map(|_| self.free.pop_first()).collect())
+        let gpus: Vec<GpuId> = self.free.iter().take(k).copied().collect();
+        for &g in &gpus {
+            self.remove(g);
+        }
+        Some(gpus)
+    }
+
+    /// Give `job` a gang of `k` GPUs on as few nodes as possible, choosing
+    /// exactly what [`crate::Topology::take_gang`] would from the same free
+    /// set: the fullest node that fits it whole (best fit, so that big
+    /// holes stay for big gangs), else the nodes with the most free GPUs,
+    /// lowest ids within a node. In time proportional to the nodes it
+    /// touches, not to the free GPUs. None if fewer than `k` are free.
+    pub fn take_gang(&mut self, job: JobId, k: u32) -> Option<Vec<GpuId>> {
+        let k = k as usize;
+        if k == 0 || self.free.len() < k {
+            return None;
+        }
+        let plan: Vec<(u32, usize)> = match self.by_count.range((k, 0)..).next() {
+            Some(&(_, node)) => vec![(node, k)],
+            None => {
+                // Most free first, lowest node first among equals.
+                let mut plan = Vec::new();
+                let mut left = k;
+                let mut counts = self.by_count.iter().rev().peekable();
+                while left > 0 {
+                    let Some(&&(count, _)) = counts.peek() else { break };
+                    let mut same: Vec<u32> = Vec::new();
+                    while let Some(&&(c, node)) = counts.peek() {
+                        if c != count {
+                            break;
+                        }
+                        same.push(node);
+                        counts.next();
+                    }
+                    same.sort_unstable();
+                    for node in same {
+                        let m = left.min(count);
+                        plan.push((node, m));
+                        left -= m;
+                        if left == 0 {
+                            break;
+                        }
+                    }
+                }
+                plan
+            }
+        };
+        let mut chosen = Vec::with_capacity(k);
+        for (node, m) in plan {
+            if let Some(on_node) = self.by_node.get(&node) {
+                chosen.extend(on_node.iter().take(m).copied());
+            }
+        }
+        for &g in &chosen {
+            self.remove(g);
+        }
+        chosen.sort_unstable();
+        self.held.insert(job, chosen.clone());
+        Some(chosen)
     }
 
     /// `job` leaves `gpus` free (a preemption this policy made, with the
@@ -115,7 +217,9 @@ impl FreeGpus {
         self.held.remove(&job);
         self.shared.remove(&job);
         if self.known {
-            self.free.extend(gpus.iter().copied());
+            for &g in gpus {
+                self.insert(g);
+            }
         }
     }
 
@@ -127,7 +231,9 @@ impl FreeGpus {
         if let Some(gpus) = self.held.remove(&job)
             && self.known
         {
-            self.free.extend(gpus);
+            for g in gpus {
+                self.insert(g);
+            }
         }
     }
 }
@@ -135,7 +241,32 @@ impl FreeGpus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Topology;
     use crate::testing::FakeView;
+
+    #[test]
+    fn gangs_are_chosen_as_take_gang_would() {
+        let mut view = FakeView::new(16, 4);
+        // Busy: GPUs 3, 6, 7, 12, 14, 15.
+        for (i, gpus) in [vec![3], vec![6, 7], vec![12], vec![14, 15]].into_iter().enumerate() {
+            let job = view.add_job(gpus.len() as u32).id;
+            view.place(job, &gpus, 1.0);
+            assert_eq!(job, i as u64);
+        }
+        let topology = Topology::new(&view.gpus);
+        let mut reference = view.free_gpus();
+        let mut pool = FreeGpus::new();
+        pool.sync(&view);
+        for (job, k) in [2u32, 1, 4, 3, 5, 1, 1].into_iter().enumerate() {
+            let job = 100 + job as u64;
+            assert_eq!(
+                pool.take_gang(job, k),
+                topology.take_gang(&mut reference, k),
+                "gang of {k}"
+            );
+            assert_eq!(pool.iter().collect::<Vec<_>>(), reference, "after a gang of {k}");
+        }
+    }
 
     #[test]
     fn kept_from_events_and_read_from_the_view_only_when_unknown() {

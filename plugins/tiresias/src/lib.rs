@@ -362,67 +362,6 @@ fn parse_config(config: &str) -> Result<Vec<f64>, String> {
     Ok(thresholds)
 }
 
-/// Free GPUs grouped by node, for placing many gangs in one decision.
-///
-/// Chooses exactly what [`Topology::take_gang`] would (best-fitting node,
-/// else the nodes with most free GPUs; lowest ids within a node), but in
-/// time proportional to the number of nodes with free GPUs instead of the
-/// number of free GPUs times nodes, which matters when a decision fills a
-/// thousand GPUs.
-struct FreePool {
-    /// (node, free GPUs on it ascending), in node order.
-    nodes: Vec<(u32, Vec<GpuId>)>,
-    total: usize,
-}
-
-impl FreePool {
-    fn new(topology: &Topology, free: &[GpuId]) -> Self {
-        let mut sorted: Vec<(u32, GpuId)> = free.iter().map(|&g| (topology.node(g), g)).collect();
-        sorted.sort_unstable();
-        sorted.dedup();
-        let mut nodes: Vec<(u32, Vec<GpuId>)> = Vec::new();
-        for (n, g) in sorted.iter().copied() {
-            match nodes.last_mut() {
-                Some((last, gpus)) if *last == n => gpus.push(g),
-                _ => nodes.push((n, vec![g])),
-            }
-        }
-        FreePool {
-            nodes,
-            total: sorted.len(),
-        }
-    }
-
-    fn take(&mut self, k: u32) -> Option<Vec<GpuId>> {
-        let k = k as usize;
-        if k == 0 || self.total < k {
-            return None;
-        }
-        let best_fit = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].1.len() >= k)
-            .min_by_key(|&i| (self.nodes[i].1.len(), self.nodes[i].0));
-        let mut chosen = Vec::with_capacity(k);
-        match best_fit {
-            Some(i) => chosen.extend(self.nodes[i].1.drain(..k)),
-            None => {
-                let mut order: Vec<usize> = (0..self.nodes.len()).collect();
-                order.sort_by_key(|&i| (std::cmp::Reverse(self.nodes[i].1.len()), self.nodes[i].0));
-                for i in order {
-                    let m = (k - chosen.len()).min(self.nodes[i].1.len());
-                    chosen.extend(self.nodes[i].1.drain(..m));
-                    if chosen.len() == k {
-                        break;
-                    }
-                }
-            }
-        }
-        self.total -= k;
-        self.nodes.retain(|(_, gpus)| !gpus.is_empty());
-        chosen.sort_unstable();
-        Some(chosen)
-    }
-}
-
 impl Policy for Tiresias {
     fn init(config: &str) -> Result<(Self, PolicyInfo), String> {
         let thresholds = parse_config(config)?;
@@ -597,17 +536,13 @@ impl Policy for Tiresias {
                 },
             );
         }
-        let Some(topology) = self.topology.as_ref() else {
-            return Decision { actions, wakeup: None };
-        };
-        let free: Vec<GpuId> = self.free.iter().collect();
-        let mut pool = FreePool::new(topology, &free);
         let mut started: Vec<(JobId, Waiting)> = Vec::new();
         for (id, w) in admit {
-            let Some(gpus) = pool.take(w.gpus) else {
+            // Best-fitting node, else the nodes with most free GPUs, as
+            // `Topology::take_gang` would, from the pool kept from events.
+            let Some(gpus) = self.free.take_gang(id, w.gpus) else {
                 continue; // not actually available (shared GPUs): try next time
             };
-            self.free.assign(id, &gpus);
             let placement = Placement { job: id, gpus };
             actions.push(match w.state {
                 JobState::Suspended => Action::Resume(placement),
@@ -741,18 +676,6 @@ mod tests {
             assert!(err.starts_with("tiresias:"), "{err}");
         }
         assert!(Tiresias::init("bogus=1").err().unwrap().contains("bogus"));
-    }
-
-    #[test]
-    fn free_pool_chooses_like_take_gang() {
-        let view = FakeView::new(16, 4);
-        let topo = Topology::new(&view.gpus);
-        let free = vec![0, 1, 2, 4, 5, 8, 9, 10, 11, 13];
-        let mut pool = FreePool::new(&topo, &free);
-        let mut reference = free.clone();
-        for k in [2, 1, 4, 3, 5, 1, 1] {
-            assert_eq!(pool.take(k), topo.take_gang(&mut reference, k), "gang of {k}");
-        }
     }
 
     /// A [`FakeView`] that refuses `running()`: decisions must work from the
