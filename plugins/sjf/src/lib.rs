@@ -35,13 +35,23 @@ fn duration_key(expected: Option<f64>) -> DurationKey {
 pub struct Sjf {
     waiting: BTreeMap<(DurationKey, JobId), (u32, JobState)>,
     key_of: HashMap<JobId, DurationKey>,
-    topology: Option<Topology>,
+    /// How many waiting jobs ask for each gang size: the backfilling walk
+    /// stops when no waiting gang fits in what is left.
+    gangs: BTreeMap<u32, usize>,
+    /// Free GPUs kept from events (see `FreeGpus`).
+    free: FreeGpus,
 }
 
 impl Sjf {
     fn forget(&mut self, id: JobId) {
-        if let Some(k) = self.key_of.remove(&id) {
-            self.waiting.remove(&(k, id));
+        if let Some(k) = self.key_of.remove(&id)
+            && let Some((gpus, _)) = self.waiting.remove(&(k, id))
+            && let Some(n) = self.gangs.get_mut(&gpus)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.gangs.remove(&gpus);
+            }
         }
     }
 
@@ -51,6 +61,7 @@ impl Sjf {
             let k = duration_key(job.expected_duration);
             self.key_of.insert(job.id, k);
             self.waiting.insert((k, job.id), (job.gpus_requested, job.state));
+            *self.gangs.entry(job.gpus_requested).or_default() += 1;
         }
     }
 }
@@ -71,6 +82,9 @@ impl Policy for Sjf {
     }
 
     fn decide(&mut self, view: &impl View, events: Vec<Event>) -> Decision {
+        for event in &events {
+            self.free.observe(event);
+        }
         for event in events {
             match event {
                 Event::JobArrived(job) => self.note(&job),
@@ -80,7 +94,7 @@ impl Policy for Sjf {
                         self.note(&job);
                     }
                 }
-                Event::GpuChanged(_) => self.topology = None,
+                Event::GpuChanged(_) => {} // the free pool reads the view again
                 Event::ActionRejected(r) => {
                     log(Level::Warn, &format!("sjf: action rejected: {}", r.reason));
                     match view.job(r.job) {
@@ -95,18 +109,17 @@ impl Policy for Sjf {
         if self.waiting.is_empty() {
             return Decision { actions, wakeup: None };
         }
-        let mut free = view.free_gpus();
-        if free.is_empty() {
-            return Decision { actions, wakeup: None };
-        }
-        let topology = self.topology.get_or_insert_with(|| Topology::new(&view.gpus()));
+        self.free.sync(view);
+        // The smallest gang waiting (this decision's starts included: a
+        // bound that is only ever too low).
+        let smallest = self.gangs.keys().next().copied().unwrap_or(u32::MAX) as usize;
         let mut placed = Vec::new();
         for (&(_, id), &(gpus, state)) in &self.waiting {
-            if free.is_empty() {
+            if self.free.len() < smallest.max(1) {
                 break;
             }
             // Backfilling: a job that does not fit is skipped, not waited for.
-            let Some(gpus) = topology.take_gang(&mut free, gpus) else {
+            let Some(gpus) = self.free.take_gang(id, gpus) else {
                 continue;
             };
             let placement = Placement { job: id, gpus };
