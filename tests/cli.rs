@@ -190,3 +190,86 @@ fn policy_check_passes_every_example_and_names_what_a_bad_plugin_did() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("init refused on purpose"), "{}", stderr(&o));
 }
+
+#[test]
+fn sweeps_over_sizes_and_loads_run_in_parallel_and_match_single_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = root().join("examples/traces/philly-11cb48.csv");
+    let trace = trace.to_str().unwrap();
+    let fifo = plugin_path("fifo");
+    let fifo = fifo.to_str().unwrap();
+    let out = dir.path().join("sweep");
+    let o = wsched(&[
+        "sim",
+        "--trace",
+        trace,
+        "-q",
+        "--policy",
+        "builtin-fifo",
+        "--policy",
+        fifo,
+        "--gpus",
+        "32",
+        "--gpus",
+        "64",
+        "--load-scale",
+        "1",
+        "--load-scale",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("builtin-fifo") && table.contains("2x"), "{table}");
+    let csv = std::fs::read_to_string(out.join("sweep.csv")).expect("sweep.csv");
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 8, "{csv}");
+    assert!(rows[0].starts_with("builtin-fifo,32,1,"), "{csv}");
+    assert!(
+        std::fs::read_to_string(out.join("sweep.svg"))
+            .expect("svg")
+            .contains("p99 JCT")
+    );
+    // A point of the sweep is the very replay a single run gives.
+    let single = dir.path().join("single");
+    let o = wsched(&[
+        "sim",
+        "--trace",
+        trace,
+        "-q",
+        "--policy",
+        fifo,
+        "--gpus",
+        "64",
+        "--load-scale",
+        "2",
+        "--out",
+        single.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for file in ["summary.json", "jobs.csv"] {
+        assert_eq!(
+            std::fs::read(out.join("fifo-g64-x2").join(file)).expect("sweep point"),
+            std::fs::read(single.join(file)).expect("single run"),
+            "{file}"
+        );
+    }
+    // Loads out of range are refused before anything runs.
+    for bad in ["0", "-1", "NaN", "inf", "1e300"] {
+        let load = format!("--load-scale={bad}");
+        let o = wsched(&[
+            "sim",
+            "--trace",
+            trace,
+            "-q",
+            "--policy",
+            "builtin-fifo",
+            "--gpus",
+            "8",
+            &load,
+        ]);
+        assert!(!o.status.success(), "{bad}");
+        assert!(stderr(&o).contains("--load-scale"), "{bad}: {}", stderr(&o));
+    }
+}

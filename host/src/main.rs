@@ -247,9 +247,13 @@ struct SimArgs {
     /// Trace file (Philly-style CSV: timestamp,duration,num_gpus,...).
     #[arg(long)]
     trace: PathBuf,
-    /// GPUs in the simulated cluster.
-    #[arg(long)]
-    gpus: u32,
+    /// GPUs in the simulated cluster. Repeat to sweep cluster sizes.
+    #[arg(long = "gpus", required = true)]
+    gpus: Vec<u32>,
+    /// Divide the trace's inter-arrival times by this (2 = twice the load).
+    /// Repeat to sweep loads. Default 1.
+    #[arg(long = "load-scale", value_name = "FACTOR")]
+    load_scales: Vec<f64>,
     /// GPUs per node.
     #[arg(long, default_value_t = 8)]
     gpus_per_node: u32,
@@ -478,11 +482,28 @@ fn parse_outage(spec: &str) -> anyhow::Result<GpuOutage> {
 }
 
 fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
-    if args.gpus == 0 {
-        bail!("--gpus must be at least 1");
+    if let Some(&bad) = args
+        .gpus
+        .iter()
+        .find(|&&g| g == 0 || g > wsched::bounds::MAX_GPUS_PER_JOB)
+    {
+        bail!(
+            "--gpus must be from 1 to {}, got {bad}",
+            wsched::bounds::MAX_GPUS_PER_JOB
+        );
     }
     let engine = Engine::with_cache(args.limits.limits(), cache)?;
     let trace = wsched::trace::read(&args.trace)?;
+    let loads = if args.load_scales.is_empty() {
+        vec![1.0]
+    } else {
+        args.load_scales.clone()
+    };
+    // Checked before any replay starts.
+    let traces = loads
+        .iter()
+        .map(|&scale| sim::scale_load(&trace, scale))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if args.config.is_some() && args.policies.len() > 1 {
         bail!("--config applies to a single policy; with several, write each as PLUGIN@CONFIG");
     }
@@ -503,11 +524,22 @@ fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
         .map(|s| parse_swap(&engine, s))
         .collect::<anyhow::Result<Vec<_>>>()?;
     swaps.sort_by(|a, b| a.at.total_cmp(&b.at));
+    // Every run: policy-major, then size, then load. Independent and
+    // deterministic, so they run side by side on every core.
+    let mut runs: Vec<(usize, u32, usize)> = Vec::new();
+    for p in 0..policies.len() {
+        for &gpus in &args.gpus {
+            for l in 0..loads.len() {
+                runs.push((p, gpus, l));
+            }
+        }
+    }
     let config = SimConfig {
-        gpus: args.gpus,
+        gpus: args.gpus[0],
         gpus_per_node: args.gpus_per_node.max(1),
         reveal_durations: !args.hide_durations,
-        progress: !args.quiet,
+        // One bar for one replay; several would fight over the terminal.
+        progress: !args.quiet && runs.len() == 1,
         outages: args
             .outages
             .iter()
@@ -515,10 +547,42 @@ fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?,
         ..SimConfig::default()
     };
-    let results = policies
-        .iter()
-        .map(|policy| sim::simulate(&engine, policy.as_ref(), &swaps, &trace, &config))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let results = sim::parallel_map(&runs, sim::workers(), |&(p, gpus, l)| {
+        let config = SimConfig { gpus, ..config.clone() };
+        sim::simulate(&engine, policies[p].as_ref(), &swaps, &traces[l], &config)
+    })
+    .into_iter()
+    .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.gpus.len() > 1 || loads.len() > 1 {
+        let sweep: Vec<sim::SweepRun> = runs
+            .iter()
+            .zip(results)
+            .map(|(&(_, gpus, l), result)| sim::SweepRun {
+                gpus,
+                load: loads[l],
+                result,
+            })
+            .collect();
+        if args.json {
+            let summaries: Vec<_> = sweep
+                .iter()
+                .map(|r| serde_json::json!({"gpus": r.gpus, "load_scale": r.load, "summary": r.result.summary}))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&summaries)?);
+        } else {
+            print!("{}", sim::SweepTable(&sweep));
+        }
+        if let Some(dir) = &args.out {
+            sim::write_sweep(dir, &sweep).context("writing results")?;
+            if !args.json {
+                println!(
+                    "results written to {} (sweep.csv, sweep.svg, one directory per run)",
+                    dir.display()
+                );
+            }
+        }
+        return Ok(());
+    }
     let refs: Vec<&sim::SimResult> = results.iter().collect();
     if args.json {
         let summaries: Vec<_> = results.iter().map(|r| &r.summary).collect();

@@ -25,9 +25,11 @@
 
 mod metrics;
 mod report;
+mod sweep;
 
 pub use metrics::{Distribution, Fairness, JobRecord, SimResult, Summary, Timing};
 pub use report::{Comparison, Table, labels, write_comparison, write_outputs};
+pub use sweep::{LOAD_SCALE_RANGE, SweepRun, SweepTable, parallel_map, scale_load, workers, write_sweep};
 
 use crate::cluster::{Cluster, JobSpec};
 use crate::engine::{Engine, Fault, Plugin};

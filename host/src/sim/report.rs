@@ -219,16 +219,16 @@ fn jobs_csv(jobs: &[JobRecord]) -> String {
     out
 }
 
-const W: f64 = 480.0;
-const H: f64 = 360.0;
-const PAD_L: f64 = 64.0;
-const PAD_R: f64 = 20.0;
-const PAD_T: f64 = 40.0;
-const PAD_B: f64 = 52.0;
+pub(super) const W: f64 = 480.0;
+pub(super) const H: f64 = 360.0;
+pub(super) const PAD_L: f64 = 64.0;
+pub(super) const PAD_R: f64 = 20.0;
+pub(super) const PAD_T: f64 = 40.0;
+pub(super) const PAD_B: f64 = 52.0;
 
 /// One panel's frame, title, axis labels and ticks, opening a group that
 /// the caller closes after drawing its series.
-fn panel(
+pub(super) fn panel(
     svg: &mut String,
     x0: f64,
     title: &str,
@@ -271,7 +271,7 @@ fn panel(
     );
 }
 
-fn polyline(svg: &mut String, points: &[(f64, f64)], color: &str) {
+pub(super) fn polyline(svg: &mut String, points: &[(f64, f64)], color: &str) {
     let (pw, ph) = (W - PAD_L - PAD_R, H - PAD_T - PAD_B);
     let mut d = String::new();
     for (i, (fx, fy)) in points.iter().enumerate() {
@@ -290,7 +290,7 @@ fn polyline(svg: &mut String, points: &[(f64, f64)], color: &str) {
 }
 
 /// Series colours (Tableau 10), one per policy.
-const COLORS: [&str; 10] = [
+pub(super) const COLORS: [&str; 10] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
 ];
 
