@@ -193,3 +193,21 @@ fn a_gpu_outage_suspends_its_job_which_keeps_its_progress() {
         "{err}"
     );
 }
+
+#[test]
+fn ticks_stop_while_the_cluster_is_empty_and_restart_with_the_next_job() {
+    // The simulator runs the service's decision loop: a tick every round
+    // while jobs are live, none while the cluster is empty, and no burst of
+    // missed ticks when work comes back after an idle spell.
+    let engine = engine();
+    let jobs = trace("0,10,1\n1000,10,1\n");
+    let result = run(
+        &engine,
+        Some(&choice(&engine, "gavel", "round=60")),
+        &jobs,
+        &cluster(4, 4),
+    );
+    assert_eq!(result.summary.completed, 2);
+    // An arrival and an ending for each job; no tick comes due while one runs.
+    assert_eq!(result.summary.policy_calls, 4);
+}

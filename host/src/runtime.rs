@@ -9,6 +9,12 @@
 //! clock moves, jobs that ended on the backend are booked (freeing their
 //! GPUs), a due tick or wake-up is raised, and the policy decides; every
 //! action it got applied is then carried out on the backend.
+//!
+//! A step is two phases, so that whoever drives it can put what arrived at
+//! this instant between them: [`Runtime::begin`] (the clock, the endings)
+//! and [`Runtime::decide`] (timers, decisions, the watchdog). The service
+//! submits the turn's requests in between, so that, as in the simulator,
+//! completions free GPUs before arrivals are seen.
 
 use std::time::{Duration, Instant};
 
@@ -47,6 +53,8 @@ pub struct Runtime<B: Backend> {
     next_tick: Option<f64>,
     /// When the last tick or wake-up was raised.
     last_timer: Option<f64>,
+    /// Least time between two timer-prompted decisions (see [`MIN_TIMER_GAP`]).
+    timer_gap: f64,
 }
 
 impl<B: Backend> Runtime<B> {
@@ -57,7 +65,14 @@ impl<B: Backend> Runtime<B> {
             backend,
             next_tick: None,
             last_timer: None,
+            timer_gap: MIN_TIMER_GAP,
         }
+    }
+
+    /// Use `gap` seconds as the least time between two decisions prompted
+    /// by ticks or wake-ups ([`MIN_TIMER_GAP`] by default).
+    pub fn set_timer_gap(&mut self, gap: f64) {
+        self.timer_gap = if gap.is_finite() { gap.max(0.0) } else { MIN_TIMER_GAP };
     }
 
     /// The policy host (cluster model, active policy, statistics).
@@ -114,10 +129,19 @@ impl<B: Backend> Runtime<B> {
     }
 
     /// Bring everything up to `now` (seconds on the model's clock; a time
-    /// in the past counts as the model's present).
+    /// in the past counts as the model's present): [`Runtime::begin`], then
+    /// [`Runtime::decide`].
     pub fn step(&mut self, now: f64) -> Step {
+        let mut step = self.begin(now);
+        self.decide(&mut step);
+        step
+    }
+
+    /// The first phase of a step: move the clock to `now` and book what
+    /// ended on the backend (freeing its GPUs), its progress and GPU
+    /// samples. What arrives at this instant goes in after this.
+    pub fn begin(&mut self, now: f64) -> Step {
         self.host.advance(now);
-        let now = self.host.cluster().now();
         let mut step = Step::default();
         // Progress before endings: a job's last report must land while it
         // is still live.
@@ -139,7 +163,14 @@ impl<B: Backend> Runtime<B> {
             tracing::warn!(gpu, backend = self.backend.name(), "GPU broken: taking it offline");
             self.set_gpu_online(gpu, false);
         }
+        step
+    }
 
+    /// The second phase of a step: raise a due tick or wake-up, let the
+    /// policy decide (again while events keep coming, up to a bound),
+    /// carry out what it got applied, and let the watchdog look.
+    pub fn decide(&mut self, step: &mut Step) {
+        let now = self.host.cluster().now();
         let live = self.host.cluster().live_jobs() > 0;
         let timer_allowed = now >= self.timer_floor();
         let mut timer = false;
@@ -147,7 +178,6 @@ impl<B: Backend> Runtime<B> {
             Some(interval) if live => {
                 let due = *self.next_tick.get_or_insert(now + interval);
                 if now >= due && timer_allowed {
-                    self.host.tick();
                     self.next_tick = Some(now + interval);
                     timer = true;
                 }
@@ -155,10 +185,11 @@ impl<B: Backend> Runtime<B> {
             _ => self.next_tick = None,
         }
         if live && timer_allowed && self.host.wakeup().is_some_and(|w| w <= now) {
-            self.host.tick();
             timer = true;
         }
         if timer {
+            // One `tick` event, whether the tick, the wake-up or both are due.
+            self.host.tick();
             self.last_timer = Some(now);
         }
 
@@ -178,7 +209,6 @@ impl<B: Backend> Runtime<B> {
             }
             step.outcomes.push(outcome);
         }
-        step
     }
 
     /// The next time a step has something to do that the runtime can
@@ -199,7 +229,7 @@ impl<B: Backend> Runtime<B> {
 
     /// The soonest the next tick or wake-up may be raised.
     fn timer_floor(&self) -> f64 {
-        self.last_timer.map_or(f64::NEG_INFINITY, |t| t + MIN_TIMER_GAP)
+        self.last_timer.map_or(f64::NEG_INFINITY, |t| t + self.timer_gap)
     }
 
     /// Step on the wall clock until no job is live, sleeping until the next

@@ -2,14 +2,16 @@
 //! database.
 //!
 //! Each turn: wait for a request or for the next thing due (a predicted job
-//! end, a tick, a process to poll); take every request that has arrived;
-//! apply them to the model; let the policy decide ([`Runtime::step`]);
+//! end, a tick, a process to poll); book what ended ([`Runtime::begin`]);
+//! take every request that has arrived and apply it to the model; let the
+//! policy decide ([`Runtime::decide`]);
 //! write every job that changed, in one transaction; then reply and
 //! publish events. Replies to requests that change anything wait for the
 //! commit, so an acknowledgement always means "on disk".
 //!
 //! Keeping all of this on one thread is deliberate: the policy sees one
-//! ordered history (the same as the simulator would give it), no lock is
+//! ordered history (the simulator runs the very same `Runtime` phases on a
+//! virtual clock, so it is the history the simulator gives it), no lock is
 //! held across a plugin call, and a slow request cannot interleave with a
 //! half-applied decision.
 
@@ -1028,11 +1030,14 @@ impl Core {
 
     fn turn(&mut self, requests: Vec<Request>) {
         let now = self.model_now();
-        self.runtime.host_mut().advance(now);
+        // Endings first, then the turn's requests, then the decision: at
+        // one instant completions free GPUs before arrivals are seen, as
+        // in the simulator (the same `Runtime` phases).
+        let mut step = self.runtime.begin(now);
         for req in requests {
             self.handle(req);
         }
-        let step = self.runtime.step(now);
+        self.runtime.decide(&mut step);
         self.account(&step);
         self.expire(now);
 

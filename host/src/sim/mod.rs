@@ -1,17 +1,23 @@
 //! Trace replay on a discrete-event clock.
 //!
-//! The simulator is a backend like any other: it feeds the [`PolicyHost`]
-//! events and carries out its decisions, except that "carrying out" is
-//! arithmetic on a virtual clock instead of work on GPUs. Time jumps from
-//! one event to the next (an arrival, a completion, a tick, a wake-up the
-//! policy asked for, a scheduled hot swap), so a three-month trace replays
-//! in about a second and the result depends only on the inputs.
+//! The simulator is the service's decision loop ([`Runtime`]: the same
+//! phases, ticks, wake-ups, watchdog, strikes and swaps) on a virtual clock,
+//! with the cluster model as its backend ([`EmulatedBackend`]), so a policy
+//! sees the same history in both. Time jumps from one event to the next (an
+//! arrival, a completion, a tick, a wake-up the policy asked for, a
+//! scheduled hot swap), so a three-month trace replays in about a second
+//! and the result depends only on the inputs.
 //!
 //! Rules, chosen to match how the papers' simulators count:
 //! - jobs arrive in submission order, ties in file order; a job asking for
 //!   more GPUs than the cluster has is refused at submission and counted;
 //! - at one instant, completions free GPUs before arrivals are seen, and
-//!   the policy gets everything that happened at that instant in one call;
+//!   the policy gets everything that happened at that instant in one call
+//!   (again while its own answer raises events, such as rejections, up to
+//!   a bound);
+//! - a policy that asks for a tick gets one every interval while jobs are
+//!   live, none while the cluster is empty (the first comes an interval
+//!   after work returns);
 //! - a job progresses at (GPUs held x share) / GPUs asked for, so alone on
 //!   its full gang it finishes after exactly its trace duration, and a
 //!   preempted job keeps its progress;
@@ -31,8 +37,10 @@ pub use metrics::{Distribution, Fairness, JobRecord, SimResult, Summary, Timing}
 pub use report::{Comparison, Table, labels, write_comparison, write_outputs};
 pub use sweep::{LOAD_SCALE_RANGE, SweepRun, SweepTable, parallel_map, scale_load, workers, write_sweep};
 
+use crate::backend::emulated::EmulatedBackend;
 use crate::cluster::{Cluster, JobSpec};
 use crate::engine::{Engine, Fault, Plugin};
+use crate::runtime::Runtime;
 use crate::scheduler::{ActivePolicy, Outcome, PolicyHost, StallRule};
 use crate::trace::TraceJob;
 use std::time::Instant;
@@ -153,6 +161,11 @@ pub fn simulate_observed(
     };
     host.set_stall_rule(StallRule::SIMULATION);
     let initial_policy = host.active().name().to_string();
+    // The one decision loop (the service's), on the virtual clock with the
+    // model as its backend; a simulated second costs nothing, so timer
+    // calls are not spaced out.
+    let mut rt = Runtime::new(host, EmulatedBackend);
+    rt.set_timer_gap(0.0);
 
     // Submission order: by time, ties in file order (a stable sort keeps it).
     let mut order: Vec<usize> = (0..trace.len()).collect();
@@ -162,45 +175,38 @@ pub fn simulate_observed(
     let bar = progress_bar(config.progress, trace.len());
     let mut next_arrival = 0;
     let mut next_swap = 0;
-    let mut next_tick: Option<f64> = None;
     let mut trace_of: Vec<usize> = Vec::with_capacity(trace.len()); // job id -> trace index
     let mut refused = Vec::new();
     let mut utilisation = vec![(0.0, 0.0)];
     let mut swap_log = Vec::new();
 
     loop {
-        let now = host.cluster().now();
+        let now = rt.host().cluster().now();
         let arrival = order.get(next_arrival).map(|&i| trace[i].submit - origin);
-        let completion = host.cluster().next_completion();
         let swap = swaps.get(next_swap).map(|s| s.at.max(now));
         let change = gpu_changes.get(next_change).map(|c| c.0.max(now));
-        let live = host.cluster().live_jobs() > 0;
-        if let Some(interval) = host.tick_interval() {
-            if live && next_tick.is_none() {
-                next_tick = Some(now + interval);
-            }
-        } else {
-            next_tick = None;
-        }
-        let tick = next_tick.filter(|_| live);
-        let wakeup = host.wakeup().filter(|_| live);
-        let Some(t) = [arrival, completion, swap, tick, wakeup, change]
+        // Completions, the policy's wake-up and its tick.
+        let due = rt.next_due();
+        let Some(t) = [arrival, due, swap, change]
             .into_iter()
             .flatten()
             .min_by(f64::total_cmp)
         else {
-            let waiting = host.cluster().live_jobs();
+            let waiting = rt.host().cluster().live_jobs();
             if waiting == 0 {
                 break;
             }
-            if !matches!(host.active(), ActivePolicy::Native(_)) && host.cluster().idles_with_work() {
+            if !matches!(rt.host().active(), ActivePolicy::Native(_)) && rt.host().cluster().idles_with_work() {
                 // Nothing will ever call the policy again, yet work waits.
-                host.eject(Fault::Stall(format!(
+                rt.host_mut().eject(Fault::Stall(format!(
                     "{waiting} job(s) waiting at t={now}s with no job running, nothing left to arrive and no wake-up asked"
                 )));
-                let outcome = host.decide();
-                observe(now, &outcome);
-                if host.cluster().next_completion().is_some() {
+                let mut step = rt.begin(now);
+                rt.decide(&mut step);
+                for outcome in &step.outcomes {
+                    observe(now, outcome);
+                }
+                if rt.host().cluster().next_completion().is_some() {
                     continue;
                 }
             }
@@ -213,14 +219,10 @@ pub fn simulate_observed(
             );
             break;
         };
-        host.advance(t);
 
         // Completions first: they free GPUs for this instant's arrivals.
-        let done = host.cluster().work_completed();
-        for id in &done {
-            host.finish(*id);
-        }
-        bar.inc(done.len() as u64);
+        let mut step = rt.begin(t);
+        bar.inc(step.ended.len() as u64);
 
         while let Some(&i) = order.get(next_arrival) {
             let job = &trace[i];
@@ -232,7 +234,7 @@ pub fn simulate_observed(
             if !config.reveal_durations {
                 spec.expected_duration = None;
             }
-            match host.submit(spec) {
+            match rt.submit(spec) {
                 Ok(id) => {
                     debug_assert_eq!(id as usize, trace_of.len());
                     trace_of.push(i);
@@ -250,7 +252,7 @@ pub fn simulate_observed(
                 break;
             }
             next_change += 1;
-            let suspended = host.set_gpu_online(gpu, online);
+            let suspended = rt.set_gpu_online(gpu, online);
             tracing::debug!(at = t, gpu, online, ?suspended, "gpu state change");
         }
 
@@ -259,10 +261,11 @@ pub fn simulate_observed(
                 break;
             }
             next_swap += 1;
-            let outcome = host
+            let outcome = rt
+                .host()
                 .prepare(&s.policy.plugin, &s.policy.config)
                 .map_err(|e| e.to_string())
-                .and_then(|next| host.swap(next));
+                .and_then(|next| rt.host_mut().swap(next));
             match &outcome {
                 Ok(r) => tracing::info!(at = t, from = %r.from, to = %r.to, "hot swap"),
                 Err(why) => tracing::warn!(at = t, %why, "hot swap refused; the current policy stays"),
@@ -270,25 +273,13 @@ pub fn simulate_observed(
             swap_log.push((t, outcome));
         }
 
-        if tick == Some(t) {
-            host.tick();
-            next_tick = host.tick_interval().map(|i| t + i);
-        } else if wakeup == Some(t) {
-            host.tick();
+        // A due tick or wake-up, the decision (again while events keep
+        // coming), the watchdog: the service's own code.
+        rt.decide(&mut step);
+        for outcome in &step.outcomes {
+            observe(t, outcome);
         }
-
-        if host.has_events() {
-            let outcome = host.decide();
-            observe(t, &outcome);
-            // The watchdog (the same as the service's, with the
-            // simulator's numbers): a stalled plugin is ejected and the
-            // fallback decides at once.
-            if host.check_stall() {
-                let outcome = host.decide();
-                observe(t, &outcome);
-            }
-        }
-        let share = host.cluster().allocated_share();
+        let share = rt.host().cluster().allocated_share();
         if utilisation.last().is_some_and(|&(_, s)| s != share) {
             utilisation.push((t, share));
         }
@@ -297,7 +288,7 @@ pub fn simulate_observed(
 
     let wall = started.elapsed();
     Ok(metrics::collect(metrics::Inputs {
-        host: &host,
+        host: rt.host(),
         trace,
         trace_of: &trace_of,
         refused: &refused,
