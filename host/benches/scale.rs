@@ -7,7 +7,9 @@
 //! FIFO's).
 //!
 //! Run with `cargo bench -p wsched --bench scale` after
-//! `scripts/build-plugins.sh`. `WSCHED_SCALE=quick` skips the 50x trace.
+//! `scripts/build-plugins.sh`. `WSCHED_SCALE=quick` skips the 50x trace;
+//! `WSCHED_BIN` and `WSCHED_PLUGIN_DIR` point it at another build (to
+//! record before-and-after figures).
 //!
 //! Traces are the bundled Philly trace tiled: copy `i` of `k` is shifted
 //! by `i` minutes, so a 5x tile is five times the load (80k jobs; at 64
@@ -204,7 +206,10 @@ fn json(path: &Path) -> anyhow::Result<serde_json::Value> {
 
 fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wsched = PathBuf::from(env!("CARGO_BIN_EXE_wsched"));
+    // WSCHED_BIN compares another build (an older commit's) in the same run.
+    let wsched = std::env::var_os("WSCHED_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_wsched")));
     let plugins = std::env::var_os("WSCHED_PLUGIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/plugins"));
@@ -221,7 +226,11 @@ fn main() -> anyhow::Result<()> {
     if !quick {
         tiles.push(50);
     }
-    let policies = ["builtin-fifo", "fifo", "tiresias"];
+    // Every shipped policy on the bundled trace; the three that matter for
+    // scale (the fallback, the simplest plugin, the paper policy the
+    // targets name) on the tiled ones.
+    let all = ["builtin-fifo", "fifo", "tiresias", "sjf", "las", "gavel", "gandiva"];
+    let core = ["builtin-fifo", "fifo", "tiresias"];
     println!(
         "Replays of the bundled Philly trace tiled k times (copy i shifted by i minutes); CPU and memory per process"
     );
@@ -268,10 +277,12 @@ fn main() -> anyhow::Result<()> {
             } else {
                 (None, None)
             };
-            for policy in policies {
-                if k >= 50 && policy == "fifo" {
-                    continue;
-                }
+            let policies: &[&str] = match k {
+                1 if gpus <= 1024 => &all,
+                _ if k >= 50 => &["builtin-fifo", "tiresias"],
+                _ => &core,
+            };
+            for &policy in policies {
                 let spec = if policy == "builtin-fifo" {
                     policy.to_string()
                 } else {
