@@ -44,6 +44,8 @@ pub struct Step {
     pub outcomes: Vec<Outcome>,
     /// Actions the backend could not carry out; each job was marked failed.
     pub backend_errors: Vec<(JobId, String)>,
+    /// Plugins ejected during the step.
+    pub ejections: Vec<crate::scheduler::Ejection>,
 }
 
 /// A policy host and the backend that carries out its decisions.
@@ -209,6 +211,7 @@ impl<B: Backend> Runtime<B> {
             }
             step.outcomes.push(outcome);
         }
+        step.ejections.extend(self.host.take_ejections());
     }
 
     /// The next time a step has something to do that the runtime can

@@ -150,6 +150,18 @@ fn decision_point(events: &[Event]) -> &'static str {
     }
 }
 
+/// A plugin thrown out for good (until the next swap): who, who took over,
+/// and the fault that decided it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ejection {
+    /// The plugin's name.
+    pub policy: String,
+    /// The policy that took over (the built-in FIFO).
+    pub to: String,
+    /// The last fault, as "policy: fault".
+    pub fault: String,
+}
+
 /// The result of a successful hot swap.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SwapReport {
@@ -180,6 +192,8 @@ pub struct PolicyHost {
     decided_since_check: u32,
     /// Tick-only calls in a row that applied nothing.
     fruitless_wakeups: u32,
+    /// Ejections not yet taken by the front end.
+    ejections: Vec<Ejection>,
 }
 
 impl PolicyHost {
@@ -198,7 +212,14 @@ impl PolicyHost {
             idle: None,
             decided_since_check: 0,
             fruitless_wakeups: 0,
+            ejections: Vec::new(),
         }
+    }
+
+    /// The ejections since the last call, oldest first: how a front end
+    /// learns of them (to tell operators) without diffing counters.
+    pub fn take_ejections(&mut self) -> Vec<Ejection> {
+        std::mem::take(&mut self.ejections)
     }
 
     /// Use `rule` to tell a stalled policy (the service's by default).
@@ -580,6 +601,11 @@ impl PolicyHost {
             self.stats.faults.push(format!("{name}: {fault}"));
         }
         self.eject_unnamed();
+        self.ejections.push(Ejection {
+            policy: name.to_string(),
+            to: self.active.name().to_string(),
+            fault: format!("{name}: {fault}"),
+        });
     }
 
     fn eject_unnamed(&mut self) {

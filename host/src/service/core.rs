@@ -41,7 +41,7 @@ use crate::latency::Latencies;
 use crate::native::Fifo;
 use crate::proto;
 use crate::runtime::Runtime;
-use crate::scheduler::{ActivePolicy, PolicyHost, StallRule};
+use crate::scheduler::{PolicyHost, StallRule};
 use crate::store::{ActivePolicyRecord, Batch, Store};
 use crate::wit::{Action, JobId, JobState};
 
@@ -274,7 +274,6 @@ struct Core {
     stats: HashMap<String, PolicyStats>,
     seen_strikes: u64,
     seen_log_dropped: u64,
-    seen_ejections: u64,
     events: broadcast::Sender<Arc<proto::Event>>,
     metrics: Metrics,
     batch: Batch,
@@ -666,7 +665,6 @@ impl Core {
             stats: HashMap::new(),
             seen_strikes: 0,
             seen_log_dropped: 0,
-            seen_ejections: 0,
             events,
             metrics,
             batch: Batch::default(),
@@ -1548,7 +1546,7 @@ impl Core {
         }
 
         let host = self.runtime.host().stats();
-        let (strikes, ejections, log_dropped) = (host.strikes, host.ejections, host.log_lines_dropped);
+        let (strikes, log_dropped) = (host.strikes, host.log_lines_dropped);
         if log_dropped > self.seen_log_dropped {
             self.metrics
                 .log_lines_dropped(&name, log_dropped - self.seen_log_dropped);
@@ -1560,18 +1558,14 @@ impl Core {
             self.metrics.strikes(&name, new);
             self.seen_strikes = strikes;
         }
-        if ejections > self.seen_ejections {
-            self.seen_ejections = ejections;
+        // Told by the decision core, not found by diffing its counters.
+        for ejection in &step.ejections {
             stats.ejections += 1;
             self.metrics.ejections.inc();
-            let to = match self.runtime.host().active() {
-                ActivePolicy::Native(p) => p.name().to_string(),
-                ActivePolicy::Plugin(p) => p.info().name.clone(),
-            };
-            let why = self.runtime.host().stats().faults.last().cloned().unwrap_or_default();
+            let (to, why) = (&ejection.to, &ejection.fault);
             tracing::error!(policy = %name, %to, %why, "policy ejected");
             self.pending_events
-                .push(policy_event(unix_now(), &name, &to, "ejected", false, &why));
+                .push(policy_event(unix_now(), &name, to, "ejected", false, why));
             self.active = ActivePolicyRecord {
                 name: BUILTIN_FIFO.into(),
                 config: String::new(),
