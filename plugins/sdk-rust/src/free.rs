@@ -62,9 +62,17 @@ impl FreeGpus {
                 }
                 self.release(*id);
             }
-            // A GPU came or went, or one of this policy's actions was
-            // refused: the set can no longer be trusted.
-            Event::GpuChanged(_) | Event::ActionRejected(_) => self.known = false,
+            // A GPU came or went: the set can no longer be trusted.
+            Event::GpuChanged(_) => self.known = false,
+            // One of this policy's actions was refused: the set can no
+            // longer be trusted, nor what the job named holds (a refused
+            // start left it nothing; after a refused preemption it still
+            // holds what it held). When it ends, the view is read again.
+            Event::ActionRejected(r) => {
+                self.held.remove(&r.job);
+                self.shared.remove(&r.job);
+                self.known = false;
+            }
         }
     }
 
@@ -223,6 +231,13 @@ impl FreeGpus {
         }
     }
 
+    /// Forget what is known: the next [`FreeGpus::sync`] reads the view
+    /// (e.g. after this policy preempted a job whose GPUs it cannot tell
+    /// are free now).
+    pub fn invalidate(&mut self) {
+        self.known = false;
+    }
+
     /// `job` no longer holds its GPUs (it ended, or was preempted).
     pub fn release(&mut self, job: JobId) {
         if self.shared.remove(&job) {
@@ -283,6 +298,24 @@ mod tests {
         assert_eq!(pool.iter().collect::<Vec<_>>(), vec![1, 3]);
         pool.release(7);
         assert_eq!(pool.len(), 4);
+        // A refused start: the job holds nothing, and its end frees nothing.
+        assert_eq!(pool.take(9, 1), Some(vec![0]));
+        pool.observe(&Event::ActionRejected(crate::Rejection {
+            index: 0,
+            job: 9,
+            reason: "refused".into(),
+        }));
+        pool.sync(&view);
+        assert_eq!(pool.iter().collect::<Vec<_>>(), vec![0, 2, 3]);
+        assert_eq!(pool.take(10, 3), Some(vec![0, 2, 3]));
+        pool.observe(&Event::JobFailed((9, "never started".into())));
+        pool.sync(&view);
+        assert_eq!(
+            pool.iter().collect::<Vec<_>>(),
+            vec![0, 2, 3],
+            "read again: the view knows"
+        );
+        pool.release(10);
         // After a GPU change the view is read again.
         pool.observe(&Event::GpuChanged(0));
         pool.sync(&view);
