@@ -382,21 +382,9 @@ impl Policy for Gandiva {
         if self.waiting.jobs.is_empty() && self.model.free.is_empty() {
             return Decision { actions, wakeup: None };
         }
-        // The spread gangs as the decision starts (jobs started by it are
-        // not candidates for consolidation).
-        let largest_node = self.model.node_size.values().copied().max().unwrap_or(0);
-        let spread: Vec<JobId> = self
-            .model
-            .spread
-            .iter()
-            .copied()
-            .filter(|id| {
-                self.model
-                    .held
-                    .get(id)
-                    .is_some_and(|h| h.0.len() as u32 <= largest_node)
-            })
-            .collect();
+        // Jobs started by this decision: not candidates for consolidation
+        // (only the spread gangs as the decision starts are).
+        let mut started: Vec<JobId> = Vec::new();
 
         // 1. Exclusive starts, FIFO, skipping gangs that do not fit.
         // One-GPU jobs started in this batch: they can host a packed job
@@ -415,6 +403,7 @@ impl Policy for Gandiva {
             if let [gpu] = gang[..] {
                 fresh.insert(gpu, (id, w.memory));
             }
+            started.push(id);
             let placement = Placement { job: id, gpus: gang };
             let action = match w.state {
                 JobState::Suspended => Action::Resume(placement),
@@ -505,11 +494,15 @@ impl Policy for Gandiva {
 
         // 3. Free GPUs and packed ones: spread the packed jobs out again.
         if !self.model.free.is_empty() {
-            let packed: Vec<GpuId> = self.model.packed.iter().copied().collect();
-            for gpu in packed {
+            // Each GPU packed as the decision starts, once, in id order
+            // (this step leaves none packed while a GPU is free).
+            let mut from: GpuId = 0;
+            while let Some(&gpu) = self.model.packed.range(from..).next() {
                 if self.model.free.is_empty() {
                     break;
                 }
+                let Some(after) = gpu.checked_add(1) else { break };
+                from = after;
                 let Some(g) = view.gpu(gpu) else { continue };
                 let mut stay: Vec<JobId> = g.residents.iter().map(|r| r.job).collect();
                 stay.sort_unstable();
@@ -553,14 +546,26 @@ impl Policy for Gandiva {
 
         // 4. Free GPUs: pull scattered gangs onto one node.
         if !self.model.free.is_empty() {
-            for id in spread {
+            let largest_node = self.model.node_size.values().copied().max().unwrap_or(0) as usize;
+            // Each spread gang once, oldest first; a gang consolidated is
+            // spread no more.
+            let mut from: JobId = 0;
+            while let Some(&id) = self.model.spread.range(from..).next() {
                 if self.model.free.is_empty() {
                     break;
+                }
+                let Some(after) = id.checked_add(1) else { break };
+                from = after;
+                if started.contains(&id) {
+                    continue;
                 }
                 let Some(held) = self.model.held.get(&id).map(|h| h.0.clone()) else {
                     continue;
                 };
                 let len = held.len();
+                if len > largest_node {
+                    continue;
+                }
                 // The node needing the fewest moves that can hold the gang
                 // (ties: the lowest node). A node the gang spans beats any
                 // other; else the lowest node with room for all of it.
