@@ -24,8 +24,11 @@
 //! Config: `pack=true|false` (default true), `max_share=2` (jobs per GPU,
 //! >= 1; 1 disables packing).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use wsched_sdk::*;
+
+#[cfg(test)]
+mod reference;
 
 const EPS: f64 = 1e-6;
 
@@ -37,13 +40,237 @@ struct Waiting {
     memory: u64,
 }
 
+/// The waiting jobs, oldest (lowest id) first, also by gang size, so that
+/// a decision finds the next gang that fits without walking those that
+/// do not.
+#[derive(Debug, Default)]
+struct Queue {
+    jobs: BTreeMap<JobId, Waiting>,
+    by_gang: BTreeMap<u32, BTreeSet<JobId>>,
+}
+
+impl Queue {
+    fn insert(&mut self, id: JobId, w: Waiting) {
+        self.remove(id);
+        self.jobs.insert(id, w);
+        self.by_gang.entry(w.gpus).or_default().insert(id);
+    }
+
+    fn remove(&mut self, id: JobId) {
+        if let Some(w) = self.jobs.remove(&id)
+            && let Some(set) = self.by_gang.get_mut(&w.gpus)
+        {
+            set.remove(&id);
+            if set.is_empty() {
+                self.by_gang.remove(&w.gpus);
+            }
+        }
+    }
+
+    /// The oldest job whose gang is 1 to `most` GPUs.
+    fn first_fitting(&self, most: usize) -> Option<JobId> {
+        let most = u32::try_from(most).unwrap_or(u32::MAX);
+        if most == 0 {
+            return None;
+        }
+        self.by_gang
+            .range(1..=most)
+            .filter_map(|(_, set)| set.first().copied())
+            .min()
+    }
+
+    /// The waiting 1-GPU jobs, oldest first.
+    fn singles(&self) -> Vec<JobId> {
+        self.by_gang
+            .get(&1)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Who holds which GPU, kept from events and this policy's own actions
+/// (which the host applies in order, or refuses with an event), and read
+/// again from the view whole only when that cannot be known: before the
+/// first decision, after a GPU changed and after a refusal. Indexes what
+/// each step of a decision looks for, so that finding it costs what
+/// changed rather than the cluster's size:
+/// - `free`: online GPUs with no resident (with the gang choice of
+///   `Topology::take_gang`);
+/// - `hosts`: GPUs where a newcomer may be packed (online, fewer than
+///   `max_share` residents, all of them 1-GPU jobs), by (residents, id);
+/// - `packed`: GPUs with two or more residents, all 1-GPU jobs;
+/// - `spread`: exclusive multi-GPU jobs spanning several nodes.
+///
+/// The order of a GPU's residents, and its memory, are read from the view
+/// for the few GPUs a decision acts on.
+#[derive(Debug, Default)]
+struct Model {
+    known: bool,
+    max_share: usize,
+    node_of: Vec<u32>,
+    online: Vec<bool>,
+    /// Online GPUs per node.
+    node_size: BTreeMap<u32, u32>,
+    residents: Vec<Vec<JobId>>,
+    /// Running jobs: the GPUs each holds (ascending) and its share of each.
+    held: HashMap<JobId, (Vec<GpuId>, f64)>,
+    free: FreeGpus,
+    hosts: BTreeSet<(usize, GpuId)>,
+    host_key: Vec<Option<usize>>,
+    packed: BTreeSet<GpuId>,
+    spread: BTreeSet<JobId>,
+}
+
+impl Model {
+    fn node(&self, gpu: GpuId) -> u32 {
+        self.node_of.get(gpu as usize).copied().unwrap_or(0)
+    }
+
+    /// Read everything from the view.
+    fn sync(&mut self, view: &impl View) {
+        if self.known {
+            return;
+        }
+        let gpus = view.gpus();
+        let len = gpus.iter().map(|g| g.id as usize + 1).max().unwrap_or(0);
+        self.node_of = vec![0; len];
+        self.online = vec![false; len];
+        self.residents = vec![Vec::new(); len];
+        self.host_key = vec![None; len];
+        self.node_size.clear();
+        self.held.clear();
+        self.hosts.clear();
+        self.packed.clear();
+        self.spread.clear();
+        for g in &gpus {
+            let i = g.id as usize;
+            self.node_of[i] = g.node;
+            self.online[i] = g.online;
+            if g.online {
+                *self.node_size.entry(g.node).or_default() += 1;
+            }
+            for r in &g.residents {
+                self.residents[i].push(r.job);
+                let entry = self.held.entry(r.job).or_insert_with(|| (Vec::new(), r.fraction));
+                entry.0.push(g.id);
+                entry.1 = r.fraction;
+            }
+        }
+        self.free.reset(&gpus);
+        for g in 0..len as GpuId {
+            self.refresh_gpu(g);
+        }
+        let jobs: Vec<JobId> = self.held.keys().copied().collect();
+        for id in jobs {
+            self.refresh_job(id);
+        }
+        self.known = true;
+    }
+
+    /// Whether every resident of `gpu` is a running job holding this GPU only.
+    fn single_gpu_residents(&self, gpu: GpuId) -> bool {
+        let res = &self.residents[gpu as usize];
+        !res.is_empty() && res.iter().all(|j| self.held.get(j).is_some_and(|h| h.0.len() == 1))
+    }
+
+    fn refresh_gpu(&mut self, gpu: GpuId) {
+        let i = gpu as usize;
+        if i >= self.residents.len() {
+            return;
+        }
+        let online = self.online[i];
+        let count = self.residents[i].len();
+        if online && count == 0 {
+            self.free.mark_free(gpu);
+        } else {
+            self.free.mark_busy(gpu);
+        }
+        let single = online && self.single_gpu_residents(gpu);
+        if let Some(old) = self.host_key[i].take() {
+            self.hosts.remove(&(old, gpu));
+        }
+        if single && count < self.max_share {
+            self.hosts.insert((count, gpu));
+            self.host_key[i] = Some(count);
+        }
+        if single && count >= 2 {
+            self.packed.insert(gpu);
+        } else {
+            self.packed.remove(&gpu);
+        }
+    }
+
+    fn refresh_job(&mut self, id: JobId) {
+        let spread = self.held.get(&id).is_some_and(|(gpus, fraction)| {
+            gpus.len() > 1 && *fraction >= 1.0 - EPS && {
+                let first = self.node(gpus[0]);
+                gpus.iter().any(|&g| self.node(g) != first)
+            }
+        });
+        if spread {
+            self.spread.insert(id);
+        } else {
+            self.spread.remove(&id);
+        }
+    }
+
+    /// `job` holds nothing now.
+    fn unplace(&mut self, job: JobId) {
+        if let Some((gpus, _)) = self.held.remove(&job) {
+            for &g in &gpus {
+                if let Some(res) = self.residents.get_mut(g as usize) {
+                    res.retain(|&r| r != job);
+                }
+            }
+            for g in gpus {
+                self.refresh_gpu(g);
+            }
+        }
+        self.spread.remove(&job);
+    }
+
+    /// `job` holds `fraction` of each of `gpus` now.
+    fn place(&mut self, job: JobId, gpus: &[GpuId], fraction: f64) {
+        self.unplace(job);
+        let mut gpus: Vec<GpuId> = gpus
+            .iter()
+            .copied()
+            .filter(|&g| (g as usize) < self.residents.len())
+            .collect();
+        gpus.sort_unstable();
+        gpus.dedup();
+        for &g in &gpus {
+            self.residents[g as usize].push(job);
+        }
+        self.held.insert(job, (gpus.clone(), fraction));
+        for g in gpus {
+            self.refresh_gpu(g);
+        }
+        self.refresh_job(job);
+    }
+
+    /// What one of this policy's actions does to the cluster, once applied.
+    fn apply(&mut self, action: &Action) {
+        match action {
+            Action::Start(p) | Action::Resume(p) => self.place(p.job, &p.gpus, 1.0),
+            Action::Migrate(p) => {
+                let fraction = self.held.get(&p.job).map_or(1.0, |h| h.1);
+                self.place(p.job, &p.gpus, fraction);
+            }
+            Action::Share(p) => self.place(p.job, &p.gpus, p.fraction),
+            Action::Preempt(id) => self.unplace(*id),
+            Action::Resize(_) | Action::SetPriority(_) => self.known = false,
+        }
+    }
+}
+
 /// The Gandiva policy.
 #[derive(Debug)]
 pub struct Gandiva {
     pack: bool,
     max_share: u32,
-    waiting: BTreeMap<JobId, Waiting>,
-    topology: Option<Topology>,
+    waiting: Queue,
+    model: Model,
 }
 
 fn parse_config(config: &str) -> Result<(bool, u32), String> {
@@ -87,21 +314,14 @@ impl Gandiva {
                 };
                 self.waiting.insert(job.id, w);
             }
-            _ => {
-                self.waiting.remove(&job.id);
-            }
+            _ => self.waiting.remove(job.id),
         }
     }
 }
 
-/// Whether every resident of `gpu` is a running job that holds this GPU only.
-fn single_gpu_residents(gpu: &GpuInfo, running: &HashMap<JobId, RunningJob>) -> bool {
-    !gpu.residents.is_empty()
-        && gpu
-            .residents
-            .iter()
-            .all(|r| running.get(&r.job).is_some_and(|j| j.gpus == 1))
-}
+/// A packing host as step 2 sees it: residents, GPU, resident jobs,
+/// memory used and total.
+type Host = (usize, GpuId, Vec<JobId>, u64, u64);
 
 impl Policy for Gandiva {
     fn init(config: &str) -> Result<(Self, PolicyInfo), String> {
@@ -109,8 +329,11 @@ impl Policy for Gandiva {
         let policy = Gandiva {
             pack,
             max_share,
-            waiting: BTreeMap::new(),
-            topology: None,
+            waiting: Queue::default(),
+            model: Model {
+                max_share: max_share as usize,
+                ..Model::default()
+            },
         };
         Ok((
             policy,
@@ -124,104 +347,132 @@ impl Policy for Gandiva {
     fn decide(&mut self, view: &impl View, events: Vec<Event>) -> Decision {
         for event in events {
             match event {
-                Event::JobArrived(job) => self.note(&job),
+                Event::JobArrived(job) => {
+                    if job.placement.is_empty() {
+                        self.model.unplace(job.id);
+                    } else {
+                        self.model.place(job.id, &job.placement, job.fraction);
+                    }
+                    self.note(&job);
+                }
                 Event::JobFinished(id) | Event::JobFailed((id, _)) => {
-                    self.waiting.remove(&id);
+                    self.model.unplace(id);
+                    self.waiting.remove(id);
                 }
                 Event::JobPreempted(id) => {
+                    self.model.unplace(id);
                     if let Some(job) = view.job(id) {
                         self.note(&job);
                     }
                 }
-                Event::GpuChanged(_) => self.topology = None,
+                Event::GpuChanged(_) => self.model.known = false,
                 Event::ActionRejected(r) => {
                     log(Level::Warn, &format!("gandiva: action rejected: {}", r.reason));
+                    self.model.known = false;
                     match view.job(r.job) {
                         Some(job) => self.note(&job),
-                        None => {
-                            self.waiting.remove(&r.job);
-                        }
+                        None => self.waiting.remove(r.job),
                     }
                 }
                 Event::Tick => {}
             }
         }
+        self.model.sync(view);
         let mut actions = Vec::new();
-        if self.waiting.is_empty() && view.stats().free_gpus == 0 {
+        if self.waiting.jobs.is_empty() && self.model.free.is_empty() {
             return Decision { actions, wakeup: None };
         }
-        let gpus = view.gpus();
-        let topology = self.topology.get_or_insert_with(|| Topology::new(&gpus)).clone();
-        let running: HashMap<JobId, RunningJob> = view.running().into_iter().map(|r| (r.id, r)).collect();
-        let mut free: Vec<GpuId> = gpus
-            .iter()
-            .filter(|g| g.online && g.residents.is_empty())
-            .map(|g| g.id)
-            .collect();
+        // Jobs started by this decision: not candidates for consolidation
+        // (only the spread gangs as the decision starts are).
+        let mut started: Vec<JobId> = Vec::new();
 
         // 1. Exclusive starts, FIFO, skipping gangs that do not fit.
-        let mut placed = Vec::new();
         // One-GPU jobs started in this batch: they can host a packed job
         // right away, as GPUs held from earlier calls can.
-        let mut fresh: Vec<(GpuId, JobId, u64)> = Vec::new();
-        for (&id, w) in &self.waiting {
-            if free.is_empty() {
+        let mut fresh: HashMap<GpuId, (JobId, u64)> = HashMap::new();
+        while !self.model.free.is_empty() {
+            let Some(id) = self.waiting.first_fitting(self.model.free.len()) else {
                 break;
-            }
-            let Some(gang) = topology.take_gang(&mut free, w.gpus) else {
-                continue;
+            };
+            let Some(w) = self.waiting.jobs.get(&id).copied() else {
+                break;
+            };
+            let Some(gang) = self.model.free.choose_gang(w.gpus) else {
+                break;
             };
             if let [gpu] = gang[..] {
-                fresh.push((gpu, id, w.memory));
+                fresh.insert(gpu, (id, w.memory));
             }
+            started.push(id);
             let placement = Placement { job: id, gpus: gang };
-            actions.push(match w.state {
+            let action = match w.state {
                 JobState::Suspended => Action::Resume(placement),
                 _ => Action::Start(placement),
-            });
-            placed.push(id);
-        }
-        for id in placed.drain(..) {
-            self.waiting.remove(&id);
+            };
+            self.model.apply(&action);
+            actions.push(action);
+            self.waiting.remove(id);
         }
 
         // 2. Full cluster: pack 1-GPU jobs by time-slicing busy GPUs.
-        if free.is_empty() && self.pack && self.max_share >= 2 {
-            let mut hosts: Vec<(usize, GpuId, Vec<JobId>, u64, u64)> = gpus
-                .iter()
-                .filter(|g| {
-                    g.online && g.residents.len() < self.max_share as usize && single_gpu_residents(g, &running)
-                })
-                .map(|g| {
-                    let jobs = g.residents.iter().map(|r| r.job).collect();
-                    (g.residents.len(), g.id, jobs, g.memory_used, g.memory_total)
-                })
-                .collect();
-            for &(gpu, job, memory) in &fresh {
-                if let Some(g) = gpus.iter().find(|g| g.id == gpu) {
-                    hosts.push((1, gpu, vec![job], g.memory_used.saturating_add(memory), g.memory_total));
-                }
-            }
-            hosts.sort_by_key(|h| (h.0, h.1));
-            for (&id, w) in &self.waiting {
-                if w.gpus != 1 {
-                    continue;
-                }
-                let Some(h) = hosts
-                    .iter_mut()
-                    .find(|h| h.0 < self.max_share as usize && h.3.saturating_add(w.memory) <= h.4)
-                else {
+        if self.model.free.is_empty() && self.pack && self.max_share >= 2 {
+            let max = self.max_share as usize;
+            // The hosts in (residents, id) order, read from the view as
+            // they are reached.
+            let mut hosts: Vec<Host> = Vec::new();
+            let mut next = self.model.hosts.iter().copied();
+            let mut first_open = 0;
+            let mut packed = Vec::new();
+            let mut placed = Vec::new();
+            for id in self.waiting.singles() {
+                let Some(w) = self.waiting.jobs.get(&id).copied() else {
                     continue;
                 };
+                while first_open < hosts.len() && hosts[first_open].0 >= max {
+                    first_open += 1;
+                }
+                let mut i = first_open;
+                let found = loop {
+                    if i == hosts.len() {
+                        let Some((_, gpu)) = next.next() else { break None };
+                        let g = view.gpu(gpu);
+                        let (used, total) = g.as_ref().map_or((0, 0), |g| (g.memory_used, g.memory_total));
+                        hosts.push(match fresh.get(&gpu) {
+                            Some(&(job, memory)) => (1, gpu, vec![job], used.saturating_add(memory), total),
+                            None => {
+                                let jobs: Vec<JobId> = g
+                                    .map(|g| g.residents.iter().map(|r| r.job).collect())
+                                    .unwrap_or_default();
+                                (jobs.len(), gpu, jobs, used, total)
+                            }
+                        });
+                    }
+                    let h = &hosts[i];
+                    if h.0 < max && h.3.saturating_add(w.memory) <= h.4 {
+                        break Some(i);
+                    }
+                    i += 1;
+                };
+                let Some(i) = found else {
+                    while first_open < hosts.len() && hosts[first_open].0 >= max {
+                        first_open += 1;
+                    }
+                    if first_open == hosts.len() {
+                        // Every host is full: no later job fits either.
+                        break;
+                    }
+                    continue;
+                };
+                let h = &mut hosts[i];
                 let fraction = 1.0 / (h.2.len() + 1) as f64;
                 for &resident in &h.2 {
-                    actions.push(Action::Share(SharedPlacement {
+                    packed.push(Action::Share(SharedPlacement {
                         job: resident,
                         gpus: vec![h.1],
                         fraction,
                     }));
                 }
-                actions.push(Action::Share(SharedPlacement {
+                packed.push(Action::Share(SharedPlacement {
                     job: id,
                     gpus: vec![h.1],
                     fraction,
@@ -231,99 +482,122 @@ impl Policy for Gandiva {
                 h.3 += w.memory;
                 placed.push(id);
             }
-            for id in placed.drain(..) {
-                self.waiting.remove(&id);
+            drop(next);
+            for action in &packed {
+                self.model.apply(action);
+            }
+            actions.extend(packed);
+            for id in placed {
+                self.waiting.remove(id);
             }
         }
 
         // 3. Free GPUs and packed ones: spread the packed jobs out again.
-        if !free.is_empty() {
-            for g in &gpus {
-                if free.is_empty() {
+        if !self.model.free.is_empty() {
+            // Each GPU packed as the decision starts, once, in id order
+            // (this step leaves none packed while a GPU is free).
+            let mut from: GpuId = 0;
+            while let Some(&gpu) = self.model.packed.range(from..).next() {
+                if self.model.free.is_empty() {
                     break;
                 }
-                if !(g.online && g.residents.len() >= 2 && single_gpu_residents(g, &running)) {
-                    continue;
-                }
+                let Some(after) = gpu.checked_add(1) else { break };
+                from = after;
+                let Some(g) = view.gpu(gpu) else { continue };
                 let mut stay: Vec<JobId> = g.residents.iter().map(|r| r.job).collect();
                 stay.sort_unstable();
                 let Some(mover) = stay.pop() else { continue };
                 // Prefer a free GPU on the same node (cheaper move).
-                let node = topology.node(g.id);
-                let pos = free.iter().position(|&f| topology.node(f) == node).unwrap_or(0);
-                let target = free.remove(pos);
-                actions.push(Action::Migrate(Placement {
-                    job: mover,
-                    gpus: vec![target],
-                }));
-                actions.push(Action::Share(SharedPlacement {
-                    job: mover,
-                    gpus: vec![target],
-                    fraction: 1.0,
-                }));
+                let node = self.model.node(gpu);
+                let Some(target) = self
+                    .model
+                    .free
+                    .first_on_node(node)
+                    .or_else(|| self.model.free.iter().next())
+                else {
+                    break;
+                };
+                self.model.free.mark_busy(target);
+                let mut step = vec![
+                    Action::Migrate(Placement {
+                        job: mover,
+                        gpus: vec![target],
+                    }),
+                    Action::Share(SharedPlacement {
+                        job: mover,
+                        gpus: vec![target],
+                        fraction: 1.0,
+                    }),
+                ];
                 let fraction = 1.0 / stay.len() as f64;
                 for job in stay {
-                    actions.push(Action::Share(SharedPlacement {
+                    step.push(Action::Share(SharedPlacement {
                         job,
-                        gpus: vec![g.id],
+                        gpus: vec![gpu],
                         fraction,
                     }));
                 }
+                for action in &step {
+                    self.model.apply(action);
+                }
+                actions.extend(step);
             }
         }
 
         // 4. Free GPUs: pull scattered gangs onto one node.
-        if !free.is_empty() {
-            let mut node_size: BTreeMap<u32, u32> = BTreeMap::new();
-            for g in gpus.iter().filter(|g| g.online) {
-                *node_size.entry(topology.node(g.id)).or_default() += 1;
-            }
-            let mut spread: Vec<&RunningJob> = running
-                .values()
-                .filter(|r| r.gpus > 1 && r.fraction >= 1.0 - EPS)
-                .filter(|r| node_size.values().any(|&n| n >= r.gpus))
-                .collect();
-            spread.sort_by_key(|r| r.id);
-            for r in spread {
-                if free.is_empty() {
+        if !self.model.free.is_empty() {
+            let largest_node = self.model.node_size.values().copied().max().unwrap_or(0) as usize;
+            // Each spread gang once, oldest first; a gang consolidated is
+            // spread no more.
+            let mut from: JobId = 0;
+            while let Some(&id) = self.model.spread.range(from..).next() {
+                if self.model.free.is_empty() {
                     break;
                 }
-                let Some(job) = view.job(r.id) else { continue };
-                let held = &job.placement;
-                if held.len() != r.gpus as usize || topology.nodes_spanned(held) <= 1 {
+                let Some(after) = id.checked_add(1) else { break };
+                from = after;
+                if started.contains(&id) {
                     continue;
                 }
-                // The node needing the fewest moves that can hold the gang.
+                let Some(held) = self.model.held.get(&id).map(|h| h.0.clone()) else {
+                    continue;
+                };
+                let len = held.len();
+                if len > largest_node {
+                    continue;
+                }
+                // The node needing the fewest moves that can hold the gang
+                // (ties: the lowest node). A node the gang spans beats any
+                // other; else the lowest node with room for all of it.
+                let mut own_by_node: BTreeMap<u32, usize> = BTreeMap::new();
+                for &g in &held {
+                    *own_by_node.entry(self.model.node(g)).or_default() += 1;
+                }
                 let mut best: Option<(usize, u32)> = None;
-                for (&node, &size) in &node_size {
-                    if (size as usize) < held.len() {
-                        continue;
-                    }
-                    let own = held.iter().filter(|&&g| topology.node(g) == node).count();
-                    let spare = free.iter().filter(|&&g| topology.node(g) == node).count();
-                    if own + spare >= held.len() && best.is_none_or(|(b, _)| own > b) {
+                for (&node, &own) in &own_by_node {
+                    let size = self.model.node_size.get(&node).copied().unwrap_or(0) as usize;
+                    if size >= len
+                        && own + self.model.free.free_on_node(node) >= len
+                        && best.is_none_or(|(b, _)| own > b)
+                    {
                         best = Some((own, node));
                     }
                 }
+                if best.is_none() {
+                    best = self
+                        .model
+                        .free
+                        .nodes()
+                        .find(|&(node, spare)| spare >= len && !own_by_node.contains_key(&node))
+                        .map(|(node, _)| (0, node));
+                }
                 let Some((own, node)) = best else { continue };
-                let mut target: Vec<GpuId> = held.iter().copied().filter(|&g| topology.node(g) == node).collect();
-                let mut need = held.len() - own;
-                free.retain(|&g| {
-                    if need > 0 && topology.node(g) == node {
-                        target.push(g);
-                        need -= 1;
-                        false
-                    } else {
-                        true
-                    }
-                });
+                let mut target: Vec<GpuId> = held.iter().copied().filter(|&g| self.model.node(g) == node).collect();
+                target.extend(self.model.free.take_on_node(node, len - own));
                 target.sort_unstable();
-                free.extend(held.iter().copied().filter(|g| !target.contains(g)));
-                free.sort_unstable();
-                actions.push(Action::Migrate(Placement {
-                    job: r.id,
-                    gpus: target,
-                }));
+                let action = Action::Migrate(Placement { job: id, gpus: target });
+                self.model.apply(&action);
+                actions.push(action);
             }
         }
         Decision { actions, wakeup: None }
@@ -431,10 +705,172 @@ mod tests {
             })])
         );
 
-        // A newcomer gets a node-local gang before any consolidation.
+        // A newcomer gets a node-local gang before any consolidation (a
+        // policy taking over the same cluster, where nothing moved yet).
         let newcomer = view.add_job(2);
-        let d = p.decide(&view, vec![Event::JobArrived(newcomer.clone())]);
+        let mut p = Gandiva::init("").unwrap().0;
+        let d = p.decide(
+            &view,
+            vec![
+                Event::JobArrived(view.job(spread).unwrap()),
+                Event::JobArrived(newcomer.clone()),
+            ],
+        );
         assert!(matches!(&d.actions[0], Action::Start(pl) if pl.job == newcomer.id && pl.gpus == vec![0, 1]));
+        assert!(matches!(&d.actions[1], Action::Migrate(pl) if pl.job == spread && pl.gpus == vec![4, 5, 6, 7]));
+    }
+
+    /// A small xorshift generator: the tests need no dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n.max(1)
+        }
+    }
+
+    fn pick(rng: &mut Rng, ids: &[JobId]) -> Option<JobId> {
+        (!ids.is_empty()).then(|| ids[rng.below(ids.len() as u64) as usize])
+    }
+
+    /// Memory in use on each GPU: its residents' needs.
+    fn account_memory(view: &mut FakeView) {
+        for i in 0..view.gpus.len() {
+            let used = view.gpus[i]
+                .residents
+                .iter()
+                .map(|r| view.job(r.job).map_or(0, |j| j.memory_per_gpu))
+                .sum();
+            view.gpus[i].memory_used = used;
+        }
+    }
+
+    /// Carry out a decision on the fake view as a host would, refusing
+    /// what does not fit and some actions at random; returns the
+    /// rejections to report.
+    fn apply_some(view: &mut FakeView, d: &Decision, rng: &mut Rng) -> Vec<Event> {
+        let mut rejected = Vec::new();
+        for (index, a) in d.actions.iter().enumerate() {
+            let (job, gpus, fraction) = match a {
+                Action::Start(p) | Action::Resume(p) => (p.job, p.gpus.clone(), 1.0),
+                Action::Migrate(p) => (p.job, p.gpus.clone(), view.job(p.job).map_or(1.0, |j| j.fraction)),
+                Action::Share(p) => (p.job, p.gpus.clone(), p.fraction),
+                other => panic!("unexpected {other:?}"),
+            };
+            let fits = gpus.iter().all(|&g| {
+                let gpu = &view.gpus[g as usize];
+                let others: f64 = gpu.residents.iter().filter(|r| r.job != job).map(|r| r.fraction).sum();
+                gpu.online && others + fraction <= 1.0 + 1e-9
+            });
+            if !fits || rng.below(30) == 0 {
+                rejected.push(Event::ActionRejected(Rejection {
+                    index: index as u32,
+                    job,
+                    reason: "refused by the test".into(),
+                }));
+                continue;
+            }
+            view.place(job, &gpus, fraction);
+            account_memory(view);
+        }
+        rejected
+    }
+
+    /// The incremental policy decides exactly what the old one (which read
+    /// every GPU and every running job at every decision) decided, through
+    /// arrivals, completions, failures, the host's preemptions, GPUs going
+    /// and coming, refused actions and takeovers.
+    #[test]
+    fn agrees_with_the_full_recomputation() {
+        let mut kinds = [0usize; 3];
+        for seed in 1..=80u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let gpus = 4 + rng.below(13) as u32;
+            let mut view = FakeView::new(gpus, 1 + rng.below(4) as u32);
+            let config = ["", "", "max_share=3", "pack=false"][rng.below(4) as usize];
+            let mut p = Gandiva::init(config).unwrap().0;
+            let mut r = reference::Reference::init(config).unwrap().0;
+            let mut events: Vec<Event> = Vec::new();
+            for step in 0..400 {
+                for _ in 0..1 + rng.below(3) {
+                    match rng.below(20) {
+                        0..=7 => {
+                            let size = [0, 1, 1, 1, 1, 1, 2, 2, 3, 4, 5, 8, 99][rng.below(13) as usize];
+                            let id = view.add_job(size).id;
+                            view.job_mut(id).memory_per_gpu = [0, 0, 0, 30 << 30, 50 << 30][rng.below(5) as usize];
+                            events.push(Event::JobArrived(view.job(id).unwrap()));
+                        }
+                        8..=11 => {
+                            if let Some(id) = pick(&mut rng, &view.jobs(JobState::Running)) {
+                                view.finish(id);
+                                events.push(Event::JobFinished(id));
+                            }
+                        }
+                        12 => {
+                            let mut live = view.jobs(JobState::Pending);
+                            live.extend(view.jobs(JobState::Suspended));
+                            live.extend(view.jobs(JobState::Running));
+                            if let Some(id) = pick(&mut rng, &live) {
+                                view.finish(id);
+                                view.job_mut(id).state = JobState::Failed;
+                                events.push(Event::JobFailed((id, "test".into())));
+                            }
+                        }
+                        13..=14 => events.push(Event::Tick),
+                        15 => {
+                            if let Some(id) = pick(&mut rng, &view.jobs(JobState::Running)) {
+                                view.suspend(id);
+                                events.push(Event::JobPreempted(id));
+                            }
+                        }
+                        16 => {
+                            let g = rng.below(gpus as u64) as GpuId;
+                            if view.gpus[g as usize].online {
+                                let held: Vec<JobId> = view.gpus[g as usize].residents.iter().map(|r| r.job).collect();
+                                for id in held {
+                                    view.suspend(id);
+                                    events.push(Event::JobPreempted(id));
+                                }
+                            }
+                            view.gpus[g as usize].online = !view.gpus[g as usize].online;
+                            events.push(Event::GpuChanged(g));
+                        }
+                        17 => {
+                            // A takeover: fresh instances, every live job announced.
+                            p = Gandiva::init(config).unwrap().0;
+                            r = reference::Reference::init(config).unwrap().0;
+                            events.clear();
+                            for j in &view.jobs {
+                                if matches!(j.state, JobState::Pending | JobState::Running | JobState::Suspended) {
+                                    events.push(Event::JobArrived(j.clone()));
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                account_memory(&mut view);
+                let got = p.decide(&view, events.clone());
+                let want = r.decide(&view, std::mem::take(&mut events));
+                assert_eq!(
+                    format!("{:?}", got.actions),
+                    format!("{:?}", want.actions),
+                    "seed {seed}, step {step}"
+                );
+                for a in &got.actions {
+                    kinds[match a {
+                        Action::Start(_) | Action::Resume(_) => 0,
+                        Action::Share(_) => 1,
+                        _ => 2,
+                    }] += 1;
+                }
+                events = apply_some(&mut view, &got, &mut rng);
+            }
+        }
+        assert!(kinds.iter().all(|&n| n > 100), "starts, shares, migrations: {kinds:?}");
     }
 
     #[test]

@@ -19,8 +19,11 @@
 //!
 //! Config: `round=360` (seconds per round, > 0).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use wsched_sdk::*;
+
+#[cfg(test)]
+mod reference;
 
 /// Snapshot header: "GAVEL" and a format version.
 const MAGIC: u64 = u64::from_le_bytes(*b"GAVELsnp");
@@ -33,6 +36,80 @@ struct Counters {
     active: u64,
 }
 
+/// Waiting (pending or suspended) jobs by gang size, each set in priority
+/// order, so that a decision between ticks finds the next job to place in
+/// time proportional to the gang sizes waiting, not to the live jobs.
+///
+/// Between ticks a job's priority `share / ratio` changes only through
+/// `share`, which is the same for every job, so the order is that of
+/// `ratio` alone (ascending; ties: lower id): distinct ratios of round
+/// counts are far further apart than the rounding of one division, so the
+/// division by `share` never merges or swaps them. Counters change only at
+/// ticks and on restore, where the queue is built again.
+#[derive(Debug, Default)]
+struct Queue {
+    /// Each queued job's gang size and key.
+    of: HashMap<JobId, (u32, u64)>,
+    by_gang: BTreeMap<u32, BTreeSet<(u64, JobId)>>,
+}
+
+impl Queue {
+    fn insert(&mut self, id: JobId, gpus: u32, key: u64) {
+        self.remove(id);
+        self.of.insert(id, (gpus, key));
+        self.by_gang.entry(gpus).or_default().insert((key, id));
+    }
+
+    fn remove(&mut self, id: JobId) {
+        if let Some((gpus, key)) = self.of.remove(&id)
+            && let Some(set) = self.by_gang.get_mut(&gpus)
+        {
+            set.remove(&(key, id));
+            if set.is_empty() {
+                self.by_gang.remove(&gpus);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.of.clear();
+        self.by_gang.clear();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.of.is_empty()
+    }
+
+    /// The first job in priority order whose gang is 1 to `most` GPUs, and
+    /// its gang size.
+    fn first_fitting(&self, most: usize) -> Option<(JobId, u32)> {
+        let most = u32::try_from(most).unwrap_or(u32::MAX);
+        if most == 0 {
+            return None;
+        }
+        self.by_gang
+            .range(1..=most)
+            .filter_map(|(&gpus, set)| set.first().map(|&(key, id)| (key, id, gpus)))
+            .min()
+            .map(|(_, id, gpus)| (id, gpus))
+    }
+}
+
+/// A job's place in the queue between ticks: its ratio of rounds received
+/// to rounds active, floored as the priority floors it. Positive and
+/// finite, so its bits order as the number does.
+fn queue_key(c: Counters) -> u64 {
+    ratio(c).max(1e-3).to_bits()
+}
+
+fn ratio(c: Counters) -> f64 {
+    if c.active == 0 {
+        0.0
+    } else {
+        c.received as f64 / c.active as f64
+    }
+}
+
 /// The Gavel policy.
 #[derive(Debug)]
 pub struct Gavel {
@@ -41,7 +118,12 @@ pub struct Gavel {
     jobs: BTreeMap<JobId, (u32, JobState)>,
     /// Per-job round counters (policy-private; snapshotted).
     counters: BTreeMap<JobId, Counters>,
-    topology: Option<Topology>,
+    /// The live jobs waiting for GPUs, in priority order.
+    queue: Queue,
+    /// Free GPUs kept from events and this policy's own actions.
+    free: FreeGpus,
+    /// Whether `capacity` is known (false until read, and after a GPU changed).
+    capacity_known: bool,
     capacity: u32,
 }
 
@@ -72,15 +154,38 @@ impl Gavel {
     fn note(&mut self, job: &JobInfo) {
         match job.state {
             JobState::Pending | JobState::Running | JobState::Suspended => {
-                self.jobs.insert(job.id, (job.gpus_requested, job.state));
+                self.set(job.id, job.gpus_requested, job.state);
             }
             _ => self.forget(job.id),
+        }
+    }
+
+    /// Record a live job's gang size and state, queueing it if it waits.
+    fn set(&mut self, id: JobId, gpus: u32, state: JobState) {
+        self.jobs.insert(id, (gpus, state));
+        if matches!(state, JobState::Pending | JobState::Suspended) {
+            let key = queue_key(self.counters.get(&id).copied().unwrap_or_default());
+            self.queue.insert(id, gpus, key);
+        } else {
+            self.queue.remove(id);
         }
     }
 
     fn forget(&mut self, id: JobId) {
         self.jobs.remove(&id);
         self.counters.remove(&id);
+        self.queue.remove(id);
+    }
+
+    /// Queue every waiting job again (after its counters changed).
+    fn requeue(&mut self) {
+        self.queue.clear();
+        for (&id, &(gpus, state)) in &self.jobs {
+            if matches!(state, JobState::Pending | JobState::Suspended) {
+                let key = queue_key(self.counters.get(&id).copied().unwrap_or_default());
+                self.queue.insert(id, gpus, key);
+            }
+        }
     }
 
     /// The max-min fair time share of every job that can ever fit.
@@ -106,12 +211,7 @@ impl Gavel {
             .keys()
             .map(|&id| {
                 let c = self.counters.get(&id).copied().unwrap_or_default();
-                let ratio = if c.active == 0 {
-                    0.0
-                } else {
-                    c.received as f64 / c.active as f64
-                };
-                (share / ratio.max(1e-3), id)
+                (share / ratio(c).max(1e-3), id)
             })
             .collect();
         order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -122,54 +222,12 @@ impl Gavel {
     pub fn counters(&self, id: JobId) -> Option<(u64, u64)> {
         self.counters.get(&id).map(|c| (c.received, c.active))
     }
-}
 
-impl Policy for Gavel {
-    fn init(config: &str) -> Result<(Self, PolicyInfo), String> {
-        let round = parse_config(config)?;
-        let policy = Gavel {
-            round,
-            jobs: BTreeMap::new(),
-            counters: BTreeMap::new(),
-            topology: None,
-            capacity: 0,
-        };
-        Ok((
-            policy,
-            PolicyInfo {
-                name: "gavel".into(),
-                tick_interval: Some(round),
-            },
-        ))
-    }
-
-    fn decide(&mut self, view: &impl View, events: Vec<Event>) -> Decision {
-        let mut tick = false;
-        for event in events {
-            match event {
-                Event::JobArrived(job) => self.note(&job),
-                Event::JobFinished(id) | Event::JobFailed((id, _)) => self.forget(id),
-                Event::Tick => tick = true,
-                Event::JobPreempted(id) => {
-                    if let Some(job) = view.job(id) {
-                        self.note(&job);
-                    }
-                }
-                Event::GpuChanged(_) => self.topology = None,
-                Event::ActionRejected(r) => {
-                    log(Level::Warn, &format!("gavel: action rejected: {}", r.reason));
-                    match view.job(r.job) {
-                        Some(job) => self.note(&job),
-                        None => self.forget(r.job),
-                    }
-                }
-            }
-        }
-        if self.topology.is_none() {
-            let gpus = view.gpus();
-            self.capacity = gpus.iter().filter(|g| g.online).count() as u32;
-            self.topology = Some(Topology::new(&gpus));
-        }
+    /// A tick: close the round that ended, pick the next round's jobs in
+    /// priority order, preempt the others and place the picked ones. A
+    /// round touches every live job, so this reads every running job and
+    /// orders every live job.
+    fn round(&mut self, view: &impl View, actions: &mut Vec<Action>) {
         // The true states: who runs now.
         let running = view.running();
         for state in self.jobs.values_mut() {
@@ -182,60 +240,50 @@ impl Policy for Gavel {
             running_gpus.insert(r.id, (r.gpus, r.fraction));
             self.jobs.entry(r.id).or_insert((r.gpus, JobState::Running)).1 = JobState::Running;
         }
-
-        if tick {
-            // Close the round that just ended before choosing the next one:
-            // every live job was active in it, and the jobs holding GPUs at
-            // its end ran in it (however they got their GPUs: at a tick or
-            // between ticks), so no job's service goes uncounted.
-            for &id in self.jobs.keys() {
-                self.counters.entry(id).or_default().active += 1;
-            }
-            for id in running_gpus.keys() {
-                self.counters.entry(*id).or_default().received += 1;
-            }
+        // Close the round that just ended before choosing the next one:
+        // every live job was active in it, and the jobs holding GPUs at
+        // its end ran in it (however they got their GPUs: at a tick or
+        // between ticks), so no job's service goes uncounted.
+        for &id in self.jobs.keys() {
+            self.counters.entry(id).or_default().active += 1;
+        }
+        for id in running_gpus.keys() {
+            self.counters.entry(*id).or_default().received += 1;
         }
 
-        let mut actions = Vec::new();
         let order = self.by_priority();
-        let mut free = view.free_gpus();
-        let mut picked: Vec<JobId> = Vec::new();
-        if tick {
-            // Pick the round's jobs, then preempt the others to make room.
-            let mut cap = self.capacity;
-            let mut chosen = std::collections::BTreeSet::new();
-            for &id in &order {
-                let gpus = match running_gpus.get(&id) {
-                    Some(&(held, _)) => held,
-                    None => self.jobs.get(&id).map_or(0, |j| j.0),
-                };
-                if gpus > 0 && gpus <= cap {
-                    cap -= gpus;
-                    chosen.insert(id);
-                }
+        self.free.sync(view);
+        // Pick the round's jobs, then preempt the others to make room.
+        let mut cap = self.capacity;
+        let mut chosen = BTreeSet::new();
+        for &id in &order {
+            let gpus = match running_gpus.get(&id) {
+                Some(&(held, _)) => held,
+                None => self.jobs.get(&id).map_or(0, |j| j.0),
+            };
+            if gpus > 0 && gpus <= cap {
+                cap -= gpus;
+                chosen.insert(id);
             }
-            for r in &running {
-                if !chosen.contains(&r.id) {
-                    actions.push(Action::Preempt(r.id));
-                    if let Some(job) = view.job(r.id)
-                        && r.fraction >= 1.0 - 1e-9
-                    {
-                        free.extend_from_slice(&job.placement);
-                    }
-                    if let Some(j) = self.jobs.get_mut(&r.id) {
-                        j.1 = JobState::Suspended;
-                    }
-                }
-            }
-            free.sort_unstable();
-            picked = order.iter().copied().filter(|id| chosen.contains(id)).collect();
         }
-        let Some(topology) = self.topology.as_ref() else {
-            return Decision { actions, wakeup: None };
-        };
-        let candidates: Vec<JobId> = if tick { picked } else { order };
-        for id in candidates {
-            if free.is_empty() {
+        // Preempted jobs whose GPUs may not all be free now (shared ones,
+        // or unknown to the view): the pool reads the view again after
+        // this decision.
+        let mut unsure = Vec::new();
+        for r in &running {
+            if !chosen.contains(&r.id) {
+                actions.push(Action::Preempt(r.id));
+                match view.job(r.id) {
+                    Some(job) if r.fraction >= 1.0 - 1e-9 => self.free.vacate(r.id, &job.placement),
+                    _ => unsure.push(r.id),
+                }
+                if let Some(j) = self.jobs.get_mut(&r.id) {
+                    j.1 = JobState::Suspended;
+                }
+            }
+        }
+        for id in order.into_iter().filter(|id| chosen.contains(id)) {
+            if self.free.is_empty() {
                 break;
             }
             let Some(&(gpus, state)) = self.jobs.get(&id) else {
@@ -244,21 +292,107 @@ impl Policy for Gavel {
             if !matches!(state, JobState::Pending | JobState::Suspended) {
                 continue;
             }
-            let Some(placement) = topology.take_gang(&mut free, gpus) else {
+            let Some(gpus) = self.free.take_gang(id, gpus) else {
                 continue;
             };
-            let placement = Placement {
-                job: id,
-                gpus: placement,
-            };
-            actions.push(if state == JobState::Suspended {
-                Action::Resume(placement)
-            } else {
-                Action::Start(placement)
-            });
+            actions.push(start_or_resume(id, state, gpus));
             if let Some(j) = self.jobs.get_mut(&id) {
                 j.1 = JobState::Running;
             }
+        }
+        for id in unsure {
+            self.free.release(id);
+            self.free.invalidate();
+        }
+        self.requeue();
+    }
+
+    /// Between ticks: fill free GPUs in priority order, preempting nothing.
+    /// A job whose gang does not fit is skipped; the walk ends when no
+    /// waiting gang fits in what is left.
+    fn fill(&mut self, view: &impl View, actions: &mut Vec<Action>) {
+        if self.queue.is_empty() {
+            return;
+        }
+        self.free.sync(view);
+        while !self.free.is_empty() {
+            let Some((id, gpus)) = self.queue.first_fitting(self.free.len()) else {
+                break;
+            };
+            let state = self.jobs.get(&id).map_or(JobState::Pending, |j| j.1);
+            let Some(placement) = self.free.take_gang(id, gpus) else {
+                break;
+            };
+            actions.push(start_or_resume(id, state, placement));
+            self.set(id, gpus, JobState::Running);
+        }
+    }
+}
+
+fn start_or_resume(job: JobId, state: JobState, gpus: Vec<GpuId>) -> Action {
+    let placement = Placement { job, gpus };
+    if state == JobState::Suspended {
+        Action::Resume(placement)
+    } else {
+        Action::Start(placement)
+    }
+}
+
+impl Policy for Gavel {
+    fn init(config: &str) -> Result<(Self, PolicyInfo), String> {
+        let round = parse_config(config)?;
+        let policy = Gavel {
+            round,
+            jobs: BTreeMap::new(),
+            counters: BTreeMap::new(),
+            queue: Queue::default(),
+            free: FreeGpus::new(),
+            capacity_known: false,
+            capacity: 0,
+        };
+        Ok((
+            policy,
+            PolicyInfo {
+                name: "gavel".into(),
+                tick_interval: Some(round),
+            },
+        ))
+    }
+
+    fn decide(&mut self, view: &impl View, events: Vec<Event>) -> Decision {
+        for event in &events {
+            self.free.observe(event);
+        }
+        let mut tick = false;
+        for event in events {
+            match event {
+                Event::JobArrived(job) => self.note(&job),
+                Event::JobFinished(id) | Event::JobFailed((id, _)) => self.forget(id),
+                Event::Tick => tick = true,
+                Event::JobPreempted(id) => {
+                    if let Some(job) = view.job(id) {
+                        self.note(&job);
+                    }
+                }
+                Event::GpuChanged(_) => self.capacity_known = false,
+                Event::ActionRejected(r) => {
+                    log(Level::Warn, &format!("gavel: action rejected: {}", r.reason));
+                    match view.job(r.job) {
+                        Some(job) => self.note(&job),
+                        None => self.forget(r.job),
+                    }
+                }
+            }
+        }
+        if !self.capacity_known {
+            self.capacity = view.gpus().iter().filter(|g| g.online).count() as u32;
+            self.capacity_known = true;
+        }
+        let mut actions = Vec::new();
+        if tick {
+            self.round(view, &mut actions);
+        } else {
+            self.fill(view, &mut actions);
         }
         Decision { actions, wakeup: None }
     }
@@ -277,6 +411,7 @@ impl Policy for Gavel {
 
     fn restore(&mut self, state: &[u8]) -> Result<(), String> {
         self.counters = decode(state).map_err(|e| format!("gavel: {e}"))?;
+        self.requeue();
         Ok(())
     }
 }
@@ -399,6 +534,168 @@ mod tests {
             assert!(err.starts_with("gavel:"), "{err}");
         }
         assert_eq!(q.snapshot().unwrap(), snap);
+    }
+
+    /// A small xorshift generator: the tests need no dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n.max(1)
+        }
+    }
+
+    /// Carry out a decision on the fake view as the host would, refusing
+    /// some actions at random; returns the rejections to report.
+    fn apply_some(view: &mut FakeView, d: &Decision, rng: &mut Rng) -> Vec<Event> {
+        let mut rejected = Vec::new();
+        for (index, a) in d.actions.iter().enumerate() {
+            let job = match a {
+                Action::Preempt(id) => *id,
+                Action::Start(p) | Action::Resume(p) => p.job,
+                other => panic!("unexpected {other:?}"),
+            };
+            // The host refuses a gang on GPUs that are not free (a
+            // preemption before it in the batch may have been refused).
+            let invalid = match a {
+                Action::Start(p) | Action::Resume(p) => p.gpus.iter().any(|&g| {
+                    let gpu = &view.gpus[g as usize];
+                    !gpu.online || !gpu.residents.is_empty()
+                }),
+                _ => false,
+            };
+            if invalid || rng.below(25) == 0 {
+                rejected.push(Event::ActionRejected(Rejection {
+                    index: index as u32,
+                    job,
+                    reason: "refused by the test".into(),
+                }));
+                continue;
+            }
+            match a {
+                Action::Preempt(id) => view.suspend(*id),
+                Action::Start(p) | Action::Resume(p) => view.place(p.job, &p.gpus, 1.0),
+                _ => unreachable!(),
+            }
+        }
+        rejected
+    }
+
+    fn pick(rng: &mut Rng, ids: &[JobId]) -> Option<JobId> {
+        (!ids.is_empty()).then(|| ids[rng.below(ids.len() as u64) as usize])
+    }
+
+    /// The incremental policy decides exactly what the old one (which read
+    /// every running job and free GPU and sorted every job at every
+    /// decision) decided, through arrivals, completions, failures, ticks,
+    /// the host's preemptions, GPUs going and coming, refused actions and
+    /// takeovers.
+    #[test]
+    fn agrees_with_the_full_recomputation() {
+        for seed in 1..=60u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let gpus = 4 + rng.below(13) as u32;
+            let mut view = FakeView::new(gpus, 1 + rng.below(4) as u32);
+            let mut p = gavel();
+            let mut r = reference::Reference::init("").unwrap().0;
+            let mut events: Vec<Event> = Vec::new();
+            for step in 0..400 {
+                for _ in 0..1 + rng.below(3) {
+                    match rng.below(20) {
+                        0..=6 => {
+                            let size = [0, 1, 1, 1, 1, 2, 2, 3, 4, 5, 8, 99][rng.below(12) as usize];
+                            events.push(Event::JobArrived(view.add_job(size)));
+                        }
+                        7..=9 => {
+                            if let Some(id) = pick(&mut rng, &view.jobs(JobState::Running)) {
+                                view.finish(id);
+                                events.push(Event::JobFinished(id));
+                            }
+                        }
+                        10 => {
+                            let mut live = view.jobs(JobState::Pending);
+                            live.extend(view.jobs(JobState::Suspended));
+                            live.extend(view.jobs(JobState::Running));
+                            if let Some(id) = pick(&mut rng, &live) {
+                                view.finish(id);
+                                view.job_mut(id).state = JobState::Failed;
+                                events.push(Event::JobFailed((id, "test".into())));
+                            }
+                        }
+                        11..=15 => events.push(Event::Tick),
+                        16 => {
+                            if let Some(id) = pick(&mut rng, &view.jobs(JobState::Running)) {
+                                view.suspend(id);
+                                events.push(Event::JobPreempted(id));
+                            }
+                        }
+                        17 => {
+                            let g = rng.below(gpus as u64) as GpuId;
+                            if view.gpus[g as usize].online {
+                                let held: Vec<JobId> = view.gpus[g as usize].residents.iter().map(|r| r.job).collect();
+                                for id in held {
+                                    view.suspend(id);
+                                    events.push(Event::JobPreempted(id));
+                                }
+                            }
+                            view.gpus[g as usize].online = !view.gpus[g as usize].online;
+                            events.push(Event::GpuChanged(g));
+                        }
+                        18 => {
+                            // A takeover: fresh instances, the counters
+                            // handed over, every live job announced.
+                            let snap = p.snapshot().unwrap();
+                            p = gavel();
+                            p.restore(&snap).unwrap();
+                            r = reference::Reference::init("").unwrap().0;
+                            r.restore_counters(&snap).unwrap();
+                            events.clear();
+                            for j in &view.jobs {
+                                if matches!(j.state, JobState::Pending | JobState::Running | JobState::Suspended) {
+                                    events.push(Event::JobArrived(j.clone()));
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let got = p.decide(&view, events.clone());
+                let want = r.decide(&view, std::mem::take(&mut events));
+                assert_eq!(
+                    format!("{:?}", got.actions),
+                    format!("{:?}", want.actions),
+                    "seed {seed}, step {step}"
+                );
+                events = apply_some(&mut view, &got, &mut rng);
+            }
+            for id in 0..view.jobs.len() as JobId {
+                assert_eq!(p.counters(id), r.counters(id), "seed {seed}, job {id}");
+            }
+        }
+    }
+
+    #[test]
+    fn queue_finds_the_first_gang_that_fits() {
+        let mut q = Queue::default();
+        assert_eq!(q.first_fitting(4), None);
+        q.insert(1, 4, 5);
+        q.insert(2, 1, 7);
+        q.insert(3, 2, 5);
+        assert_eq!(q.first_fitting(0), None);
+        assert_eq!(q.first_fitting(8), Some((1, 4)), "lowest key, then lowest id");
+        assert_eq!(q.first_fitting(3), Some((3, 2)));
+        assert_eq!(q.first_fitting(1), Some((2, 1)));
+        q.insert(3, 2, 9);
+        assert_eq!(q.first_fitting(3), Some((2, 1)), "re-keyed");
+        q.remove(2);
+        q.remove(1);
+        assert_eq!(q.first_fitting(1), None);
+        assert_eq!(q.first_fitting(2), Some((3, 2)));
+        q.clear();
+        assert!(q.is_empty());
     }
 
     #[test]

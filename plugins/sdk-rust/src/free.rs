@@ -62,9 +62,17 @@ impl FreeGpus {
                 }
                 self.release(*id);
             }
-            // A GPU came or went, or one of this policy's actions was
-            // refused: the set can no longer be trusted.
-            Event::GpuChanged(_) | Event::ActionRejected(_) => self.known = false,
+            // A GPU came or went: the set can no longer be trusted.
+            Event::GpuChanged(_) => self.known = false,
+            // One of this policy's actions was refused: the set can no
+            // longer be trusted, nor what the job named holds (a refused
+            // start left it nothing; after a refused preemption it still
+            // holds what it held). When it ends, the view is read again.
+            Event::ActionRejected(r) => {
+                self.held.remove(&r.job);
+                self.shared.remove(&r.job);
+                self.known = false;
+            }
         }
     }
 
@@ -156,6 +164,81 @@ impl FreeGpus {
         Some(gpus)
     }
 
+    /// Read the free GPUs (online, no resident) from a GPU list the
+    /// policy read itself, as [`FreeGpus::sync`] would from the view.
+    pub fn reset(&mut self, gpus: &[crate::GpuInfo]) {
+        let len = gpus.iter().map(|g| g.id as usize + 1).max().unwrap_or(0);
+        self.node_of = vec![u32::MAX; len];
+        for g in gpus {
+            self.node_of[g.id as usize] = g.node;
+        }
+        self.free.clear();
+        self.by_node.clear();
+        self.by_count.clear();
+        for g in gpus.iter().filter(|g| g.online && g.residents.is_empty()) {
+            self.insert(g.id);
+        }
+        self.held.clear();
+        self.shared.clear();
+        self.known = true;
+    }
+
+    /// Whether the set is known to match the cluster (false before the
+    /// first read and after [`FreeGpus::invalidate`] or an event that
+    /// makes it unsure).
+    pub fn is_known(&self) -> bool {
+        self.known
+    }
+
+    /// Mark one GPU free, for a policy that tracks who holds each GPU
+    /// itself (one that shares GPUs, which this pool cannot follow).
+    pub fn mark_free(&mut self, gpu: GpuId) {
+        self.insert(gpu);
+    }
+
+    /// Mark one GPU held (see [`FreeGpus::mark_free`]).
+    pub fn mark_busy(&mut self, gpu: GpuId) {
+        self.remove(gpu);
+    }
+
+    /// The lowest free GPU on `node`, if any.
+    pub fn first_on_node(&self, node: u32) -> Option<GpuId> {
+        self.by_node.get(&node).and_then(|s| s.first().copied())
+    }
+
+    /// How many GPUs are free on `node`.
+    pub fn free_on_node(&self, node: u32) -> usize {
+        self.by_node.get(&node).map_or(0, BTreeSet::len)
+    }
+
+    /// The nodes with a free GPU and how many each has, lowest node first.
+    pub fn nodes(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
+        self.by_node.iter().map(|(&n, s)| (n, s.len()))
+    }
+
+    /// The `k` lowest free GPUs on `node` (fewer if fewer are free), taken.
+    pub fn take_on_node(&mut self, node: u32, k: usize) -> Vec<GpuId> {
+        let gpus: Vec<GpuId> = self
+            .by_node
+            .get(&node)
+            .map(|s| s.iter().take(k).copied().collect())
+            .unwrap_or_default();
+        for &g in &gpus {
+            self.remove(g);
+        }
+        gpus
+    }
+
+    /// Choose a gang as [`FreeGpus::take_gang`] does and take it, without
+    /// recording who holds it (for a policy that tracks that itself).
+    pub fn choose_gang(&mut self, k: u32) -> Option<Vec<GpuId>> {
+        let k = k as usize;
+        if k == 0 || self.free.len() < k {
+            return None;
+        }
+        Some(self.gang(k))
+    }
+
     /// Give `job` a gang of `k` GPUs on as few nodes as possible, choosing
     /// exactly what [`crate::Topology::take_gang`] would from the same free
     /// set: the fullest node that fits it whole (best fit, so that big
@@ -167,6 +250,12 @@ impl FreeGpus {
         if k == 0 || self.free.len() < k {
             return None;
         }
+        let chosen = self.gang(k);
+        self.held.insert(job, chosen.clone());
+        Some(chosen)
+    }
+
+    fn gang(&mut self, k: usize) -> Vec<GpuId> {
         let plan: Vec<(u32, usize)> = match self.by_count.range((k, 0)..).next() {
             Some(&(_, node)) => vec![(node, k)],
             None => {
@@ -207,8 +296,7 @@ impl FreeGpus {
             self.remove(g);
         }
         chosen.sort_unstable();
-        self.held.insert(job, chosen.clone());
-        Some(chosen)
+        chosen
     }
 
     /// `job` leaves `gpus` free (a preemption this policy made, with the
@@ -221,6 +309,13 @@ impl FreeGpus {
                 self.insert(g);
             }
         }
+    }
+
+    /// Forget what is known: the next [`FreeGpus::sync`] reads the view
+    /// (e.g. after this policy preempted a job whose GPUs it cannot tell
+    /// are free now).
+    pub fn invalidate(&mut self) {
+        self.known = false;
     }
 
     /// `job` no longer holds its GPUs (it ended, or was preempted).
@@ -269,6 +364,68 @@ mod tests {
     }
 
     #[test]
+    fn marked_by_hand_gangs_still_chosen_as_take_gang_would() {
+        // A policy that tracks occupancy itself: random GPUs marked busy
+        // and free, gangs chosen without a holder, compared with
+        // Topology::take_gang on the same free list.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut below = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..200 {
+            let gpus = 1 + below(24) as u32;
+            let view = FakeView::new(gpus, 1 + below(8) as u32);
+            let topology = Topology::new(&view.gpus);
+            let mut pool = FreeGpus::new();
+            pool.reset(&view.gpus);
+            assert!(pool.is_known());
+            let mut reference: Vec<GpuId> = view.free_gpus();
+            for _ in 0..30 {
+                let g = below(gpus as u64) as GpuId;
+                match below(4) {
+                    0 => {
+                        pool.mark_busy(g);
+                        reference.retain(|&f| f != g);
+                    }
+                    1 => {
+                        pool.mark_free(g);
+                        if !reference.contains(&g) {
+                            reference.push(g);
+                            reference.sort_unstable();
+                        }
+                    }
+                    2 => {
+                        let node = topology.node(g);
+                        let on_node: Vec<GpuId> = reference
+                            .iter()
+                            .copied()
+                            .filter(|&f| topology.node(f) == node)
+                            .collect();
+                        assert_eq!(pool.first_on_node(node), on_node.first().copied());
+                        assert_eq!(pool.free_on_node(node), on_node.len());
+                        let k = below(3) as usize;
+                        let taken = pool.take_on_node(node, k);
+                        assert_eq!(taken, on_node.iter().take(k).copied().collect::<Vec<_>>());
+                        reference.retain(|f| !taken.contains(f));
+                    }
+                    _ => {
+                        let k = below(6) as u32;
+                        assert_eq!(
+                            pool.choose_gang(k),
+                            topology.take_gang(&mut reference, k),
+                            "gang of {k}"
+                        );
+                    }
+                }
+                assert_eq!(pool.iter().collect::<Vec<_>>(), reference);
+            }
+        }
+    }
+
+    #[test]
     fn kept_from_events_and_read_from_the_view_only_when_unknown() {
         let mut view = FakeView::new(4, 4);
         let a = view.add_job(1).id;
@@ -283,6 +440,24 @@ mod tests {
         assert_eq!(pool.iter().collect::<Vec<_>>(), vec![1, 3]);
         pool.release(7);
         assert_eq!(pool.len(), 4);
+        // A refused start: the job holds nothing, and its end frees nothing.
+        assert_eq!(pool.take(9, 1), Some(vec![0]));
+        pool.observe(&Event::ActionRejected(crate::Rejection {
+            index: 0,
+            job: 9,
+            reason: "refused".into(),
+        }));
+        pool.sync(&view);
+        assert_eq!(pool.iter().collect::<Vec<_>>(), vec![0, 2, 3]);
+        assert_eq!(pool.take(10, 3), Some(vec![0, 2, 3]));
+        pool.observe(&Event::JobFailed((9, "never started".into())));
+        pool.sync(&view);
+        assert_eq!(
+            pool.iter().collect::<Vec<_>>(),
+            vec![0, 2, 3],
+            "read again: the view knows"
+        );
+        pool.release(10);
         // After a GPU change the view is read again.
         pool.observe(&Event::GpuChanged(0));
         pool.sync(&view);
