@@ -24,6 +24,8 @@
 //!
 //! The `wsched` binary is a thin command line over these.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod backend;
 pub mod bounds;
 pub mod check;

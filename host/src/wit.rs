@@ -5,14 +5,23 @@
 //! (`Action`, `Event`, `JobInfo`, ...) so that the contract cannot drift
 //! from what the host implements.
 
-wasmtime::component::bindgen!({
-    path: "../wit",
-    world: "scheduler",
-    with: {
-        "wsched:policy/host.cluster-view": ViewToken,
-    },
-    additional_derives: [PartialEq],
-});
+// Generated, and documented by the WIT file's own comments where it has
+// them; the lint for the rest is off here only.
+#[allow(missing_docs)]
+mod generated {
+    pub use super::ViewToken;
+
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "scheduler",
+        with: {
+            "wsched:policy/host.cluster-view": ViewToken,
+        },
+        additional_derives: [PartialEq],
+    });
+}
+
+pub use generated::*;
 
 pub use wsched::policy::types::{
     Action, ClusterStats, Decision, Event, GpuId, GpuInfo, GpuMeasurement, JobId, JobInfo, JobState, Level, Placement,

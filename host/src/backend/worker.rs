@@ -44,11 +44,17 @@ const POOL_BYTES: usize = 16 << 30;
 #[derive(Debug, Clone, PartialEq)]
 pub enum WorkerKind {
     /// NVIDIA GPU `ordinal`.
-    Cuda { ordinal: u32 },
+    Cuda {
+        /// The device's CUDA ordinal.
+        ordinal: u32,
+    },
     /// A CPU stand-in (see [`super::device::CpuDevice`]).
     Cpu {
+        /// Which stand-in, as an ordinal would name a GPU.
         ordinal: u32,
+        /// Its "device memory", in bytes.
         memory: u64,
+        /// Its "multiprocessors" (parallel lanes).
         multiprocessors: u32,
     },
 }

@@ -54,7 +54,7 @@ pub fn bounded(text: &str, max: usize) -> String {
 }
 
 /// A plugin's name as the host shows it: trimmed, bounded, never empty.
-pub fn plugin_name(name: &str, fallback: &str) -> String {
+pub(crate) fn plugin_name(name: &str, fallback: &str) -> String {
     let name = bounded(name.trim(), MAX_NAME);
     if name.is_empty() {
         bounded(fallback.trim(), MAX_NAME)

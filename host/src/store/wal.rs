@@ -363,9 +363,15 @@ pub enum ProblemKind {
     Header,
     /// A record in the middle of the log does not check; `id` is the job
     /// the damaged bytes seem to hold, if they name one.
-    Record { id: Option<u64> },
+    Record {
+        /// The job the damaged bytes seem to hold.
+        id: Option<u64>,
+    },
     /// The last record is whole and well-formed but does not check.
-    LastRecord { id: u64 },
+    LastRecord {
+        /// The job the record holds.
+        id: u64,
+    },
     /// The file is shorter than the log ever leaves it.
     Truncated,
     /// The file is gone while the other segment holds a log.
