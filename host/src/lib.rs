@@ -20,9 +20,11 @@
 //! - [`runtime`]: the real-time decision loop over a backend.
 //! - [`store`]: durable state for the service (jobs, plugins, policy).
 //! - [`proto`]: the service contract, generated from `proto/`.
-//! - [`service`]: `wsched serve` (gRPC, metrics) and its command-line client.
+//! - [`service`]: `wsched serve` (gRPC, metrics, YAML job specs).
 //!
-//! The `wsched` binary is a thin command line over these.
+//! The `wsched` binary is the command line over these, and holds all of
+//! it: clap types, the gRPC client behind `wsched job|policy|gpu`
+//! (`client.rs`), the choices as the command line spells them.
 
 #![warn(missing_docs, unreachable_pub)]
 

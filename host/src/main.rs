@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 use wsched::backend::synthetic::SuspendMemory;
 use wsched::engine::{CompileCache, Engine, Limits};
-use wsched::service::{self, client};
+use wsched::service;
+
+mod client;
 use wsched::sim::{self, GpuOutage, PolicyChoice, ScheduledSwap, SimConfig};
 
 /// GPU cluster scheduling with policies as sandboxed WebAssembly plugins.
@@ -87,8 +89,8 @@ struct ServeArgs {
     no_metrics: bool,
     /// Which backend runs the work: cuda when an NVIDIA driver and GPU are
     /// found (auto), else emulated GPUs.
-    #[arg(long, value_enum, default_value_t = service::BackendChoice::Auto)]
-    backend: service::BackendChoice,
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
     /// CUDA: whether a preempted synthetic job keeps its device memory
     /// (fast resume; released when another job needs it) or releases it
     /// to host memory at once.
@@ -190,6 +192,24 @@ enum SuspendMemoryArg {
     Keep,
     /// Copy the state to host memory and free the device.
     Release,
+}
+
+/// `serve --backend`: which backend runs the work (the library's
+/// `service::BackendChoice`, spelled for the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BackendArg {
+    /// CUDA when a driver is present, emulated GPUs otherwise.
+    Auto,
+    /// Emulated GPUs (synthetic jobs advance with the wall clock); command
+    /// jobs run as local processes.
+    Emulated,
+    /// Real NVIDIA GPUs through the CUDA driver.
+    Cuda,
+    /// CPU stand-ins for GPUs (--emulate-gpus of them) that run synthetic
+    /// jobs' kernel arithmetic for real: the CUDA backend's whole path
+    /// above the driver on a machine with no GPU. Slow: give jobs small
+    /// --gflops-per-iteration.
+    CpuDevices,
 }
 
 /// Limits for plugins.
@@ -366,7 +386,12 @@ fn run_serve(args: ServeArgs, connect: &client::ConnectArgs, cache: Option<Compi
     config.listen = args.listen;
     config.metrics_listen = (!args.no_metrics).then_some(args.metrics_listen);
     config.token = connect.given_token()?;
-    config.backend = args.backend;
+    config.backend = match args.backend {
+        BackendArg::Auto => service::BackendChoice::Auto,
+        BackendArg::Emulated => service::BackendChoice::Emulated,
+        BackendArg::Cuda => service::BackendChoice::Cuda,
+        BackendArg::CpuDevices => service::BackendChoice::CpuDevices,
+    };
     config.suspend_memory = match args.suspend_memory {
         SuspendMemoryArg::Keep => SuspendMemory::Keep,
         SuspendMemoryArg::Release => SuspendMemory::Release,

@@ -21,7 +21,6 @@
 //! - [`manifest`]: job specs from YAML files.
 //! - [`spec`]: what a valid job spec is, at every edge.
 
-pub mod client;
 pub mod core;
 pub mod grpc;
 pub mod health;
@@ -51,7 +50,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 
 /// Which backend runs the work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendChoice {
     /// CUDA when a driver is present, emulated GPUs otherwise.
     Auto,

@@ -14,9 +14,9 @@ use tonic::Request;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
-use super::core::unix_now;
-use crate::proto;
-use crate::proto::job_spec::Work;
+use wsched::service::core::unix_now;
+use wsched::proto;
+use wsched::proto::job_spec::Work;
 
 /// How to reach the server.
 #[derive(Args, Debug, Clone)]
@@ -204,7 +204,7 @@ struct Client {
 
 impl ConnectArgs {
     fn state_dir(&self) -> Option<PathBuf> {
-        self.state_dir.clone().or_else(super::default_state_dir)
+        self.state_dir.clone().or_else(wsched::service::default_state_dir)
     }
 
     fn address(&self) -> String {
@@ -217,7 +217,7 @@ impl ConnectArgs {
                 let text = std::fs::read_to_string(dir.join("serve.addr")).ok()?;
                 Some(text.trim().to_string())
             })
-            .unwrap_or_else(|| super::DEFAULT_LISTEN.to_string());
+            .unwrap_or_else(|| wsched::service::DEFAULT_LISTEN.to_string());
         if address.contains("://") {
             address
         } else {
@@ -235,7 +235,7 @@ impl ConnectArgs {
             return Ok(Some(token.clone()));
         }
         if let Some(path) = &self.token_file {
-            return super::read_token_file(path).map(Some);
+            return wsched::service::read_token_file(path).map(Some);
         }
         Ok(std::env::var("WSCHED_TOKEN").ok().filter(|s| !s.is_empty()))
     }
@@ -246,7 +246,7 @@ impl ConnectArgs {
         }
         // The local server's own token, when this user may read it.
         Ok(self.state_dir().and_then(|dir| {
-            let text = std::fs::read_to_string(super::token_path(&dir)).ok()?;
+            let text = std::fs::read_to_string(wsched::service::token_path(&dir)).ok()?;
             Some(text.trim().to_string()).filter(|t| !t.is_empty())
         }))
     }
@@ -495,7 +495,7 @@ pub async fn job(command: JobCommand, connect: &ConnectArgs) -> anyhow::Result<(
                     states: states.iter().map(|s| s.proto() as i32).collect(),
                     user: user.clone().unwrap_or_default(),
                     limit,
-                    page_size: super::grpc::MAX_PAGE_SIZE,
+                    page_size: wsched::service::grpc::MAX_PAGE_SIZE,
                     page_token: std::mem::take(&mut page_token),
                 })?;
                 let page = client
@@ -559,8 +559,8 @@ fn request_chunks(specs: &[proto::JobSpec]) -> Vec<&[proto::JobSpec]> {
     for (i, spec) in specs.iter().enumerate() {
         let len = prost::Message::encoded_len(spec) + 4;
         if i > start
-            && (i - start == super::grpc::MAX_SPECS_PER_REQUEST
-                || bytes + len > super::grpc::MAX_JOBS_REQUEST_BYTES / 2)
+            && (i - start == wsched::service::grpc::MAX_SPECS_PER_REQUEST
+                || bytes + len > wsched::service::grpc::MAX_JOBS_REQUEST_BYTES / 2)
         {
             chunks.push(&specs[start..i]);
             (start, bytes) = (i, 0);
@@ -585,7 +585,7 @@ fn submit_specs(args: &SubmitArgs) -> anyhow::Result<Vec<proto::JobSpec>> {
         } else {
             std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
         };
-        return super::manifest::parse(&text, &user).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()));
+        return wsched::service::manifest::parse(&text, &user).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()));
     }
     let work = match (&args.seconds, args.command.is_empty()) {
         (Some(seconds), true) => Work::Synthetic(proto::Synthetic {
@@ -608,7 +608,7 @@ fn submit_specs(args: &SubmitArgs) -> anyhow::Result<Vec<proto::JobSpec>> {
         expected_duration_seconds: args.expected_duration,
         iterations: args.iterations,
         memory_per_gpu_bytes: match &args.memory {
-            Some(text) => super::manifest::memory_bytes("--memory", text).map_err(|e| anyhow::anyhow!(e))?,
+            Some(text) => wsched::service::manifest::memory_bytes("--memory", text).map_err(|e| anyhow::anyhow!(e))?,
             None => 0,
         },
         work: Some(work),
@@ -926,7 +926,7 @@ mod tests {
         assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 20);
         for chunk in &chunks {
             let bytes: usize = chunk.iter().map(prost::Message::encoded_len).sum();
-            assert!(bytes <= super::super::grpc::MAX_JOBS_REQUEST_BYTES / 2, "{bytes}");
+            assert!(bytes <= wsched::service::grpc::MAX_JOBS_REQUEST_BYTES / 2, "{bytes}");
         }
 
         // A single spec over the limit still goes (the server says it is too large).
