@@ -14,9 +14,9 @@ use tonic::Request;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
-use wsched::service::core::unix_now;
 use wsched::proto;
 use wsched::proto::job_spec::Work;
+use wsched::service::core::unix_now;
 
 /// How to reach the server.
 #[derive(Args, Debug, Clone)]

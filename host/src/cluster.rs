@@ -327,6 +327,159 @@ impl Gpu {
     }
 }
 
+/// Why [`Cluster::apply`] refused an action, leaving the model as it was.
+/// Its text (`Display`) is what the policy reads in `action-rejected`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// No such job.
+    UnknownJob(JobId),
+    /// The job is in a state the action does not apply to.
+    WrongState {
+        /// The job.
+        job: JobId,
+        /// Its state.
+        is: JobState,
+        /// The states the action needs.
+        wanted: Vec<JobState>,
+    },
+    /// More GPUs than the cluster has.
+    TooManyGpus {
+        /// The job.
+        job: JobId,
+        /// GPUs given.
+        given: usize,
+        /// GPUs in the cluster.
+        cluster: usize,
+    },
+    /// A gang of the wrong size.
+    PartialGang {
+        /// The job.
+        job: JobId,
+        /// GPUs it needs together.
+        needs: u32,
+        /// GPUs given.
+        given: usize,
+    },
+    /// A GPU named twice.
+    GpuListedTwice {
+        /// The job.
+        job: JobId,
+        /// The GPU.
+        gpu: GpuId,
+    },
+    /// A GPU id past the cluster's.
+    NoSuchGpu {
+        /// The GPU.
+        gpu: GpuId,
+        /// GPUs in the cluster.
+        cluster: usize,
+    },
+    /// A GPU that is offline.
+    GpuOffline(GpuId),
+    /// A GPU without the share asked for.
+    GpuFull {
+        /// The GPU.
+        gpu: GpuId,
+        /// The job.
+        job: JobId,
+        /// Who holds it, and how much.
+        holders: Vec<(JobId, f64)>,
+        /// Its share left.
+        free: f64,
+        /// The share asked for.
+        asked: f64,
+    },
+    /// A GPU without the memory the job needs.
+    GpuMemory {
+        /// The GPU.
+        gpu: GpuId,
+        /// The job.
+        job: JobId,
+        /// Bytes free on it.
+        free: u64,
+        /// Bytes the job needs.
+        needs: u64,
+    },
+    /// A migration that changes the gang's size.
+    MigrateResizes {
+        /// The job.
+        job: JobId,
+        /// GPUs it holds.
+        holds: usize,
+        /// GPUs given.
+        given: usize,
+    },
+    /// A resize to no GPU at all.
+    ResizeToNothing(JobId),
+    /// A share of a running job on GPUs it does not hold.
+    ShareElsewhere {
+        /// The job.
+        job: JobId,
+        /// The GPUs it holds.
+        holds: Vec<GpuId>,
+    },
+    /// A share out of bounds (see [`crate::bounds`]).
+    BadShare(String),
+    /// A priority out of bounds.
+    BadPriority(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::UnknownJob(id) => write!(f, "unknown job {id}"),
+            Refusal::WrongState { job, is, wanted } => {
+                let names: Vec<&str> = wanted.iter().map(|s| s.name()).collect();
+                write!(f, "job {job} is {}, not {}", is.name(), names.join(" or "))
+            }
+            Refusal::TooManyGpus { job, given, cluster } => {
+                write!(f, "job {job} was given {given} GPUs, the cluster has {cluster}")
+            }
+            Refusal::PartialGang { job, needs, given } => {
+                write!(
+                    f,
+                    "partial gang: job {job} needs {needs} GPUs together, was given {given}"
+                )
+            }
+            Refusal::GpuListedTwice { job, gpu } => write!(f, "gpu {gpu} is listed twice for job {job}"),
+            Refusal::NoSuchGpu { gpu, cluster } => {
+                write!(f, "gpu {gpu} does not exist (the cluster has {cluster} GPUs)")
+            }
+            Refusal::GpuOffline(gpu) => write!(f, "gpu {gpu} is offline"),
+            Refusal::GpuFull {
+                gpu,
+                job,
+                holders,
+                free,
+                asked,
+            } => {
+                let holders: Vec<String> = holders.iter().map(|(j, s)| format!("job {j} ({s:.2})")).collect();
+                write!(
+                    f,
+                    "gpu {gpu} is held by {}: {free:.2} of it is free, job {job} asks for {asked:.2}",
+                    holders.join(", ")
+                )
+            }
+            Refusal::GpuMemory { gpu, job, free, needs } => {
+                write!(f, "gpu {gpu} has {free} bytes of memory free, job {job} needs {needs}")
+            }
+            Refusal::MigrateResizes { job, holds, given } => write!(
+                f,
+                "migrate keeps the gang size: job {job} holds {holds} GPUs, got {given}"
+            ),
+            Refusal::ResizeToNothing(job) => write!(f, "resize of job {job} names no GPU (preempt it instead)"),
+            Refusal::ShareElsewhere { job, holds } => write!(
+                f,
+                "share of running job {job} must name the GPUs it holds {holds:?} (migrate it to move it)"
+            ),
+            Refusal::BadShare(why) => write!(f, "share fraction {why}"),
+            Refusal::BadPriority(why) => write!(f, "priority {why}"),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
 /// What [`Cluster::apply`] changed, for backends and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -875,17 +1028,20 @@ impl Cluster {
 
     /// Check an action against the current state and carry it out, or say
     /// why not (leaving everything as it was).
-    pub fn apply(&mut self, action: &Action) -> Result<Applied, String> {
+    pub fn apply(&mut self, action: &Action) -> Result<Applied, Refusal> {
         let id = action.job();
-        let job = self.jobs.get(&id).ok_or_else(|| format!("unknown job {id}"))?;
+        let job = self.jobs.get(&id).ok_or(Refusal::UnknownJob(id))?;
         let state = job.state;
         let requested = job.spec.gpus;
-        let expect = |wanted: &[JobState]| -> Result<(), String> {
+        let expect = |wanted: &[JobState]| -> Result<(), Refusal> {
             if wanted.contains(&state) {
                 Ok(())
             } else {
-                let names: Vec<&str> = wanted.iter().map(|s| s.name()).collect();
-                Err(format!("job {id} is {}, not {}", state.name(), names.join(" or ")))
+                Err(Refusal::WrongState {
+                    job: id,
+                    is: state,
+                    wanted: wanted.to_vec(),
+                })
             }
         };
         match action {
@@ -914,10 +1070,11 @@ impl Cluster {
                 expect(&[JobState::Running])?;
                 let (held, fraction) = (job.placement.len(), job.fraction);
                 if p.gpus.len() != held {
-                    return Err(format!(
-                        "migrate keeps the gang size: job {id} holds {held} GPUs, got {}",
-                        p.gpus.len()
-                    ));
+                    return Err(Refusal::MigrateResizes {
+                        job: id,
+                        holds: held,
+                        given: p.gpus.len(),
+                    });
                 }
                 self.check_gpus(id, &p.gpus, fraction)?;
                 let moved = !same_set(&self.jobs[&id].placement, &p.gpus);
@@ -930,7 +1087,7 @@ impl Cluster {
             Action::Resize(p) => {
                 expect(&[JobState::Pending, JobState::Running, JobState::Suspended])?;
                 if p.gpus.is_empty() {
-                    return Err(format!("resize of job {id} names no GPU (preempt it instead)"));
+                    return Err(Refusal::ResizeToNothing(id));
                 }
                 let fraction = if state == JobState::Running { job.fraction } else { 1.0 };
                 self.check_gpus(id, &p.gpus, fraction)?;
@@ -938,14 +1095,14 @@ impl Cluster {
                 Ok(Applied::Reshaped)
             }
             Action::Share(s) => {
-                bounds::check_share(s.fraction).map_err(|why| format!("share fraction {why}"))?;
+                bounds::check_share(s.fraction).map_err(Refusal::BadShare)?;
                 match state {
                     JobState::Running => {
                         if !same_set(&job.placement, &s.gpus) {
-                            return Err(format!(
-                                "share of running job {id} must name the GPUs it holds {:?} (migrate it to move it)",
-                                job.placement
-                            ));
+                            return Err(Refusal::ShareElsewhere {
+                                job: id,
+                                holds: job.placement.clone(),
+                            });
                         }
                     }
                     JobState::Pending | JobState::Suspended => {
@@ -959,7 +1116,7 @@ impl Cluster {
             }
             Action::SetPriority((_, weight)) => {
                 expect(&[JobState::Pending, JobState::Running, JobState::Suspended])?;
-                bounds::check_priority(*weight, false).map_err(|why| format!("priority {why}"))?;
+                bounds::check_priority(*weight, false).map_err(Refusal::BadPriority)?;
                 if let Some(j) = self.jobs.get_mut(&id) {
                     j.priority = *weight;
                 }
@@ -968,57 +1125,60 @@ impl Cluster {
         }
     }
 
-    fn check_gang(&self, id: JobId, requested: u32, given: usize) -> Result<(), String> {
-        if given as u64 > self.gpus.len() as u64 {
-            return Err(format!(
-                "job {id} was given {given} GPUs, the cluster has {}",
-                self.gpus.len()
-            ));
+    fn check_gang(&self, id: JobId, requested: u32, given: usize) -> Result<(), Refusal> {
+        if given > self.gpus.len() {
+            return Err(Refusal::TooManyGpus {
+                job: id,
+                given,
+                cluster: self.gpus.len(),
+            });
         }
         if given != requested as usize {
-            return Err(format!(
-                "partial gang: job {id} needs {requested} GPUs together, was given {given}"
-            ));
+            return Err(Refusal::PartialGang {
+                job: id,
+                needs: requested,
+                given,
+            });
         }
         Ok(())
     }
 
     /// Can job `id` hold `fraction` of each of `gpus`? GPUs it already holds
     /// count as available to it.
-    fn check_gpus(&self, id: JobId, gpus: &[GpuId], fraction: f64) -> Result<(), String> {
+    fn check_gpus(&self, id: JobId, gpus: &[GpuId], fraction: f64) -> Result<(), Refusal> {
         if gpus.len() > self.gpus.len() {
-            return Err(format!(
-                "job {id} was given {} GPUs, the cluster has {}",
-                gpus.len(),
-                self.gpus.len()
-            ));
+            return Err(Refusal::TooManyGpus {
+                job: id,
+                given: gpus.len(),
+                cluster: self.gpus.len(),
+            });
         }
         let memory = self.jobs.get(&id).map(|j| j.spec.memory_per_gpu).unwrap_or(0);
         for (i, &gpu) in gpus.iter().enumerate() {
             if gpus[..i].contains(&gpu) {
-                return Err(format!("gpu {gpu} is listed twice for job {id}"));
+                return Err(Refusal::GpuListedTwice { job: id, gpu });
             }
-            let g = self
-                .gpus
-                .get(gpu as usize)
-                .ok_or_else(|| format!("gpu {gpu} does not exist (the cluster has {} GPUs)", self.gpus.len()))?;
+            let g = self.gpus.get(gpu as usize).ok_or(Refusal::NoSuchGpu {
+                gpu,
+                cluster: self.gpus.len(),
+            })?;
             if !g.online {
-                return Err(format!("gpu {gpu} is offline"));
+                return Err(Refusal::GpuOffline(gpu));
             }
             let others = g.share_used_by_others(id);
             if others + fraction > 1.0 + FRACTION_EPSILON {
-                let holders: Vec<String> = g
-                    .residents
-                    .iter()
-                    .filter(|r| r.job != id)
-                    .map(|r| format!("job {} ({:.2})", r.job, r.fraction))
-                    .collect();
-                return Err(format!(
-                    "gpu {gpu} is held by {}: {:.2} of it is free, job {id} asks for {:.2}",
-                    holders.join(", "),
-                    (1.0 - others).max(0.0),
-                    fraction
-                ));
+                return Err(Refusal::GpuFull {
+                    gpu,
+                    job: id,
+                    holders: g
+                        .residents
+                        .iter()
+                        .filter(|r| r.job != id)
+                        .map(|r| (r.job, r.fraction))
+                        .collect(),
+                    free: (1.0 - others).max(0.0),
+                    asked: fraction,
+                });
             }
             let own = if g.residents.iter().any(|r| r.job == id) {
                 memory
@@ -1027,10 +1187,12 @@ impl Cluster {
             };
             let used_by_others = g.memory_used.saturating_sub(own);
             if used_by_others.saturating_add(memory) > g.spec.memory_total {
-                return Err(format!(
-                    "gpu {gpu} has {} bytes of memory free, job {id} needs {memory}",
-                    g.spec.memory_total.saturating_sub(used_by_others)
-                ));
+                return Err(Refusal::GpuMemory {
+                    gpu,
+                    job: id,
+                    free: g.spec.memory_total.saturating_sub(used_by_others),
+                    needs: memory,
+                });
             }
         }
         Ok(())
@@ -1239,20 +1401,47 @@ mod tests {
         let mut c = cluster(4);
         let a = c.submit(JobSpec::new("u", 2, 10.0)).unwrap();
         let b = c.submit(JobSpec::new("u", 1, 10.0)).unwrap();
-        assert_eq!(c.apply(&start(99, &[0])).unwrap_err(), "unknown job 99");
-        assert!(c.apply(&start(a, &[0])).unwrap_err().starts_with("partial gang"));
-        assert!(c.apply(&start(a, &[0, 9])).unwrap_err().contains("does not exist"));
-        assert!(c.apply(&start(a, &[1, 1])).unwrap_err().contains("listed twice"));
+        assert_eq!(c.apply(&start(99, &[0])).unwrap_err(), Refusal::UnknownJob(99));
+        assert_eq!(c.apply(&start(99, &[0])).unwrap_err().to_string(), "unknown job 99");
+        assert!(
+            c.apply(&start(a, &[0]))
+                .unwrap_err()
+                .to_string()
+                .starts_with("partial gang")
+        );
+        assert!(
+            c.apply(&start(a, &[0, 9]))
+                .unwrap_err()
+                .to_string()
+                .contains("does not exist")
+        );
+        assert!(
+            c.apply(&start(a, &[1, 1]))
+                .unwrap_err()
+                .to_string()
+                .contains("listed twice")
+        );
         let too_many: Vec<GpuId> = (0..10).collect();
-        assert!(c.apply(&start(a, &too_many)).unwrap_err().contains("the cluster has 4"));
+        assert!(
+            c.apply(&start(a, &too_many))
+                .unwrap_err()
+                .to_string()
+                .contains("the cluster has 4")
+        );
         assert_eq!(c.stats().free_gpus, 4);
         assert_eq!(c.apply(&start(a, &[0, 1])), Ok(Applied::Started));
         assert!(
             c.apply(&start(a, &[2, 3]))
                 .unwrap_err()
+                .to_string()
                 .contains("is running, not pending")
         );
-        assert!(c.apply(&start(b, &[1])).unwrap_err().contains("held by job 0"));
+        assert!(
+            c.apply(&start(b, &[1]))
+                .unwrap_err()
+                .to_string()
+                .contains("held by job 0")
+        );
         assert_eq!(c.stats().free_gpus, 2);
         assert_eq!(c.job(b).unwrap().state, JobState::Pending);
     }
@@ -1292,12 +1481,22 @@ mod tests {
             })
         };
         c.apply(&share(a, 0.5)).unwrap();
-        assert!(c.apply(&share(b, 0.5)).unwrap_err().contains("memory"));
-        assert!(c.apply(&share(c3, 0.6)).unwrap_err().contains("0.50 of it is free"));
+        assert!(c.apply(&share(b, 0.5)).unwrap_err().to_string().contains("memory"));
+        assert!(
+            c.apply(&share(c3, 0.6))
+                .unwrap_err()
+                .to_string()
+                .contains("0.50 of it is free")
+        );
         c.apply(&share(c3, 0.5)).unwrap();
         assert_eq!(c.job(c3).unwrap().rate(), 0.5);
         assert!(c.apply(&share(a, 0.7)).is_err());
-        assert!(c.apply(&share(a, f64::NAN)).unwrap_err().contains("fraction"));
+        assert!(
+            c.apply(&share(a, f64::NAN))
+                .unwrap_err()
+                .to_string()
+                .contains("fraction")
+        );
         assert_eq!(c.allocated_share(), 1.0);
     }
 
@@ -1341,7 +1540,7 @@ mod tests {
                 gpus: vec![0],
                 fraction,
             });
-            assert!(c.apply(&share).unwrap_err().contains("share"), "{fraction}");
+            assert!(c.apply(&share).unwrap_err().to_string().contains("share"), "{fraction}");
         }
         for weight in [f64::NAN, f64::INFINITY, -1.0, 1e300] {
             assert!(c.apply(&Action::SetPriority((a, weight))).is_err(), "{weight}");
@@ -1386,6 +1585,7 @@ mod tests {
                 gpus: vec![0, 1]
             }))
             .unwrap_err()
+            .to_string()
             .contains("offline")
         );
         c.set_gpu_online(1, true);

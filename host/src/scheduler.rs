@@ -510,7 +510,7 @@ impl PolicyHost {
                     let rejection = Rejection {
                         index: index as u32,
                         job: action.job(),
-                        reason,
+                        reason: reason.to_string(),
                     };
                     outcome.rejected.push((action, rejection));
                 }
