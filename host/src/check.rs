@@ -363,7 +363,7 @@ fn takeover(engine: &Engine, plugin: &Plugin, config: &str) -> ScenarioReport {
     };
     let mut problems = Vec::new();
     if let Err(e) = host.swap(next) {
-        problems.push(e);
+        problems.push(e.to_string());
     }
     outcomes.push(host.decide());
     drain(&mut host, &mut outcomes, 20);
@@ -441,7 +441,7 @@ fn snapshot_round_trip(engine: &Engine, plugin: &Plugin, config: &str) -> Scenar
     host.tick();
     outcomes.push(host.decide());
     if let Err(e) = host.swap(b) {
-        problems.push(e);
+        problems.push(e.to_string());
     }
     outcomes.push(host.decide());
     drain(&mut host, &mut outcomes, 20);

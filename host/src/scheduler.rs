@@ -175,6 +175,36 @@ pub struct SwapReport {
     pub note: Option<String>,
 }
 
+/// Why a hot swap was refused; the old policy stays active.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SwapError {
+    /// The next policy faulted restoring the old one's state, and could
+    /// not start again afresh.
+    RestartFailed {
+        /// The policy that stays.
+        from: String,
+        /// The policy that was refused.
+        to: String,
+        /// Its fault while restoring.
+        fault: Fault,
+        /// Why it could not start again.
+        start: LoadError,
+    },
+}
+
+impl std::fmt::Display for SwapError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SwapError::RestartFailed { from, to, fault, start } => write!(
+                f,
+                "{to} faulted restoring the state of {from} ({fault}) and could not start again ({start}); {from} stays active"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SwapError {}
+
 /// The cluster model plus the policy that decides for it.
 pub struct PolicyHost {
     engine: Engine,
@@ -652,7 +682,7 @@ impl PolicyHost {
     /// switched in without it (the contract's promise for a restore
     /// error). Only when that fresh start fails too does the old policy
     /// stay.
-    pub fn swap(&mut self, mut next: PluginInstance) -> Result<SwapReport, String> {
+    pub fn swap(&mut self, mut next: PluginInstance) -> Result<SwapReport, SwapError> {
         let now = self.cluster.now();
         let from = self.active.name().to_string();
         let to = next.info().name.clone();
@@ -669,8 +699,13 @@ impl PolicyHost {
                         // The fault may have left `next` in any state.
                         let (plugin, config) = (next.plugin().clone(), next.config().to_string());
                         drop(next);
-                        next = self.engine.instantiate(&plugin, &config, now).map_err(|e| {
-                            format!("{to} faulted restoring the state of {from} ({fault}) and could not start again ({e}); {from} stays active")
+                        next = self.engine.instantiate(&plugin, &config, now).map_err(|start| {
+                            SwapError::RestartFailed {
+                                from: from.clone(),
+                                to: to.clone(),
+                                fault: fault.clone(),
+                                start,
+                            }
                         })?;
                         note = Some(format!(
                             "{to} faulted restoring the state of {from} ({fault}); it starts afresh without it"

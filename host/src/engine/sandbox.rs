@@ -161,7 +161,11 @@ impl PluginState {
         .monotonic_clock(clock.clone())
         .secure_random(wasmtime_wasi::Deterministic::new(SEED.to_vec()))
         .insecure_random(wasmtime_wasi::Deterministic::new(SEED.to_vec()))
-        .insecure_random_seed(0x5eed);
+        .insecure_random_seed(0x5eed)
+        // The host builds the bytes before copying them into the plugin's
+        // memory: keep what one call can make the host hold small (WASI's
+        // default is 64 MiB a call).
+        .max_random_size(MAX_RANDOM_BYTES);
         PluginState {
             cluster: Cluster::default(),
             clock,
@@ -178,6 +182,9 @@ impl PluginState {
         &mut self.table
     }
 }
+
+/// Most random bytes one WASI call may ask for.
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
 
 /// Bytes that seeded "randomness" cycles through: fixed, so runs repeat.
 const SEED: [u8; 16] = *b"wsched-fixed-rng";

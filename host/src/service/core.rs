@@ -1419,7 +1419,7 @@ impl Core {
             self.runtime
                 .host_mut()
                 .swap(instance)
-                .map_err(Status::failed_precondition)?
+                .map_err(|e| Status::failed_precondition(e.to_string()))?
         };
         let from = std::mem::replace(
             &mut self.active,

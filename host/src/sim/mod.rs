@@ -265,7 +265,7 @@ pub fn simulate_observed(
                 .host()
                 .prepare(&s.policy.plugin, &s.policy.config)
                 .map_err(|e| e.to_string())
-                .and_then(|next| rt.host_mut().swap(next));
+                .and_then(|next| rt.host_mut().swap(next).map_err(|e| e.to_string()));
             match &outcome {
                 Ok(r) => tracing::info!(at = t, from = %r.from, to = %r.to, "hot swap"),
                 Err(why) => tracing::warn!(at = t, %why, "hot swap refused; the current policy stays"),
