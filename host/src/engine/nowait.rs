@@ -116,3 +116,21 @@ fn without_waiting<F: Future>(future: F) -> Option<F::Output> {
         None
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Limits;
+
+    #[test]
+    fn pollables_are_ready_at_once_and_their_number_is_bounded() {
+        let mut state = PluginState::new("p".into(), &Limits::default());
+        let first = elapsed(&mut state).expect("a pollable");
+        let ready = without_waiting(state.table().block(first));
+        assert!(matches!(ready, Some(Ok(()))), "a sleep is over at once");
+        // A plugin that makes pollables without dropping them runs into the
+        // table's cap, not into the host's memory.
+        let made = (0..100_000).take_while(|_| elapsed(&mut state).is_ok()).count();
+        assert!(made < super::super::sandbox::MAX_WASI_RESOURCES, "{made}");
+    }
+}

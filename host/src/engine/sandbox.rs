@@ -173,7 +173,11 @@ impl PluginState {
             budget: CallBudget::new(limits.deadline),
             log,
             wasi: wasi.build(),
-            table: ResourceTable::new(),
+            table: {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_WASI_RESOURCES);
+                table
+            },
         }
     }
 
@@ -182,6 +186,11 @@ impl PluginState {
         &mut self.table
     }
 }
+
+/// Most WASI resources (streams, pollables...) a plugin instance may hold
+/// at once. They live in host memory, outside the plugin's memory cap; a
+/// policy needs a handful (stdio), and wasmtime's default is a million.
+pub(crate) const MAX_WASI_RESOURCES: usize = 4096;
 
 /// Most random bytes one WASI call may ask for.
 const MAX_RANDOM_BYTES: u64 = 1 << 20;
