@@ -525,8 +525,18 @@ async fn health_reflection_and_metrics_answer() {
     let mut jobs = server.jobs().await;
     let id = server.submit(&mut jobs, synthetic("m", 1, 0.05)).await;
     wait_ended(&mut jobs, &[id], Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let body = server.scrape();
+    // The gauges are set at the end of the turn that ended the job: wait
+    // for that, not for a fixed time.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut body = server.scrape();
+    while !body.contains("wsched_job_completion_seconds_count 1") || !body.contains("wsched_pending_jobs 0") {
+        assert!(
+            Instant::now() < deadline,
+            "the metrics never showed the ended job:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        body = server.scrape();
+    }
     for name in [
         "wsched_schedule_attempts_total{result=\"scheduled\"} 1",
         "wsched_pending_jobs 0",
@@ -1158,7 +1168,21 @@ async fn device_jobs_run_kernels_are_preempted_and_survive_a_fault_and_a_restart
     // fast machine too (2,000 iterations once ended in 1.49 s, before it).
     const LONG_ITERATIONS: u64 = 6000;
     let long = server.submit(&mut jobs, on_device("long", LONG_ITERATIONS, None)).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The short job must arrive once the long one is past the 0.8
+    // GPU-second boundary: wait for that (not for a fixed time).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = jobs
+            .get_job(proto::GetJobRequest { id: long })
+            .await
+            .expect("get")
+            .into_inner();
+        if job.attained_gpu_seconds > 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the long job never ran: {job:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let short = server.submit(&mut jobs, on_device("short", 50, None)).await;
     let ended = wait_ended(&mut jobs, &[long, short], Duration::from_secs(120)).await;
     let (long_job, short_job) = (&ended[0], &ended[1]);
