@@ -506,6 +506,17 @@ fn parse_outage(spec: &str) -> anyhow::Result<GpuOutage> {
     Ok(GpuOutage { gpu, from, until })
 }
 
+/// The replay's progress bar on stderr (hidden when stderr is not a terminal).
+fn progress_bar(jobs: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(jobs as u64);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} replaying [{bar:40}] {pos}/{len} jobs ({eta} left)")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
 fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
     if let Some(&bad) = args
         .gpus
@@ -549,6 +560,8 @@ fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
         .map(|s| parse_swap(&engine, s))
         .collect::<anyhow::Result<Vec<_>>>()?;
     swaps.sort_by(|a, b| a.at.total_cmp(&b.at));
+    let bar =
+        (!args.quiet && args.policies.len() * args.gpus.len() * loads.len() == 1).then(|| progress_bar(trace.len()));
     // Every run: policy-major, then size, then load. Independent and
     // deterministic, so they run side by side on every core.
     let mut runs: Vec<(usize, u32, usize)> = Vec::new();
@@ -564,7 +577,10 @@ fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
         gpus_per_node: args.gpus_per_node.max(1),
         reveal_durations: !args.hide_durations,
         // One bar for one replay; several would fight over the terminal.
-        progress: !args.quiet && runs.len() == 1,
+        progress: bar.as_ref().map(|bar| {
+            let bar = bar.clone();
+            sim::ProgressHook(std::sync::Arc::new(move |n| bar.inc(n)))
+        }),
         outages: args
             .outages
             .iter()
@@ -577,7 +593,11 @@ fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
         sim::simulate(&engine, policies[p].as_ref(), &swaps, &traces[l], &config)
     })
     .into_iter()
-    .collect::<anyhow::Result<Vec<_>>>()?;
+    .collect::<anyhow::Result<Vec<_>>>();
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let results = results?;
     if args.gpus.len() > 1 || loads.len() > 1 {
         let sweep: Vec<sim::SweepRun> = runs
             .iter()

@@ -59,10 +59,23 @@ pub struct SimConfig {
     /// Tell policies each job's trace duration as `expected-duration`
     /// (an oracle, as SJF-style baselines in the papers assume).
     pub reveal_durations: bool,
-    /// Show a progress bar on stderr (hidden anyway when not a terminal).
-    pub progress: bool,
+    /// Told how many more trace jobs are done (finished or refused) as the
+    /// replay goes, for a progress display; none by default.
+    pub progress: Option<ProgressHook>,
     /// GPUs that go offline during the replay (failures, maintenance).
     pub outages: Vec<GpuOutage>,
+}
+
+/// A callback told, as a replay goes, how many more of its trace's jobs are
+/// done (finished or refused at submission). The command line draws its
+/// progress bar with it; the library draws nothing.
+#[derive(Clone)]
+pub struct ProgressHook(pub std::sync::Arc<dyn Fn(u64) + Send + Sync>);
+
+impl std::fmt::Debug for ProgressHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressHook")
+    }
 }
 
 /// A GPU offline from `from` until `until` (for good when `None`), in
@@ -86,7 +99,7 @@ impl Default for SimConfig {
             gpu_kind: "V100".to_string(),
             gpu_memory: 16 << 30,
             reveal_durations: true,
-            progress: false,
+            progress: None,
             outages: Vec::new(),
         }
     }
@@ -172,7 +185,13 @@ pub fn simulate_observed(
     order.sort_by(|&a, &b| trace[a].submit.total_cmp(&trace[b].submit));
     let origin = order.first().map(|&i| trace[i].submit).unwrap_or(0.0);
 
-    let bar = progress_bar(config.progress, trace.len());
+    let done = |n: u64| {
+        if let Some(hook) = &config.progress
+            && n > 0
+        {
+            (hook.0)(n);
+        }
+    };
     let mut next_arrival = 0;
     let mut next_swap = 0;
     let mut trace_of: Vec<usize> = Vec::with_capacity(trace.len()); // job id -> trace index
@@ -222,7 +241,7 @@ pub fn simulate_observed(
 
         // Completions first: they free GPUs for this instant's arrivals.
         let mut step = rt.begin(t);
-        bar.inc(step.ended.len() as u64);
+        done(step.ended.len() as u64);
 
         while let Some(&i) = order.get(next_arrival) {
             let job = &trace[i];
@@ -242,7 +261,7 @@ pub fn simulate_observed(
                 Err(reason) => {
                     tracing::debug!(line = job.line, %reason, "job refused at submission");
                     refused.push(i);
-                    bar.inc(1);
+                    done(1);
                 }
             }
         }
@@ -284,7 +303,6 @@ pub fn simulate_observed(
             utilisation.push((t, share));
         }
     }
-    bar.finish_and_clear();
 
     let wall = started.elapsed();
     Ok(metrics::collect(metrics::Inputs {
@@ -299,17 +317,4 @@ pub fn simulate_observed(
         config,
         wall,
     }))
-}
-
-fn progress_bar(enabled: bool, len: usize) -> indicatif::ProgressBar {
-    if !enabled {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len as u64);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{spinner} replaying [{bar:40}] {pos}/{len} jobs ({eta} left)")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar
 }
