@@ -327,6 +327,61 @@ impl Gpu {
     }
 }
 
+/// Why [`Cluster::submit`] refused a job: it could never run here, or a
+/// number in it is out of bounds (see [`crate::bounds`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubmitError {
+    /// No GPU asked for.
+    NoGpus,
+    /// More GPUs than the cluster has.
+    TooManyGpus {
+        /// GPUs asked for.
+        asked: u32,
+        /// GPUs in the cluster.
+        cluster: u32,
+    },
+    /// More memory per GPU than the largest GPU has.
+    TooMuchMemory {
+        /// Bytes per GPU asked for.
+        asked: u64,
+        /// The largest GPU's memory.
+        largest: u64,
+    },
+    /// A number out of bounds: the field, and why.
+    OutOfBounds {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// Every job id has been given out.
+    IdsExhausted,
+}
+
+impl std::fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubmitError::NoGpus => f.write_str("a job must ask for at least one GPU"),
+            SubmitError::TooManyGpus { asked, cluster } => {
+                write!(f, "job asks for {asked} GPUs, the cluster has {cluster}")
+            }
+            SubmitError::TooMuchMemory { asked, largest } => {
+                write!(f, "job needs {asked} bytes per GPU, the largest GPU has {largest}")
+            }
+            SubmitError::OutOfBounds { field, why } => write!(f, "{field} {why}"),
+            SubmitError::IdsExhausted => f.write_str("no job id is left to give out"),
+        }
+    }
+}
+
+impl std::error::Error for SubmitError {}
+
+impl From<SubmitError> for String {
+    fn from(e: SubmitError) -> String {
+        e.to_string()
+    }
+}
+
 /// Why [`Cluster::apply`] refused an action, leaving the model as it was.
 /// Its text (`Display`) is what the policy reads in `action-rejected`.
 #[derive(Debug, Clone, PartialEq)]
@@ -817,39 +872,42 @@ impl Cluster {
 
     /// Why [`Cluster::submit`] would refuse `spec`, without submitting it
     /// (to accept several jobs all or none).
-    pub fn check_submission(&self, spec: &JobSpec) -> Result<(), String> {
+    pub fn check_submission(&self, spec: &JobSpec) -> Result<(), SubmitError> {
+        let out_of_bounds = |field| move |why| SubmitError::OutOfBounds { field, why };
         if spec.gpus == 0 {
-            return Err("a job must ask for at least one GPU".to_string());
+            return Err(SubmitError::NoGpus);
         }
         if spec.gpus > self.gpu_count() {
-            return Err(format!(
-                "job asks for {} GPUs, the cluster has {}",
-                spec.gpus,
-                self.gpu_count()
-            ));
+            return Err(SubmitError::TooManyGpus {
+                asked: spec.gpus,
+                cluster: self.gpu_count(),
+            });
         }
         if let Some(w) = spec.work {
-            bounds::check_job_seconds(w).map_err(|why| format!("job work {why}"))?;
+            bounds::check_job_seconds(w).map_err(out_of_bounds("job work"))?;
         }
         if let Some(d) = spec.expected_duration {
-            bounds::check_job_seconds(d).map_err(|why| format!("expected duration {why}"))?;
+            bounds::check_job_seconds(d).map_err(out_of_bounds("expected duration"))?;
         }
         if let Some(share) = spec.share_requested {
-            bounds::check_share(share).map_err(|why| format!("requested share {why}"))?;
+            bounds::check_share(share).map_err(out_of_bounds("requested share"))?;
         }
         if let Some(p) = spec.priority {
-            bounds::check_priority(p, true).map_err(|why| format!("priority {why}"))?;
+            bounds::check_priority(p, true).map_err(out_of_bounds("priority"))?;
         }
         if spec.iterations_total.is_some_and(|n| n > bounds::MAX_ITERATIONS) {
-            return Err(format!("iterations must be at most {}", bounds::MAX_ITERATIONS));
+            return Err(SubmitError::OutOfBounds {
+                field: "iterations",
+                why: format!("must be at most {}", bounds::MAX_ITERATIONS),
+            });
         }
         if spec.memory_per_gpu > 0 {
             let largest = self.gpus.iter().map(|g| g.spec.memory_total).max().unwrap_or(0);
             if spec.memory_per_gpu > largest {
-                return Err(format!(
-                    "job needs {} bytes per GPU, the largest GPU has {largest}",
-                    spec.memory_per_gpu
-                ));
+                return Err(SubmitError::TooMuchMemory {
+                    asked: spec.memory_per_gpu,
+                    largest,
+                });
             }
         }
         Ok(())
@@ -858,12 +916,12 @@ impl Cluster {
     /// Accept a job at the current time. Refused (with the reason) when it
     /// can never run here: no GPUs asked for, or more than the cluster has,
     /// or more memory per GPU than the largest GPU has.
-    pub fn submit(&mut self, spec: JobSpec) -> Result<JobId, String> {
+    pub fn submit(&mut self, spec: JobSpec) -> Result<JobId, SubmitError> {
         self.check_submission(&spec)?;
         let priority = spec.priority.filter(|p| p.is_finite() && *p > 0.0).unwrap_or(1.0);
         let gpus = spec.gpus;
         let id = self.next_id;
-        self.next_id = id.checked_add(1).ok_or("no job id is left to give out")?;
+        self.next_id = id.checked_add(1).ok_or(SubmitError::IdsExhausted)?;
         self.jobs.insert(
             id,
             Box::new(Job {
@@ -1506,6 +1564,7 @@ mod tests {
         assert!(
             c.submit(JobSpec::new("u", 5, 1.0))
                 .unwrap_err()
+                .to_string()
                 .contains("cluster has 4")
         );
         assert!(c.submit(JobSpec::new("u", 0, 1.0)).is_err());

@@ -98,7 +98,7 @@ impl<B: Backend> Runtime<B> {
     }
 
     /// Accept a job; the policy hears of it at the next step.
-    pub fn submit(&mut self, spec: JobSpec) -> Result<JobId, String> {
+    pub fn submit(&mut self, spec: JobSpec) -> Result<JobId, crate::cluster::SubmitError> {
         self.host.submit(spec)
     }
 

@@ -311,7 +311,7 @@ impl PolicyHost {
     }
 
     /// Accept a job now; the policy hears of it at the next decision.
-    pub fn submit(&mut self, spec: JobSpec) -> Result<JobId, String> {
+    pub fn submit(&mut self, spec: JobSpec) -> Result<JobId, crate::cluster::SubmitError> {
         let id = self.cluster.submit(spec)?;
         if let Some(info) = self.cluster.job_info(id) {
             self.events.push(Event::JobArrived(info));
