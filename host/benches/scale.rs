@@ -61,43 +61,6 @@ fn measured(cmd: &mut Command) -> anyhow::Result<(String, Usage)> {
     ))
 }
 
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn parse_stamp(s: &str) -> Option<i64> {
-    let (date, time) = s.split_once(' ')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>());
-    let mut t = time.split(':').map(|x| x.parse::<i64>());
-    let (y, mo, da) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let (h, mi, se) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    Some(days_from_civil(y, mo, da) * 86_400 + h * 3600 + mi * 60 + se)
-}
-
-fn format_stamp(t: i64) -> String {
-    let (y, m, d) = civil_from_days(t.div_euclid(86_400));
-    let s = t.rem_euclid(86_400);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-}
-
 /// The bundled trace tiled `k` times, copy `i` shifted by `i` minutes, in
 /// the bundled trace's own format (so both replays read the same file).
 fn tile(bundled: &Path, k: usize, out: &Path) -> anyhow::Result<usize> {
@@ -107,7 +70,7 @@ fn tile(bundled: &Path, k: usize, out: &Path) -> anyhow::Result<usize> {
     let rows: Vec<(i64, &str)> = lines
         .filter_map(|l| {
             let (stamp, rest) = l.split_once(',')?;
-            Some((parse_stamp(stamp)?, rest))
+            Some((wsched::trace::parse_time(stamp).ok()? as i64, rest))
         })
         .collect();
     let mut csv = String::with_capacity(text.len() * k + 64);
@@ -115,7 +78,7 @@ fn tile(bundled: &Path, k: usize, out: &Path) -> anyhow::Result<usize> {
     csv.push('\n');
     for i in 0..k as i64 {
         for (t, rest) in &rows {
-            csv.push_str(&format_stamp(t + 60 * i));
+            csv.push_str(&wsched::trace::format_time(t + 60 * i));
             csv.push(',');
             csv.push_str(rest);
             csv.push('\n');

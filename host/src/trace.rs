@@ -108,7 +108,7 @@ fn parse_gpus(s: &str) -> Option<u32> {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) or plain seconds, to seconds since the epoch.
-fn parse_time(s: &str) -> Result<f64, String> {
+pub fn parse_time(s: &str) -> Result<f64, String> {
     if let Ok(v) = s.parse::<f64>() {
         return if v.is_finite() && v.abs() <= bounds::MAX_TIME {
             Ok(v)
@@ -147,6 +147,28 @@ fn parse_time(s: &str) -> Result<f64, String> {
     Ok((days_from_civil(y, mo, da) * 86_400 + h * 3600 + mi * 60 + se) as f64)
 }
 
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC), the form
+/// [`parse_time`] reads: for writing traces (tiled or shifted copies).
+pub fn format_time(t: i64) -> String {
+    let (y, m, d) = civil_from_days(t.div_euclid(86_400));
+    let s = t.rem_euclid(86_400);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (the
+/// inverse of [`days_from_civil`], Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -160,6 +182,14 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_written_as_they_are_read() {
+        assert_eq!(format_time(1_507_532_515), "2017-10-09 07:01:55");
+        for t in [0, 59, 86_399, 951_782_400, 1_507_532_515, 4_102_444_800, -86_400] {
+            assert_eq!(parse_time(&format_time(t)), Ok(t as f64), "{t}");
+        }
+    }
 
     #[test]
     fn parses_philly_rows() {
