@@ -129,26 +129,33 @@ impl std::fmt::Display for Comparison<'_> {
                 .chain(results.iter().map(|r| rel(r.summary.jct.p99, first.summary.jct.p99)))
                 .collect(),
         );
-        let widths: Vec<usize> = (0..table[0].len())
-            .map(|c| table.iter().map(|row| row[c].chars().count()).max().unwrap_or(0))
-            .collect();
-        for row in &table {
-            let line: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .enumerate()
-                .map(|(c, (cell, w))| {
-                    if c == 0 {
-                        format!("{cell:<w$}")
-                    } else {
-                        format!("{cell:>w$}")
-                    }
-                })
-                .collect();
-            writeln!(f, "{}", line.join("  ").trim_end())?;
-        }
-        Ok(())
+        write_aligned(f, &table)
     }
+}
+
+/// Rows as columns two spaces apart, the first left-aligned (labels) and
+/// the rest right-aligned (numbers).
+pub(super) fn write_aligned(f: &mut std::fmt::Formatter<'_>, rows: &[Vec<String>]) -> std::fmt::Result {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().map(|row| row[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(c, (cell, w))| {
+                if c == 0 {
+                    format!("{cell:<w$}")
+                } else {
+                    format!("{cell:>w$}")
+                }
+            })
+            .collect();
+        writeln!(f, "{}", line.join("  ").trim_end())?;
+    }
+    Ok(())
 }
 
 /// Write each replay's outputs into `dir/LABEL/` and the overlaid plot

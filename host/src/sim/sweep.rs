@@ -9,7 +9,7 @@
 //! after another, only sooner.
 
 use super::metrics::SimResult;
-use super::report::{COLORS, H, PAD_B, PAD_L, PAD_R, PAD_T, W, labels, panel, polyline, write_outputs};
+use super::report::{COLORS, H, PAD_B, PAD_L, PAD_R, PAD_T, W, labels, panel, polyline, write_aligned, write_outputs};
 use crate::trace::TraceJob;
 use anyhow::Context;
 use std::fmt::Write as _;
@@ -115,25 +115,7 @@ impl std::fmt::Display for SweepTable<'_> {
                 format!("{:.1}", run.result.timing.call_p50_us),
             ]);
         }
-        let widths: Vec<usize> = (0..rows[0].len())
-            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-            .collect();
-        for row in &rows {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .enumerate()
-                .map(|(c, (cell, w))| {
-                    if c == 0 {
-                        format!("{cell:<w$}")
-                    } else {
-                        format!("{cell:>w$}")
-                    }
-                })
-                .collect();
-            writeln!(f, "{}", cells.join("  ").trim_end())?;
-        }
-        Ok(())
+        write_aligned(f, &rows)
     }
 }
 
