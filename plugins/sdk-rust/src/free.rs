@@ -11,7 +11,9 @@
 //! an action was refused).
 
 use crate::{Event, GpuId, JobId, View};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::{IdMap, IdSet};
 
 /// Free GPUs for a policy that places every job exclusively.
 ///
@@ -28,10 +30,10 @@ pub struct FreeGpus {
     /// Nodes by how many free GPUs they have (count, then node id).
     by_count: BTreeSet<(usize, u32)>,
     /// The GPUs each running job holds whole, as far as this policy knows.
-    held: HashMap<JobId, Vec<GpuId>>,
+    held: IdMap<JobId, Vec<GpuId>>,
     /// Running jobs that share their GPUs (met at a takeover): when one
     /// ends, whether its GPUs are free depends on the others.
-    shared: HashSet<JobId>,
+    shared: IdSet<JobId>,
     /// Whether `free` is known to match the cluster.
     known: bool,
 }

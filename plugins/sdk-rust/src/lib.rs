@@ -39,10 +39,12 @@
 
 mod free;
 mod helpers;
+mod idmap;
 pub mod testing;
 
 pub use free::FreeGpus;
 pub use helpers::*;
+pub use idmap::{IdHasher, IdMap, IdSet};
 
 #[doc(hidden)]
 pub mod bindings {

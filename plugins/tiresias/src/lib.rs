@@ -26,7 +26,10 @@
 //! waiting job ranks below every running one, nothing can be preempted and
 //! the decision only fills free GPUs from the head of the waiting queue;
 //! otherwise it walks running and waiting jobs merged in priority order,
-//! stopping as soon as the cluster's capacity is used up. The whole running
+//! stopping as soon as the cluster's capacity is used up. Either way, the
+//! waiting jobs too big for what is left are never walked: the waiting
+//! jobs are also indexed by gang size, so the next one that fits is found
+//! by looking once per gang size, however deep the queue. The whole running
 //! set is read from the host only when a GPU goes offline or comes back.
 //!
 //! The [`Tiresias`] type is public and implements [`Policy`], so a native
@@ -37,7 +40,7 @@
 //! preemption only by age).
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use wsched_sdk::*;
 
 /// Slack when comparing attained service with a threshold, so that a job
@@ -124,11 +127,16 @@ pub struct Tiresias {
     /// Waiting jobs in priority order: (queue, id).
     waiting: BTreeMap<(u32, JobId), Waiting>,
     /// Queue of each waiting job, to find it in `waiting`.
-    queue_of: HashMap<JobId, u32>,
+    queue_of: IdMap<JobId, u32>,
+    /// The keys of `waiting` by gang size (jobs asking for no GPU, which
+    /// never fit, left out): the best waiting job that fits in `cap` GPUs
+    /// is found by looking at one set per gang size up to `cap`, instead of
+    /// walking every waiting job that does not fit.
+    by_gang: BTreeMap<u32, BTreeSet<(u32, JobId)>>,
     /// Running jobs.
-    running: HashMap<JobId, Running>,
-    /// Running jobs in priority order: (queue, id).
-    run_order: BTreeSet<(u32, JobId)>,
+    running: IdMap<JobId, Running>,
+    /// Running jobs in priority order, (queue, id), with the GPUs each holds.
+    run_order: BTreeMap<(u32, JobId), u32>,
     /// Running jobs by the time their queue changes next, earliest first.
     due: BTreeSet<(Time, JobId)>,
     /// Running jobs by the time they cross their queue's threshold, earliest first.
@@ -156,9 +164,42 @@ impl Tiresias {
 
     /// Drop a job from the waiting set.
     fn unwait(&mut self, id: JobId) {
-        if let Some(q) = self.queue_of.remove(&id) {
-            self.waiting.remove(&(q, id));
+        if let Some(q) = self.queue_of.remove(&id)
+            && let Some(w) = self.waiting.remove(&(q, id))
+            && let Some(set) = self.by_gang.get_mut(&w.gpus)
+        {
+            set.remove(&(q, id));
+            if set.is_empty() {
+                self.by_gang.remove(&w.gpus);
+            }
         }
+    }
+
+    /// The first waiting job in priority order after `after` (from the
+    /// start when `None`) whose gang fits in `cap` GPUs. The same job a walk
+    /// of `waiting` from `after` would admit first, skipping those that do
+    /// not fit, in time proportional to the gang sizes waiting.
+    fn next_fit(&self, after: Option<(u32, JobId)>, cap: u32) -> Option<((u32, JobId), Waiting)> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        if cap == 0 {
+            return None;
+        }
+        let from = after.map_or(Unbounded, Excluded);
+        // Most often one of the next few fits: look at them in order first,
+        // which is cheaper than one look per gang size.
+        let mut walk = self.waiting.range((from, Unbounded));
+        for _ in 0..8 {
+            let (&key, &w) = walk.next()?;
+            if w.gpus > 0 && w.gpus <= cap {
+                return Some((key, w));
+            }
+        }
+        let key = self
+            .by_gang
+            .range(1..=cap)
+            .filter_map(|(_, set)| set.range((from, Unbounded)).next().copied())
+            .min()?;
+        self.waiting.get(&key).map(|&w| (key, w))
     }
 
     /// Drop a job from the running model, returning what it held.
@@ -186,6 +227,9 @@ impl Tiresias {
         let q = self.queue(w.attained);
         self.queue_of.insert(id, q);
         self.waiting.insert((q, id), w);
+        if w.gpus > 0 {
+            self.by_gang.entry(w.gpus).or_default().insert((q, id));
+        }
     }
 
     /// Record a job as running on `gpus` GPUs (`fraction` of each), with
@@ -202,7 +246,7 @@ impl Tiresias {
             wake: None,
         };
         self.schedule(id, &mut r);
-        self.run_order.insert((r.queue, id));
+        self.run_order.insert((r.queue, id), gpus);
         self.running_gpus += u64::from(gpus);
         self.running.insert(id, r);
     }
@@ -252,7 +296,7 @@ impl Tiresias {
             self.run_order.remove(&(r.queue, id));
             r.queue = queue;
             self.schedule(id, &mut r);
-            self.run_order.insert((queue, id));
+            self.run_order.insert((queue, id), r.gpus);
             self.running.insert(id, r);
         }
     }
@@ -368,9 +412,10 @@ impl Policy for Tiresias {
         let policy = Tiresias {
             thresholds,
             waiting: BTreeMap::new(),
-            queue_of: HashMap::new(),
-            running: HashMap::new(),
-            run_order: BTreeSet::new(),
+            queue_of: IdMap::default(),
+            by_gang: BTreeMap::new(),
+            running: IdMap::default(),
+            run_order: BTreeMap::new(),
             due: BTreeSet::new(),
             wake: BTreeSet::new(),
             running_gpus: 0,
@@ -439,29 +484,53 @@ impl Policy for Tiresias {
         // Running jobs that keep their GPUs, and those that lose them, in
         // priority order; `None` when all keep them.
         let mut split: Option<(Vec<JobId>, Vec<JobId>)> = None;
+        // Where the running jobs that all keep their GPUs without being
+        // walked begin, when the walk stopped early.
+        let mut kept_from: Option<(u32, JobId)> = None;
         let all_fit = self.running_gpus <= u64::from(cap);
-        let all_ahead = match (self.run_order.last(), self.waiting.keys().next()) {
-            (Some(worst_running), Some(best_waiting)) => worst_running < best_waiting,
+        let all_ahead = match (self.run_order.last_key_value(), self.waiting.keys().next()) {
+            (Some((worst_running, _)), Some(best_waiting)) => worst_running < best_waiting,
             _ => true,
         };
-        let mut wi = self.waiting.iter().peekable();
+        // The last waiting job admitted: every waiting job before it was
+        // admitted or did not fit (and never will in this decision, as the
+        // capacity left only shrinks).
+        let mut passed: Option<(u32, JobId)> = None;
         if all_fit && all_ahead {
             // Every running job comes first and fits: nothing can be
             // preempted, so only the capacity left over is handed out.
             cap -= self.running_gpus as u32;
         } else {
             let (mut kept, mut victims) = (Vec::new(), Vec::new());
+            // GPUs held by the running jobs not walked yet.
+            let mut unwalked = self.running_gpus;
+            // The next waiting job that fits, found again only when it was
+            // admitted or no longer fits (once none fits, none will: the
+            // capacity left only shrinks).
+            let mut fit = self.next_fit(passed, cap);
             let mut ri = self.run_order.iter().peekable();
             while cap > 0 {
-                let take_run = match (ri.peek(), wi.peek()) {
-                    (Some(&&r), Some(&(&w, _))) => r < w,
+                // Waiting jobs that do not fit are skipped without a
+                // change, so the walk only meets the next one that fits.
+                if fit.is_some_and(|(_, w)| w.gpus > cap) {
+                    fit = self.next_fit(passed, cap);
+                }
+                if fit.is_none() && unwalked <= u64::from(cap) {
+                    // Nothing waiting fits, and every running job not
+                    // walked yet fits in what is left: they all keep their
+                    // GPUs, and walking them one by one would change nothing.
+                    kept_from = ri.peek().map(|&(&key, _)| key);
+                    break;
+                }
+                let take_run = match (ri.peek(), &fit) {
+                    (Some(&(&r, _)), Some((w, _))) => r < *w,
                     (Some(_), None) => true,
                     (None, Some(_)) => false,
                     (None, None) => break,
                 };
                 if take_run {
-                    if let Some(&(_, id)) = ri.next() {
-                        let gpus = self.running.get(&id).map_or(0, |r| r.gpus);
+                    if let Some((&(_, id), &gpus)) = ri.next() {
+                        unwalked = unwalked.saturating_sub(u64::from(gpus));
                         if gpus <= cap {
                             kept.push(id);
                             cap -= gpus;
@@ -469,27 +538,32 @@ impl Policy for Tiresias {
                             victims.push(id);
                         }
                     }
-                } else if let Some((&(_, id), &w)) = wi.next()
-                    && w.gpus > 0
-                    && w.gpus <= cap
-                {
-                    admit.push((id, w));
+                } else if let Some((key, w)) = fit {
+                    admit.push((key.1, w));
                     cap -= w.gpus;
+                    passed = Some(key);
+                    fit = self.next_fit(passed, cap);
                 }
             }
-            victims.extend(ri.map(|&(_, id)| id));
+            if kept_from.is_none() {
+                victims.extend(ri.map(|(&(_, id), _)| id));
+            }
             split = Some((kept, victims));
         }
         while cap > 0 {
-            let Some((&(_, id), &w)) = wi.next() else { break };
-            if w.gpus > 0 && w.gpus <= cap {
-                admit.push((id, w));
-                cap -= w.gpus;
-            }
+            let Some((key, w)) = self.next_fit(passed, cap) else {
+                break;
+            };
+            admit.push((key.1, w));
+            cap -= w.gpus;
+            passed = Some(key);
         }
         let victims = match split {
-            Some((kept, victims)) if !victims.is_empty() => {
+            Some((mut kept, victims)) if !victims.is_empty() => {
                 if admit.is_empty() {
+                    if let Some(from) = kept_from {
+                        kept.extend(self.run_order.range(from..).map(|(&(_, id), _)| id));
+                    }
                     // Nothing waiting can run: preempting would only waste
                     // work. Only the jobs that fit count for the wake-up.
                     let wakeup = kept
@@ -883,5 +957,66 @@ mod scale {
             assert!(d.actions.is_empty() && d.wakeup.is_some());
         }
         eprintln!("tiresias: {:?} per decision (native)", started.elapsed() / 100);
+    }
+}
+
+#[cfg(test)]
+mod index {
+    use super::*;
+
+    /// A deterministic stream of numbers (xorshift), so a failure repeats.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// What `next_fit` must answer: the first waiting job after `after`
+    /// that fits in `cap`, found by walking them all.
+    fn walked(p: &Tiresias, after: Option<(u32, JobId)>, cap: u32) -> Option<(u32, JobId)> {
+        p.waiting
+            .iter()
+            .filter(|(k, _)| after.is_none_or(|a| **k > a))
+            .find(|(_, w)| w.gpus > 0 && w.gpus <= cap)
+            .map(|(k, _)| *k)
+    }
+
+    #[test]
+    fn next_fit_finds_what_a_walk_of_every_waiting_job_finds() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut p = Tiresias::init("thresholds=10,100").unwrap().0;
+        for round in 0..200 {
+            // Jobs come and go, in every queue, of gang sizes 0 to 64; every
+            // other round mostly big ones, so that the next fitting job
+            // often lies beyond the few looked at in order.
+            let sizes: &[u32] = if round % 2 == 0 {
+                &[0, 1, 1, 1, 2, 4, 8, 16, 64]
+            } else {
+                &[0, 2, 16, 64, 64, 64, 64, 64, 64]
+            };
+            for _ in 0..20 {
+                let id = rng.below(500);
+                if rng.below(4) == 0 {
+                    p.forget(id);
+                } else {
+                    let gpus = sizes[rng.below(sizes.len() as u64) as usize];
+                    let attained = rng.below(200) as f64;
+                    let state = JobState::Suspended;
+                    p.wait(id, Waiting { gpus, state, attained });
+                }
+            }
+            let keys: Vec<(u32, JobId)> = p.waiting.keys().copied().collect();
+            for _ in 0..20 {
+                let after = (!keys.is_empty() && rng.below(3) > 0).then(|| keys[rng.below(keys.len() as u64) as usize]);
+                let cap = rng.below(70) as u32;
+                let got = p.next_fit(after, cap).map(|(k, _)| k);
+                assert_eq!(got, walked(&p, after, cap), "round {round}: after {after:?}, cap {cap}");
+            }
+        }
     }
 }
