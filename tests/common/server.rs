@@ -150,6 +150,16 @@ impl Server {
         body
     }
 
+    /// The value of the metric sample named exactly `name` (labels
+    /// included, as the page spells them); 0 when absent.
+    #[allow(dead_code)] // not every test binary reads one
+    pub fn metric(&self, name: &str) -> f64 {
+        self.scrape()
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// The server's log so far, without colour codes.
     pub fn log(&self) -> String {
         strip_ansi(&std::fs::read_to_string(self.state.with_extension("log")).unwrap_or_default())

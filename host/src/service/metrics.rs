@@ -64,6 +64,11 @@ pub struct Metrics {
     pub jobs_submitted: Counter,
     /// Ended jobs forgotten after the retention time (`--finished-ttl`).
     pub jobs_expired: Counter,
+    /// Checkpoints of running jobs' progress taken by the scheduler loop.
+    pub checkpoints_taken: Counter,
+    /// Checkpoints on disk: behind `checkpoints_taken` while the database
+    /// writer is busy, and for good if it stopped.
+    pub checkpoints_stored: Counter,
     ended: Family<ResultLabel, Counter>,
     pending: Gauge,
     running: Gauge,
@@ -95,6 +100,8 @@ impl Metrics {
             migrations: Counter::default(),
             jobs_submitted: Counter::default(),
             jobs_expired: Counter::default(),
+            checkpoints_taken: Counter::default(),
+            checkpoints_stored: Counter::default(),
             ended: Family::default(),
             pending: Gauge::default(),
             running: Gauge::default(),
@@ -125,6 +132,16 @@ impl Metrics {
             m.plugin_log_dropped.clone(),
         );
         registry.register("policy_swaps", "Hot swaps of the active policy", m.policy_swaps.clone());
+        registry.register(
+            "store_checkpoints_taken",
+            "Checkpoints of running jobs' progress taken by the scheduler loop (--checkpoint-every)",
+            m.checkpoints_taken.clone(),
+        );
+        registry.register(
+            "store_checkpoints_stored",
+            "Checkpoints of running jobs' progress committed to disk",
+            m.checkpoints_stored.clone(),
+        );
         registry.register(
             "plugin_ejections",
             "Plugins ejected for repeated faults",

@@ -33,7 +33,8 @@ const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
 const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-const META_EPOCH: &str = "epoch";
+/// The key of the service clock's origin: "epoch" in existing databases.
+const META_CLOCK_ORIGIN: &str = "epoch";
 const META_ACTIVE: &str = "active-policy";
 const META_NEXT_ID: &str = "next-id";
 
@@ -63,6 +64,9 @@ pub struct Batch {
     /// The lowest job id not yet given out, stored when the newest job is
     /// deleted, so that a restart never gives its id out again.
     pub next_id: Option<u64>,
+    /// Checkpoints (every running job's progress) in the batch: turns that
+    /// took one, counted once the batch is on disk.
+    pub checkpoints: u64,
 }
 
 impl Batch {
@@ -87,6 +91,7 @@ impl Batch {
             self.active = later.active;
         }
         self.next_id = self.next_id.max(later.next_id);
+        self.checkpoints += later.checkpoints;
     }
 
     /// Whether there is nothing to write.
@@ -97,6 +102,7 @@ impl Batch {
             && self.unload.is_empty()
             && self.active.is_none()
             && self.next_id.is_none()
+            && self.checkpoints == 0
     }
 }
 
@@ -105,7 +111,7 @@ impl Batch {
 pub struct Recovered {
     /// When the service's clock started (seconds since the Unix epoch);
     /// `None` on a new database.
-    pub epoch: Option<f64>,
+    pub clock_origin: Option<f64>,
     /// Every job, by id.
     pub jobs: Vec<proto::Job>,
     /// Loaded plugins: name and bytes.
@@ -344,7 +350,7 @@ impl Store {
                 .map_err(|_| anyhow::anyhow!("{}: the stored {what} is corrupt", self.path.display()))?;
             Ok(Some(bytes))
         };
-        recovered.epoch = eight_bytes(META_EPOCH, "epoch")?.map(f64::from_le_bytes);
+        recovered.clock_origin = eight_bytes(META_CLOCK_ORIGIN, "clock origin")?.map(f64::from_le_bytes);
         recovered.next_id = eight_bytes(META_NEXT_ID, "next job id")?.map(u64::from_le_bytes);
         if let Some(active) = meta.get(META_ACTIVE)? {
             recovered.active = Some(
@@ -375,10 +381,10 @@ impl Store {
     }
 
     /// Record when the service's clock started; done once, on a new database.
-    pub fn set_epoch(&self, epoch: f64) -> anyhow::Result<()> {
+    pub fn set_clock_origin(&self, origin: f64) -> anyhow::Result<()> {
         let txn = self.db.begin_write()?;
         txn.open_table(META)?
-            .insert(META_EPOCH, epoch.to_le_bytes().as_slice())?;
+            .insert(META_CLOCK_ORIGIN, origin.to_le_bytes().as_slice())?;
         txn.commit()?;
         Ok(())
     }
@@ -825,8 +831,8 @@ mod tests {
         let path = dir.path().join("state.redb");
         {
             let mut store = Store::open(&path).unwrap();
-            assert!(store.recover().unwrap().epoch.is_none());
-            store.set_epoch(1234.5).unwrap();
+            assert!(store.recover().unwrap().clock_origin.is_none());
+            store.set_clock_origin(1234.5).unwrap();
             let batch = Batch {
                 jobs: vec![proto::Job {
                     id: 7,
@@ -850,7 +856,7 @@ mod tests {
         }
         let store = Store::open(&path).unwrap();
         let got = store.recover().unwrap();
-        assert_eq!(got.epoch, Some(1234.5));
+        assert_eq!(got.clock_origin, Some(1234.5));
         assert_eq!(got.jobs.len(), 1);
         assert_eq!(got.jobs[0].id, 7);
         assert_eq!(got.jobs[0].failure, "x");
