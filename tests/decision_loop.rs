@@ -11,8 +11,8 @@ use wsched::backend::emulated::EmulatedBackend;
 use wsched::backend::process::ProcessSpec;
 use wsched::backend::processes::ProcessBackend;
 use wsched::cluster::{Cluster, JobSpec};
+use wsched::decision::DecisionLoop;
 use wsched::engine::Limits;
-use wsched::runtime::Runtime;
 use wsched::scheduler::PolicyHost;
 use wsched::wit::{Action, JobState};
 
@@ -31,13 +31,13 @@ fn plugin(name: &str, config: &str, n: u32) -> PolicyHost {
     PolicyHost::with_plugin(engine, gpus(n), instance)
 }
 
-fn state(rt: &Runtime<impl wsched::backend::Backend>, id: u64) -> JobState {
+fn state(rt: &DecisionLoop<impl wsched::backend::Backend>, id: u64) -> JobState {
     rt.host().cluster().job(id).expect("job").state
 }
 
 #[test]
 fn emulated_jobs_finish_when_their_work_is_done() {
-    let mut rt = Runtime::new(builtin_fifo(2), EmulatedBackend);
+    let mut rt = DecisionLoop::new(builtin_fifo(2), EmulatedBackend);
     let ids: Vec<u64> = (0..3)
         .map(|_| rt.submit(JobSpec::new("t", 1, 10.0)).expect("submit"))
         .collect();
@@ -59,7 +59,7 @@ fn emulated_jobs_finish_when_their_work_is_done() {
 #[test]
 fn emulated_preemption_keeps_progress() {
     // LAS with a 5 GPU-second threshold on one GPU.
-    let mut rt = Runtime::new(plugin("las", "thresholds=5", 1), EmulatedBackend);
+    let mut rt = DecisionLoop::new(plugin("las", "thresholds=5", 1), EmulatedBackend);
     let long = rt.submit(JobSpec::new("t", 1, 20.0)).expect("submit");
     rt.step(0.0);
     assert_eq!(state(&rt, long), JobState::Running);
@@ -99,7 +99,7 @@ fn log(dir: &Path, name: &str) -> String {
 #[test]
 fn process_jobs_run_on_their_gpus_and_report_how_they_ended() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut rt = Runtime::new(builtin_fifo(2), ProcessBackend::new(root.path()));
+    let mut rt = DecisionLoop::new(builtin_fifo(2), ProcessBackend::new(root.path()));
     let mut ids = Vec::new();
     for script in [
         "echo \"gpus=$CUDA_VISIBLE_DEVICES\"; sleep 0.2",
@@ -141,7 +141,7 @@ fn wasm_policy_preempts_a_cooperating_process_which_checkpoints_and_resumes() {
     let root = tempfile::tempdir().expect("tempdir");
     // LAS on one GPU with a 0.3 GPU-second threshold: a newcomer displaces
     // a job that has run longer than that.
-    let mut rt = Runtime::new(
+    let mut rt = DecisionLoop::new(
         plugin("las", "thresholds=0.3", 1),
         ProcessBackend::new(root.path()).with_suspend_deadline(Duration::from_secs(5)),
     );
@@ -216,7 +216,7 @@ fn process_spec() -> JobSpec {
 #[test]
 fn cancelling_a_process_job_kills_it() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut rt = Runtime::new(builtin_fifo(1), ProcessBackend::new(root.path()));
+    let mut rt = DecisionLoop::new(builtin_fifo(1), ProcessBackend::new(root.path()));
     let id = rt.submit(process_spec()).expect("submit");
     rt.backend_mut().register(id, shell("echo started; sleep 30"));
     rt.step(0.0);
@@ -236,7 +236,7 @@ fn cancelling_a_process_job_kills_it() {
 #[test]
 fn a_job_whose_gpu_goes_away_is_suspended_and_restarted_elsewhere() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut rt = Runtime::new(builtin_fifo(2), ProcessBackend::new(root.path()));
+    let mut rt = DecisionLoop::new(builtin_fifo(2), ProcessBackend::new(root.path()));
     let id = rt.submit(process_spec()).expect("submit");
     rt.backend_mut().register(
         id,

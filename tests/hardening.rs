@@ -116,7 +116,9 @@ async fn a_stored_job_that_cannot_run_any_more_fails_saying_why_and_the_start_go
     // of 1e20 seconds, one with a NaN priority and no spec, and a good one.
     {
         let mut store = wsched::store::Store::open(&state_dir.join("wsched.redb")).expect("store");
-        store.set_epoch(wsched::service::core::unix_now()).expect("epoch");
+        store
+            .set_clock_origin(wsched::service::core::unix_now())
+            .expect("clock origin");
         let spec = |seconds: f64| proto::JobSpec {
             user: "old".into(),
             gpus: 1,

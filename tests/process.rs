@@ -14,7 +14,7 @@ use wsched::backend::leftovers::{self, Leftovers};
 use wsched::backend::process::{ProcessJob, ProcessSpec, Suspension, control_socket, describe_exit};
 use wsched::backend::processes::ProcessBackend;
 use wsched::cluster::{Cluster, JobSpec};
-use wsched::runtime::Runtime;
+use wsched::decision::DecisionLoop;
 use wsched::scheduler::PolicyHost;
 
 fn spec(command: &[&str]) -> ProcessSpec {
@@ -62,12 +62,13 @@ fn cooperative_job_checkpoints_at_an_iteration_boundary_and_resumes() {
     let Suspension::Cooperative { iteration } = job.suspend(Duration::from_secs(5)).expect("suspend") else {
         panic!("a cooperating job should checkpoint, not be stopped");
     };
-    std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
         job.progress().iterations,
         Some(iteration),
-        "no progress while suspended"
+        "the checkpoint is at the iteration reported"
     );
+    // No iteration while suspended: the job says which iteration it
+    // resumed after (checked below), which must be the checkpoint's.
 
     job.resume().expect("resume");
     let status = job.wait_timeout(Duration::from_secs(20)).expect("wait").expect("ended");
@@ -110,11 +111,13 @@ fn job_that_does_not_take_part_is_stopped_and_continued() {
         started.elapsed() < Duration::from_secs(1),
         "a job that never said hello is stopped at once, without waiting for the deadline"
     );
-    std::thread::sleep(Duration::from_millis(100)); // a write already in the kernel completes
+    // Stopped means every process of the job is in the stopped state, past
+    // any write it had started: nothing can move the count until resumed.
+    common::wait_for("every process of the job stopped", || {
+        group_stopped(job.process_group())
+    });
     let frozen = count(dir.path());
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(count(dir.path()), frozen, "no progress while stopped");
-
+    assert!(frozen < 100, "stopped before the end: {frozen}");
     job.resume().expect("resume");
     let status = job.wait_timeout(Duration::from_secs(20)).expect("wait").expect("ended");
     assert!(status.success());
@@ -150,10 +153,11 @@ fn cooperative_job_that_misses_the_deadline_is_stopped() {
         started.elapsed() >= Duration::from_millis(200),
         "waited for the deadline first"
     );
-    std::thread::sleep(Duration::from_millis(100));
+    common::wait_for("every process of the job stopped", || {
+        group_stopped(job.process_group())
+    });
     let frozen = count(dir.path());
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(count(dir.path()), frozen);
+    assert!(frozen < 100, "stopped before the end: {frozen}");
     job.resume().expect("resume");
     let status = job.wait_timeout(Duration::from_secs(20)).expect("wait").expect("ended");
     assert!(status.success());
@@ -281,6 +285,36 @@ impl Drop for Server {
     }
 }
 
+/// Whether every process in group `group` is stopped (state `T` in
+/// `/proc/PID/stat`; a child that exited just before, a zombie, runs no
+/// more either), and there is at least one stopped.
+fn group_stopped(group: i32) -> bool {
+    let mut seen = 0;
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue; // gone meanwhile
+        };
+        // pid (comm) state ppid pgrp ...: comm may hold anything, so
+        // read from its closing parenthesis.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(2).and_then(|g| g.parse::<i32>().ok()) != Some(group) {
+            continue;
+        }
+        match fields.first() {
+            Some(&"T") | Some(&"t") => seen += 1,
+            Some(&"Z") | Some(&"X") => {}
+            _ => return false,
+        }
+    }
+    seen > 0
+}
+
 /// The command names of the processes carrying the marker of the job with
 /// control socket `socket`, by pid.
 fn job_processes(socket: &Path) -> Vec<(i32, String)> {
@@ -340,9 +374,9 @@ fn crash_a_server_running(root: &Path, id: u64) -> (Server, i32, Vec<(i32, Strin
 }
 
 /// A server with one GPU whose job runs [`FORK_TREE`]; not started yet.
-fn restarted_server(root: &Path) -> (Runtime<ProcessBackend>, u64) {
+fn restarted_server(root: &Path) -> (DecisionLoop<ProcessBackend>, u64) {
     let host = PolicyHost::new(common::engine(), Cluster::homogeneous(1, 1, "H100", 80 << 30));
-    let mut rt = Runtime::new(host, ProcessBackend::new(root));
+    let mut rt = DecisionLoop::new(host, ProcessBackend::new(root));
     let mut spec = JobSpec::new("t", 1, 0.0);
     spec.work = None;
     spec.expected_duration = None;
@@ -354,7 +388,7 @@ fn restarted_server(root: &Path) -> (Runtime<ProcessBackend>, u64) {
 
 /// Start the job again and check that it runs once: one tree, none of it
 /// from before; stopping the server then leaves nothing of it.
-fn start_again_and_check_it_runs_once(mut rt: Runtime<ProcessBackend>, id: u64, before: &[i32]) {
+fn start_again_and_check_it_runs_once(mut rt: DecisionLoop<ProcessBackend>, id: u64, before: &[i32]) {
     let socket = control_socket(&rt.backend().job_dir(id));
     rt.step(0.0);
     assert!(

@@ -61,10 +61,10 @@ impl Bench {
 
     /// Apply and carry out an action; the time the backend took.
     fn act(&mut self, action: Action) -> Duration {
-        let applied = self.cluster.apply(&action).expect("valid action");
+        self.cluster.apply(&action).expect("valid action");
         let started = Instant::now();
         self.backend
-            .carry_out(&self.cluster, &action, &applied)
+            .reconcile(&self.cluster, action.job())
             .expect("carried out");
         started.elapsed()
     }
@@ -101,7 +101,7 @@ impl Bench {
 
     fn cancel(&mut self, id: JobId) {
         self.cluster.fail(id, "done measuring");
-        self.backend.sync(&self.cluster, id).expect("stop");
+        self.backend.reconcile(&self.cluster, id).expect("stop");
     }
 }
 

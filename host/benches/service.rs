@@ -171,7 +171,7 @@ fn run(
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(wsched::service::runtime_workers);
-    let server_runtime = wsched::service::runtime_with_workers(server_workers)?;
+    let server_runtime = wsched::service::tokio_runtime_with_workers(server_workers)?;
     let client_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(client_threads)
         .thread_name("bench-client")

@@ -376,6 +376,32 @@ impl std::fmt::Display for SubmitError {
 
 impl std::error::Error for SubmitError {}
 
+/// Why [`Cluster::restore`] refused a job known from before a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RestoreError {
+    /// A job with this id is already in the model.
+    IdTaken(JobId),
+    /// A live job that could never run here now (fewer GPUs than before, a
+    /// bound tightened): why, as a submission would be refused.
+    CannotRun {
+        /// The job.
+        job: JobId,
+        /// Why a submission of its spec is refused.
+        why: SubmitError,
+    },
+}
+
+impl std::fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestoreError::IdTaken(id) => write!(f, "job {id} already exists"),
+            RestoreError::CannotRun { job, why } => write!(f, "job {job}: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for RestoreError {}
+
 impl From<SubmitError> for String {
     fn from(e: SubmitError) -> String {
         e.to_string()
@@ -956,13 +982,13 @@ impl Cluster {
     /// restart, so it comes back pending (never started) or suspended
     /// (keeping its progress) for the policy to place again. Refused if the
     /// id is taken or the job could never run here.
-    pub fn restore(&mut self, mut job: Job) -> Result<(), String> {
+    pub fn restore(&mut self, mut job: Job) -> Result<(), RestoreError> {
         if self.jobs.contains_key(&job.id) {
-            return Err(format!("job {} already exists", job.id));
+            return Err(RestoreError::IdTaken(job.id));
         }
         if !job.is_done() {
             self.check_submission(&job.spec)
-                .map_err(|why| format!("job {}: {why}", job.id))?;
+                .map_err(|why| RestoreError::CannotRun { job: job.id, why })?;
             job.placement.clear();
             job.state = if job.first_start.is_some() {
                 JobState::Suspended

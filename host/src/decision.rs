@@ -1,24 +1,26 @@
-//! The real-time decision loop: a policy deciding for a backend that runs
-//! the work, on the wall clock.
+//! The one decision loop: a policy deciding for a backend that runs the
+//! work.
 //!
-//! The simulator jumps its clock from event to event; here time is given
-//! from outside (`step(now)`), so the same loop serves a service that wakes
-//! on requests and timers, a command-line run that sleeps until the next
-//! thing is due, and tests that step a hand-held clock. One step brings
+//! Time is given from outside (`step(now)`), so the same loop serves the
+//! simulator, which jumps a virtual clock from event to event over the
+//! emulated backend; a service that wakes on requests and timers; a
+//! command-line run that sleeps until the next thing is due; and tests
+//! that step a hand-held clock. One step brings
 //! everything up to `now`, in the order the simulator uses: the model's
 //! clock moves, jobs that ended on the backend are booked (freeing their
 //! GPUs), a due tick or wake-up is raised, and the policy decides; every
-//! action it got applied is then carried out on the backend.
+//! action it got applied is then carried out on the backend, which brings
+//! the job's work in line with the model ([`Backend::reconcile`]).
 //!
 //! A step is two phases, so that whoever drives it can put what arrived at
-//! this instant between them: [`Runtime::begin`] (the clock, the endings)
-//! and [`Runtime::decide`] (timers, decisions, the watchdog). The service
+//! this instant between them: [`DecisionLoop::begin`] (the clock, the endings)
+//! and [`DecisionLoop::decide`] (timers, decisions, the watchdog). The service
 //! submits the turn's requests in between, so that, as in the simulator,
 //! completions free GPUs before arrivals are seen.
 
 use std::time::{Duration, Instant};
 
-use crate::backend::{Backend, Ending};
+use crate::backend::{Backend, BackendError, Ending};
 use crate::cluster::JobSpec;
 use crate::scheduler::{Outcome, PolicyHost};
 use crate::wit::{GpuId, JobId};
@@ -42,14 +44,15 @@ pub struct Step {
     pub ended: Vec<(JobId, Ending)>,
     /// The decisions made, in order.
     pub outcomes: Vec<Outcome>,
-    /// Actions the backend could not carry out; each job was marked failed.
-    pub backend_errors: Vec<(JobId, String)>,
-    /// Plugins ejected during the step.
-    pub ejections: Vec<crate::scheduler::Ejection>,
+    /// Changes the backend could not carry out; each job was marked failed.
+    pub backend_errors: Vec<BackendError>,
+    /// What happened to the policies during the step: strikes,
+    /// ejections, log lines dropped.
+    pub notices: Vec<crate::scheduler::PolicyNotice>,
 }
 
 /// A policy host and the backend that carries out its decisions.
-pub struct Runtime<B: Backend> {
+pub struct DecisionLoop<B: Backend> {
     host: PolicyHost,
     backend: B,
     next_tick: Option<f64>,
@@ -59,10 +62,10 @@ pub struct Runtime<B: Backend> {
     timer_gap: f64,
 }
 
-impl<B: Backend> Runtime<B> {
+impl<B: Backend> DecisionLoop<B> {
     /// Drive `backend` with the decisions of `host`'s policy.
     pub fn new(host: PolicyHost, backend: B) -> Self {
-        Runtime {
+        DecisionLoop {
             host,
             backend,
             next_tick: None,
@@ -111,8 +114,8 @@ impl<B: Backend> Runtime<B> {
             return false;
         }
         self.host.fail(id, "cancelled");
-        if let Err(why) = self.backend.sync(self.host.cluster(), id) {
-            tracing::warn!(job = id, %why, "cannot stop a cancelled job's work");
+        if let Err(e) = self.backend.reconcile(self.host.cluster(), id) {
+            tracing::warn!(job = id, why = %e, "cannot stop a cancelled job's work");
         }
         true
     }
@@ -123,16 +126,16 @@ impl<B: Backend> Runtime<B> {
     pub fn set_gpu_online(&mut self, gpu: GpuId, online: bool) -> Vec<JobId> {
         let suspended = self.host.set_gpu_online(gpu, online);
         for &id in &suspended {
-            if let Err(why) = self.backend.sync(self.host.cluster(), id) {
-                tracing::warn!(job = id, %why, "cannot suspend the work of a job whose GPU went away");
+            if let Err(e) = self.backend.reconcile(self.host.cluster(), id) {
+                tracing::warn!(job = id, why = %e, "cannot suspend the work of a job whose GPU went away");
             }
         }
         suspended
     }
 
     /// Bring everything up to `now` (seconds on the model's clock; a time
-    /// in the past counts as the model's present): [`Runtime::begin`], then
-    /// [`Runtime::decide`].
+    /// in the past counts as the model's present): [`DecisionLoop::begin`], then
+    /// [`DecisionLoop::decide`].
     pub fn step(&mut self, now: f64) -> Step {
         let mut step = self.begin(now);
         self.decide(&mut step);
@@ -202,19 +205,19 @@ impl<B: Backend> Runtime<B> {
                 break;
             }
             let outcome = self.host.decide();
-            for (action, applied) in &outcome.applied {
-                if let Err(why) = self.backend.carry_out(self.host.cluster(), action, applied) {
-                    tracing::warn!(job = action.job(), backend = self.backend.name(), %why, "cannot carry out {}", action.kind());
-                    self.host.fail(action.job(), &why);
-                    step.backend_errors.push((action.job(), why));
+            for (action, _) in &outcome.applied {
+                if let Err(e) = self.backend.reconcile(self.host.cluster(), action.job()) {
+                    tracing::warn!(job = e.job, backend = self.backend.name(), op = e.op.name(), why = %e, "cannot carry out {}", action.kind());
+                    self.host.fail(e.job, &e.reason);
+                    step.backend_errors.push(e);
                 }
             }
             step.outcomes.push(outcome);
         }
-        step.ejections.extend(self.host.take_ejections());
+        step.notices.extend(self.host.take_notices());
     }
 
-    /// The next time a step has something to do that the runtime can
+    /// The next time a step has something to do that the loop can
     /// foresee: a predicted job end, the policy's wake-up or its tick.
     /// Backends that cannot predict ends (processes) must be polled too.
     pub fn next_due(&self) -> Option<f64> {

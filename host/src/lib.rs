@@ -11,13 +11,15 @@
 //! - [`engine`]: compiling, sandboxing, limiting and calling Wasm plugins.
 //! - [`latency`]: call-time distributions in constant memory.
 //! - [`native`]: policies built into the host (the FIFO fallback).
-//! - [`scheduler`]: the decision loop, strikes, ejection and hot swap.
+//! - [`scheduler`]: the policy host: events, calls, strikes, ejection and
+//!   hot swap.
+//! - [`backend`]: carrying out decisions on work that runs (emulated GPUs,
+//!   local processes), behind one trait.
+//! - [`decision`]: the one decision loop, a policy host driving a backend
+//!   on a clock given from outside (virtual in `sim`, the wall in `serve`).
 //! - [`trace`]: reading cluster traces.
 //! - [`sim`]: discrete-event trace replay, metrics and reports.
 //! - [`check`]: the conformance check for plugin authors.
-//! - [`backend`]: carrying out decisions on work that runs (emulated GPUs,
-//!   local processes), behind one trait.
-//! - [`runtime`]: the real-time decision loop over a backend.
 //! - [`store`]: durable state for the service (jobs, plugins, policy).
 //! - [`proto`]: the service contract, generated from `proto/`.
 //! - [`service`]: `wsched serve` (gRPC, metrics, YAML job specs).
@@ -32,12 +34,12 @@ pub mod backend;
 pub mod bounds;
 pub mod check;
 pub mod cluster;
+pub mod decision;
 pub mod engine;
 pub mod files;
 pub mod latency;
 pub mod native;
 pub mod proto;
-pub mod runtime;
 pub mod scheduler;
 pub mod service;
 pub mod sim;

@@ -423,7 +423,7 @@ fn run_serve(args: ServeArgs, connect: &client::ConnectArgs, cache: Option<Compi
     config.policy_dir = args.policy_dir;
     config.auth_reads = args.auth_reads;
     config.limits = args.limits.limits();
-    let runtime = service::runtime()?;
+    let runtime = service::tokio_runtime()?;
     let result = runtime.block_on(service::serve(config, cache));
     // Connections still open after the shutdown's grace time, and a read of
     // a plugin file stuck in the kernel, must not keep the process alive.

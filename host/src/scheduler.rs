@@ -162,6 +162,29 @@ pub struct Ejection {
     pub fault: String,
 }
 
+/// What the policy host tells its front end as it happens (the service
+/// turns these into metrics, logs and events), so that nobody has to find
+/// them by diffing counters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PolicyNotice {
+    /// A fault counted against a plugin (a strike).
+    Strike {
+        /// The plugin's name.
+        policy: String,
+        /// The fault.
+        fault: String,
+    },
+    /// A plugin was thrown out.
+    Ejection(Ejection),
+    /// Lines a plugin logged over its log budget, dropped.
+    LogLinesDropped {
+        /// The plugin's name.
+        policy: String,
+        /// How many.
+        lines: u64,
+    },
+}
+
 /// The result of a successful hot swap.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SwapReport {
@@ -222,8 +245,8 @@ pub struct PolicyHost {
     decided_since_check: u32,
     /// Tick-only calls in a row that applied nothing.
     fruitless_wakeups: u32,
-    /// Ejections not yet taken by the front end.
-    ejections: Vec<Ejection>,
+    /// Notices not yet taken by the front end (see [`PolicyHost::take_notices`]).
+    notices: Vec<PolicyNotice>,
 }
 
 impl PolicyHost {
@@ -242,14 +265,28 @@ impl PolicyHost {
             idle: None,
             decided_since_check: 0,
             fruitless_wakeups: 0,
-            ejections: Vec::new(),
+            notices: Vec::new(),
         }
     }
 
-    /// The ejections since the last call, oldest first: how a front end
-    /// learns of them (to tell operators) without diffing counters.
-    pub fn take_ejections(&mut self) -> Vec<Ejection> {
-        std::mem::take(&mut self.ejections)
+    /// What happened to the policies since the last call (strikes,
+    /// ejections, dropped log lines), oldest first: how a front end learns
+    /// of it (to tell operators) without diffing counters.
+    pub fn take_notices(&mut self) -> Vec<PolicyNotice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Count the log lines the active plugin dropped since last asked.
+    fn count_log_dropped(&mut self) {
+        let ActivePolicy::Plugin(p) = &mut self.active else {
+            return;
+        };
+        let lines = p.take_log_lines_dropped();
+        if lines > 0 {
+            let policy = p.info().name.clone();
+            self.stats.log_lines_dropped += lines;
+            self.notices.push(PolicyNotice::LogLinesDropped { policy, lines });
+        }
     }
 
     /// Use `rule` to tell a stalled policy (the service's by default).
@@ -322,7 +359,7 @@ impl PolicyHost {
     /// Put back a job known from before a restart (see
     /// [`Cluster::restore`]). The active policy is told every live job
     /// again at the next decision, as when a policy takes over.
-    pub fn restore(&mut self, job: crate::cluster::Job) -> Result<(), String> {
+    pub fn restore(&mut self, job: crate::cluster::Job) -> Result<(), crate::cluster::RestoreError> {
         self.cluster.restore(job)?;
         self.takeover = true;
         Ok(())
@@ -401,13 +438,10 @@ impl PolicyHost {
             let started = Instant::now();
             let result = match &mut self.active {
                 ActivePolicy::Native(p) => Ok(p.decide(&self.cluster, &events)),
-                ActivePolicy::Plugin(p) => {
-                    let result = p.decide(&mut self.cluster, &events);
-                    self.stats.log_lines_dropped += p.take_log_lines_dropped();
-                    result
-                }
+                ActivePolicy::Plugin(p) => p.decide(&mut self.cluster, &events),
             };
             let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.count_log_dropped();
             self.stats.call_times.record(nanos);
             call_nanos.push(nanos);
             self.stats.calls += 1;
@@ -579,6 +613,10 @@ impl PolicyHost {
             self.strikes += 1;
             self.stats.strikes += 1;
             self.stats.faults.push(format!("{name}: {fault}"));
+            self.notices.push(PolicyNotice::Strike {
+                policy: name.clone(),
+                fault: fault.to_string(),
+            });
             tracing::warn!(policy = %name, strike = self.strikes, %fault, "plugin fault");
             if self.strikes >= self.engine.limits().max_strikes {
                 self.eject_named(&name, fault);
@@ -606,9 +644,7 @@ impl PolicyHost {
     /// Drop the active policy, leaving the built-in FIFO in its place, and
     /// count what its log dropped.
     fn retire_active(&mut self) {
-        if let ActivePolicy::Plugin(p) = &mut self.active {
-            self.stats.log_lines_dropped += p.take_log_lines_dropped();
-        }
+        self.count_log_dropped();
         self.active = ActivePolicy::Native(Box::new(Fifo));
     }
 
@@ -631,11 +667,11 @@ impl PolicyHost {
             self.stats.faults.push(format!("{name}: {fault}"));
         }
         self.eject_unnamed();
-        self.ejections.push(Ejection {
+        self.notices.push(PolicyNotice::Ejection(Ejection {
             policy: name.to_string(),
             to: self.active.name().to_string(),
             fault: format!("{name}: {fault}"),
-        });
+        }));
     }
 
     fn eject_unnamed(&mut self) {
@@ -689,9 +725,9 @@ impl PolicyHost {
         let mut state_handed_over = false;
         let mut note = None;
         if let ActivePolicy::Plugin(old) = &mut self.active {
-            let snapshot = old.snapshot(now);
-            self.stats.log_lines_dropped += old.take_log_lines_dropped();
-            match snapshot {
+            // What the old policy logged over its budget is counted as it
+            // retires, below (or later, if it stays).
+            match old.snapshot(now) {
                 Ok(Some(state)) => match next.restore(&state, now) {
                     Ok(Ok(())) => state_handed_over = true,
                     Ok(Err(why)) => note = Some(format!("{to} declined the state of {from}: {why}")),

@@ -8,9 +8,9 @@
 //! client without a GPU. Preemption keeps progress; migration and resizing
 //! take effect at once.
 
-use super::{Backend, Ending};
-use crate::cluster::{Applied, Cluster};
-use crate::wit::{Action, JobId};
+use super::{Backend, BackendError, Ending};
+use crate::cluster::Cluster;
+use crate::wit::JobId;
 
 /// The emulated backend: nothing to carry out, completions from the model.
 #[derive(Debug, Default)]
@@ -21,7 +21,7 @@ impl Backend for EmulatedBackend {
         "emulated"
     }
 
-    fn carry_out(&mut self, _cluster: &Cluster, _action: &Action, _applied: &Applied) -> Result<(), String> {
+    fn reconcile(&mut self, _cluster: &Cluster, _id: JobId) -> Result<(), BackendError> {
         Ok(())
     }
 

@@ -13,9 +13,9 @@ use super::leftovers::Leftovers;
 use super::process::ProcessSpec;
 use super::processes::ProcessBackend;
 use super::synthetic::{SyntheticBackend, Workload};
-use super::{Backend, Ending};
-use crate::cluster::{Applied, Cluster};
-use crate::wit::{Action, GpuId, JobId};
+use super::{Backend, BackendError, Ending};
+use crate::cluster::Cluster;
+use crate::wit::{GpuId, JobId};
 
 /// Local processes for commands; devices or emulated GPUs for synthetic jobs.
 #[derive(Debug)]
@@ -113,22 +113,11 @@ impl Backend for LocalBackend {
         }
     }
 
-    fn carry_out(&mut self, cluster: &Cluster, action: &Action, applied: &Applied) -> Result<(), String> {
-        let id = action.job();
+    fn reconcile(&mut self, cluster: &Cluster, id: JobId) -> Result<(), BackendError> {
         if self.processes.is_registered(id) {
-            self.processes.carry_out(cluster, action, applied)
+            self.processes.reconcile(cluster, id)
         } else if let Some(devices) = self.devices.as_mut().filter(|d| d.is_registered(id)) {
-            devices.carry_out(cluster, action, applied)
-        } else {
-            Ok(())
-        }
-    }
-
-    fn sync(&mut self, cluster: &Cluster, id: JobId) -> Result<(), String> {
-        if self.processes.is_registered(id) {
-            self.processes.sync(cluster, id)
-        } else if let Some(devices) = self.devices.as_mut().filter(|d| d.is_registered(id)) {
-            devices.sync(cluster, id)
+            devices.reconcile(cluster, id)
         } else {
             Ok(())
         }

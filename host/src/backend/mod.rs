@@ -33,29 +33,89 @@ pub mod processes;
 pub mod synthetic;
 pub mod worker;
 
-use crate::cluster::{Applied, Cluster};
-use crate::wit::{Action, JobId};
+use crate::cluster::Cluster;
+use crate::wit::{JobId, JobState};
 
 /// How a job ended on its backend.
 pub type Ending = Result<(), String>;
+
+/// What the model asked of a job's work when a backend failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkOp {
+    /// Run it on its GPUs: start it, resume it or move it there.
+    Run,
+    /// Suspend it, keeping its progress.
+    Suspend,
+    /// Stop it for good (it ended or was cancelled).
+    Stop,
+}
+
+impl WorkOp {
+    /// The operation the model asks for a job in `state`.
+    pub fn for_state(state: JobState) -> WorkOp {
+        match state {
+            JobState::Running => WorkOp::Run,
+            JobState::Suspended | JobState::Pending => WorkOp::Suspend,
+            JobState::Finished | JobState::Failed => WorkOp::Stop,
+        }
+    }
+
+    /// Its name, for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkOp::Run => "run",
+            WorkOp::Suspend => "suspend",
+            WorkOp::Stop => "stop",
+        }
+    }
+}
+
+/// Why a backend could not bring a job's work in line with the model:
+/// its command would not start, a process could not be signalled, a
+/// device worker could not be reached. The job cannot go on; its text
+/// (`Display`, the backend's own words) is the job's failure reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendError {
+    /// The job.
+    pub job: JobId,
+    /// What the model asked of its work.
+    pub op: WorkOp,
+    /// What went wrong, as the backend says it.
+    pub reason: String,
+}
+
+impl BackendError {
+    /// Job `job`'s work could not be brought to what `op` asks, because `reason`.
+    pub fn new(job: JobId, op: WorkOp, reason: impl Into<String>) -> BackendError {
+        BackendError {
+            job,
+            op,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for BackendError {}
 
 /// Something that carries out decisions on real (or emulated) work.
 pub trait Backend {
     /// Short name for logs ("emulated", "processes", "cuda").
     fn name(&self) -> &'static str;
 
-    /// Carry out an action that the cluster model has just validated and
-    /// applied (`cluster` shows the state after it). An error means the job
-    /// cannot go on (its command would not start, say): the caller marks
-    /// it failed with that reason.
-    fn carry_out(&mut self, cluster: &Cluster, action: &Action, applied: &Applied) -> Result<(), String>;
-
-    /// Bring job `id`'s work in line with the model after the host changed
-    /// it without an action: cancelled it, or suspended it because a GPU
-    /// it held went away. Nothing to do by default.
-    fn sync(&mut self, _cluster: &Cluster, _id: JobId) -> Result<(), String> {
-        Ok(())
-    }
+    /// Bring job `id`'s work in line with the model (`cluster`, after the
+    /// change): run it on the GPUs it holds, suspend it, or stop it. The
+    /// one path for every change, whether a policy's action made it or the
+    /// host did (a cancel, a GPU that went away): a backend compares what
+    /// it runs with what the model says, so it never needs to know which
+    /// action led there, and calling it twice changes nothing. An error
+    /// means the job cannot go on: the caller marks it failed.
+    fn reconcile(&mut self, cluster: &Cluster, id: JobId) -> Result<(), BackendError>;
 
     /// Jobs that ended since the last call, as of the model's clock.
     fn ended(&mut self, cluster: &Cluster) -> Vec<(JobId, Ending)>;

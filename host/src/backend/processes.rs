@@ -33,9 +33,9 @@ use anyhow::{Context, bail};
 
 use super::leftovers::{self, Leftovers, Target};
 use super::process::{Launch, ProcessJob, ProcessSpec, Progress, Suspension, control_socket, describe_exit};
-use super::{Backend, Ending};
-use crate::cluster::{Applied, Cluster};
-use crate::wit::{Action, GpuId, JobId, JobState};
+use super::{Backend, BackendError, Ending, WorkOp};
+use crate::cluster::Cluster;
+use crate::wit::{GpuId, JobId, JobState};
 
 /// How long a cooperating job gets to checkpoint before SIGSTOP, by default.
 pub const DEFAULT_SUSPEND_DEADLINE: Duration = Duration::from_secs(10);
@@ -107,14 +107,20 @@ impl ProcessBackend {
         }
     }
 
-    /// Drop job `id` once it ended and the service forgets it: its command,
-    /// its restart count and its directory (logs included). Does nothing
-    /// while it has a process.
+    /// What job `id` runs is needed only while it is live: the job's record
+    /// (the service's) is where it stays.
+    fn drop_launch(&mut self, id: JobId) {
+        self.specs.remove(&id);
+    }
+
+    /// Remove ended job `id`'s directory (its logs) and restart count once
+    /// the service forgets the job; its command went when it ended. Does
+    /// nothing while it has a process.
     pub fn forget(&mut self, id: JobId) {
         if self.live.contains_key(&id) {
             return;
         }
-        self.specs.remove(&id);
+        self.drop_launch(id);
         self.restarts.remove(&id);
         let dir = self.job_dir(id);
         match std::fs::remove_dir_all(&dir) {
@@ -227,7 +233,7 @@ impl ProcessBackend {
     }
 
     /// Bring job `id`'s process in line with the model.
-    fn reconcile(&mut self, id: JobId, state: JobState, placement: &[GpuId]) -> Result<(), String> {
+    fn reconcile_job(&mut self, id: JobId, state: JobState, placement: &[GpuId]) -> Result<(), String> {
         match state {
             JobState::Running => match self.live.get_mut(&id) {
                 None => self.spawn(id, placement),
@@ -265,6 +271,7 @@ impl ProcessBackend {
             }
             JobState::Pending => Ok(()),
             JobState::Finished | JobState::Failed => {
+                self.drop_launch(id);
                 if let Some(mut live) = self.live.remove(&id) {
                     live.process.kill().map_err(|e| format!("{e:#}"))?;
                 }
@@ -287,16 +294,13 @@ impl Backend for ProcessBackend {
         "processes"
     }
 
-    fn carry_out(&mut self, cluster: &Cluster, action: &Action, _applied: &Applied) -> Result<(), String> {
-        self.sync(cluster, action.job())
-    }
-
-    fn sync(&mut self, cluster: &Cluster, id: JobId) -> Result<(), String> {
+    fn reconcile(&mut self, cluster: &Cluster, id: JobId) -> Result<(), BackendError> {
         let Some(job) = cluster.job(id) else {
             return Ok(());
         };
         let (state, placement) = (job.state, job.placement.clone());
-        self.reconcile(id, state, &placement)
+        self.reconcile_job(id, state, &placement)
+            .map_err(|reason| BackendError::new(id, WorkOp::for_state(state), reason))
     }
 
     fn ended(&mut self, _cluster: &Cluster) -> Vec<(JobId, Ending)> {
@@ -318,6 +322,9 @@ impl Backend for ProcessBackend {
                     ended.push((id, Err(format!("{e:#}"))));
                 }
             }
+        }
+        for (id, _) in &ended {
+            self.drop_launch(*id);
         }
         ended
     }

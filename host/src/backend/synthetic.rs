@@ -36,9 +36,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::device::{Device, DeviceError, Kernel, Lane, Saved};
-use super::{Backend, Ending};
-use crate::cluster::{Applied, Cluster};
-use crate::wit::{Action, GpuId, JobId, JobState};
+use super::{Backend, BackendError, Ending, WorkOp};
+use crate::cluster::Cluster;
+use crate::wit::{GpuId, JobId, JobState};
 
 /// Work per GPU per iteration when a job does not say: about 3 ms on an
 /// H100-class GPU.
@@ -155,12 +155,14 @@ impl Control {
     }
 }
 
-struct Worker {
+/// The backend's handle on a [`JobThread`]: its controls, and the thread,
+/// stopped and joined when the handle drops.
+struct JobHandle {
     control: Arc<Control>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Drop for Worker {
+impl Drop for JobHandle {
     fn drop(&mut self) {
         self.control.lock().want = Want::Stop;
         self.control.changed.notify_all();
@@ -175,7 +177,8 @@ impl Drop for Worker {
 pub struct SyntheticBackend {
     devices: Vec<Arc<dyn Device>>,
     workloads: HashMap<JobId, Workload>,
-    workers: HashMap<JobId, Worker>,
+    /// The thread driving each started job.
+    threads: HashMap<JobId, JobHandle>,
     suspend_memory: SuspendMemory,
     /// Device memory the backend lets jobs hold on each GPU, when less
     /// than the device has.
@@ -195,7 +198,7 @@ impl std::fmt::Debug for SyntheticBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SyntheticBackend")
             .field("devices", &self.devices.len())
-            .field("jobs", &self.workers.len())
+            .field("jobs", &self.threads.len())
             .finish()
     }
 }
@@ -206,7 +209,7 @@ impl SyntheticBackend {
         SyntheticBackend {
             devices,
             workloads: HashMap::new(),
-            workers: HashMap::new(),
+            threads: HashMap::new(),
             suspend_memory: SuspendMemory::default(),
             memory_limit: None,
             broken: Vec::new(),
@@ -250,7 +253,7 @@ impl SyntheticBackend {
     /// Drop what is kept about job `id` after it ended (its final sample),
     /// once the service forgets the job. Does nothing while it runs.
     pub fn forget(&mut self, id: JobId) {
-        if !self.workers.contains_key(&id) {
+        if !self.threads.contains_key(&id) {
             self.workloads.remove(&id);
             self.samples.remove(&id);
         }
@@ -263,17 +266,25 @@ impl SyntheticBackend {
 
     /// Whether any job has a worker (its end must be polled for).
     pub fn has_work(&self) -> bool {
-        !self.workers.is_empty()
+        !self.threads.is_empty()
     }
 
     /// Iterations job `id` has done, while it has a worker.
     pub fn iterations(&self, id: JobId) -> Option<u64> {
-        self.workers.get(&id).map(|w| w.control.lock().iterations)
+        self.threads.get(&id).map(|w| w.control.lock().iterations)
+    }
+
+    /// Whether job `id`'s worker is parked at an iteration boundary (it
+    /// waits for its next command and runs no kernel).
+    pub fn is_parked(&self, id: JobId) -> bool {
+        self.threads
+            .get(&id)
+            .is_some_and(|w| matches!(w.control.lock().at, At::Parked { .. }))
     }
 
     /// Device memory job `id` holds now, per GPU.
     pub fn held(&self, id: JobId) -> Vec<(GpuId, u64)> {
-        self.workers
+        self.threads
             .get(&id)
             .map(|w| w.control.lock().held.clone())
             .unwrap_or_default()
@@ -323,9 +334,9 @@ impl SyntheticBackend {
             .name(format!("wsched-gpu-job-{id}"))
             .spawn(move || job.run())
             .map_err(|e| format!("job {id}: cannot start its worker thread: {e}"))?;
-        self.workers.insert(
+        self.threads.insert(
             id,
-            Worker {
+            JobHandle {
                 control,
                 thread: Some(thread),
             },
@@ -335,7 +346,7 @@ impl SyntheticBackend {
 
     /// Tell job `id`'s worker what to do and wait until it has (or ended).
     fn command(&mut self, id: JobId, want: Want) -> Result<(), String> {
-        let Some(worker) = self.workers.get(&id) else {
+        let Some(worker) = self.threads.get(&id) else {
             return Ok(());
         };
         let control = worker.control.clone();
@@ -380,7 +391,7 @@ impl SyntheticBackend {
             loop {
                 let mut held_by_others = 0u64;
                 let mut parked: Vec<(Instant, JobId)> = Vec::new();
-                for (&other, worker) in &self.workers {
+                for (&other, worker) in &self.threads {
                     if other == id {
                         continue;
                     }
@@ -412,10 +423,10 @@ impl SyntheticBackend {
     }
 
     /// Bring job `id`'s worker in line with the model.
-    fn reconcile(&mut self, id: JobId, state: JobState, placement: &[GpuId]) -> Result<(), String> {
+    fn reconcile_job(&mut self, id: JobId, state: JobState, placement: &[GpuId]) -> Result<(), String> {
         match state {
             JobState::Running => {
-                if !self.workers.contains_key(&id) {
+                if !self.threads.contains_key(&id) {
                     self.spawn(id)?;
                 }
                 self.make_room(id, placement)?;
@@ -427,7 +438,7 @@ impl SyntheticBackend {
             }
             JobState::Pending => Ok(()),
             JobState::Finished | JobState::Failed => {
-                self.workers.remove(&id); // the worker stops and is joined as it drops
+                self.threads.remove(&id); // the worker stops and is joined as it drops
                 self.workloads.remove(&id);
                 Ok(())
             }
@@ -448,14 +459,14 @@ impl SyntheticBackend {
             Err(e) => tracing::warn!(gpu, error = %e, "GPU check after a fault failed: resetting its context"),
         }
         let mut victims: Vec<JobId> = self
-            .workers
+            .threads
             .iter()
             .filter(|(_, w)| w.control.lock().held.iter().any(|(g, _)| *g == gpu))
             .map(|(&id, _)| id)
             .collect();
         victims.sort_unstable();
         for id in victims {
-            if let Some(worker) = self.workers.remove(&id) {
+            if let Some(worker) = self.threads.remove(&id) {
                 let already = worker.control.lock().ending.take();
                 drop(worker);
                 let why = match already {
@@ -677,25 +688,22 @@ impl Backend for SyntheticBackend {
         self.devices.first().map_or("cuda", |d| d.backend_name())
     }
 
-    fn carry_out(&mut self, cluster: &Cluster, action: &Action, _applied: &Applied) -> Result<(), String> {
-        self.sync(cluster, action.job())
-    }
-
-    fn sync(&mut self, cluster: &Cluster, id: JobId) -> Result<(), String> {
+    fn reconcile(&mut self, cluster: &Cluster, id: JobId) -> Result<(), BackendError> {
         let Some(job) = cluster.job(id) else {
             return Ok(());
         };
         let (state, placement) = (job.state, job.placement.clone());
-        self.reconcile(id, state, &placement)
+        self.reconcile_job(id, state, &placement)
+            .map_err(|reason| BackendError::new(id, WorkOp::for_state(state), reason))
     }
 
     fn ended(&mut self, _cluster: &Cluster) -> Vec<(JobId, Ending)> {
         let mut ended = std::mem::take(&mut self.lost);
         let mut faulted: Vec<GpuId> = Vec::new();
-        let mut ids: Vec<JobId> = self.workers.keys().copied().collect();
+        let mut ids: Vec<JobId> = self.threads.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
-            let Some(worker) = self.workers.get(&id) else { continue };
+            let Some(worker) = self.threads.get(&id) else { continue };
             let mut status = worker.control.lock();
             if status.at != At::Ended {
                 continue;
@@ -716,7 +724,7 @@ impl Backend for SyntheticBackend {
             }
         }
         for (id, _) in &ended {
-            self.workers.remove(id);
+            self.threads.remove(id);
             self.workloads.remove(id);
         }
         faulted.sort_unstable();
@@ -730,7 +738,7 @@ impl Backend for SyntheticBackend {
 
     fn progress(&mut self) -> Vec<(JobId, Option<u64>, Option<f64>)> {
         let mut reports = std::mem::take(&mut self.final_progress);
-        for (&id, worker) in &self.workers {
+        for (&id, worker) in &self.threads {
             let mut status = worker.control.lock();
             if status.iterations != status.reported {
                 status.reported = status.iterations;

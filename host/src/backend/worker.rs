@@ -153,14 +153,14 @@ impl Connection {
 }
 
 /// A running worker process.
-struct Worker {
+struct WorkerProcess {
     child: Child,
     dir: PathBuf,
     socket: PathBuf,
     control: Connection,
 }
 
-impl Drop for Worker {
+impl Drop for WorkerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -173,7 +173,7 @@ pub struct WorkerDevice {
     info: DeviceInfo,
     program: PathBuf,
     kind: WorkerKind,
-    worker: Mutex<Worker>,
+    worker: Mutex<WorkerProcess>,
     pool: Arc<StatePool>,
 }
 
@@ -188,7 +188,7 @@ impl std::fmt::Debug for WorkerDevice {
 
 static WORKERS_STARTED: AtomicU64 = AtomicU64::new(0);
 
-fn start(program: &Path, kind: &WorkerKind) -> anyhow::Result<Worker> {
+fn start(program: &Path, kind: &WorkerKind) -> anyhow::Result<WorkerProcess> {
     let n = WORKERS_STARTED.fetch_add(1, Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("wsched-worker-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -228,7 +228,7 @@ fn start(program: &Path, kind: &WorkerKind) -> anyhow::Result<Worker> {
             }
         }
     };
-    Ok(Worker {
+    Ok(WorkerProcess {
         child,
         dir,
         socket,
@@ -254,7 +254,7 @@ impl WorkerDevice {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Worker> {
+    fn lock(&self) -> MutexGuard<'_, WorkerProcess> {
         self.worker.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -1,16 +1,16 @@
-//! The scheduler loop: the one thread that owns the runtime and the
+//! The scheduler loop: the one thread that owns the decision loop and the
 //! database.
 //!
 //! Each turn: wait for a request or for the next thing due (a predicted job
-//! end, a tick, a process to poll); book what ended ([`Runtime::begin`]);
+//! end, a tick, a process to poll); book what ended ([`DecisionLoop::begin`]);
 //! take every request that has arrived and apply it to the model; let the
-//! policy decide ([`Runtime::decide`]);
+//! policy decide ([`DecisionLoop::decide`]);
 //! write every job that changed, in one transaction; then reply and
 //! publish events. Replies to requests that change anything wait for the
 //! commit, so an acknowledgement always means "on disk".
 //!
 //! Keeping all of this on one thread is deliberate: the policy sees one
-//! ordered history (the simulator runs the very same `Runtime` phases on a
+//! ordered history (the simulator runs the very same `DecisionLoop` phases on a
 //! virtual clock, so it is the history the simulator gives it), no lock is
 //! held across a plugin call, and a slow request cannot interleave with a
 //! half-applied decision.
@@ -36,12 +36,12 @@ use crate::backend::local::LocalBackend;
 use crate::backend::process::{Launch, ProcessSpec};
 use crate::backend::synthetic::{DEFAULT_FLOPS_PER_ITERATION, SyntheticBackend, Workload};
 use crate::cluster::{Cluster, GpuSpec, Job, JobSpec};
+use crate::decision::DecisionLoop;
 use crate::engine::{Engine, Plugin};
 use crate::latency::Latencies;
 use crate::native::Fifo;
 use crate::proto;
-use crate::runtime::Runtime;
-use crate::scheduler::{PolicyHost, StallRule};
+use crate::scheduler::{PolicyHost, PolicyNotice, StallRule};
 use crate::store::{ActivePolicyRecord, Batch, Store};
 use crate::wit::{Action, JobId, JobState};
 
@@ -258,22 +258,19 @@ impl Record {
 }
 
 struct Core {
-    runtime: Runtime<LocalBackend>,
+    decisions: DecisionLoop<LocalBackend>,
     writer: Option<Writer>,
     /// Unix time of the model's clock zero.
-    epoch: f64,
-    /// Boxed for the reason the cluster's jobs are: a table that grows
-    /// moves pointers, not specs.
-    records: HashMap<JobId, Box<Record>>,
-    /// Every job's id, in order: what listings page through.
-    ids: BTreeSet<JobId>,
+    clock_origin: f64,
+    /// The service's record of every job it knows, in id order (what
+    /// listings page through). Boxed for the reason the cluster's jobs
+    /// are: a table that grows moves pointers, not specs.
+    records: BTreeMap<JobId, Box<Record>>,
     /// Listings waiting for the time a turn gives reads.
     reads: VecDeque<(ListQuery, Reply<ListPage>)>,
     plugins: BTreeMap<String, LoadedPlugin>,
     active: ActivePolicyRecord,
     stats: HashMap<String, PolicyStats>,
-    seen_strikes: u64,
-    seen_log_dropped: u64,
     events: broadcast::Sender<Arc<proto::Event>>,
     metrics: Metrics,
     batch: Batch,
@@ -331,7 +328,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(store: Store) -> anyhow::Result<Writer> {
+    fn start(store: Store, checkpoints_stored: prometheus_client::metrics::counter::Counter) -> anyhow::Result<Writer> {
         let shared: Arc<(Mutex<Outbox>, Condvar)> = Arc::default();
         let thread_shared = shared.clone();
         let alive = Arc::new(AtomicBool::new(true));
@@ -339,7 +336,9 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("wsched-writer".into())
             .spawn(move || {
-                let result = std::panic::catch_unwind(AssertUnwindSafe(|| write_loop(store, &thread_shared)));
+                let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    write_loop(store, &thread_shared, &checkpoints_stored)
+                }));
                 if let Err(panic) = result {
                     tracing::error!(panic = %panic_message(&*panic), "the database writer died");
                     thread_alive.store(false, Ordering::SeqCst);
@@ -393,7 +392,11 @@ impl Drop for Writer {
     }
 }
 
-fn write_loop(mut store: Store, shared: &(Mutex<Outbox>, Condvar)) {
+fn write_loop(
+    mut store: Store,
+    shared: &(Mutex<Outbox>, Condvar),
+    checkpoints_stored: &prometheus_client::metrics::counter::Counter,
+) {
     let (lock, ready) = shared;
     loop {
         let (batch, replies, closed) = {
@@ -411,8 +414,11 @@ fn write_loop(mut store: Store, shared: &(Mutex<Outbox>, Condvar)) {
             .commit(&batch)
             .err()
             .map(|e| format!("cannot store the change: {e:#}"));
-        if let Some(e) = &error {
-            tracing::error!(error = %e, "commit failed");
+        match &error {
+            Some(e) => tracing::error!(error = %e, "commit failed"),
+            None => {
+                checkpoints_stored.inc_by(batch.checkpoints);
+            }
         }
         for reply in replies {
             reply(match &error {
@@ -446,7 +452,7 @@ pub fn start(config: &ServeConfig, engine: Engine, metrics: Metrics) -> anyhow::
     let (ended_tx, ended) = oneshot::channel();
     let config = config.clone();
     let thread_engine = engine.clone();
-    // The loop's thread builds the runtime itself: plugin instances and
+    // The loop's thread builds the decision loop itself: plugin instances and
     // processes belong to the thread that drives them (job processes are
     // tied to it so that they die with the host).
     let thread = std::thread::Builder::new()
@@ -611,12 +617,12 @@ impl Core {
         };
         let mut store = Store::open(&crate::store::database_path(&config.state_dir))?;
         let recovered = store.recover()?;
-        let epoch = match recovered.epoch {
-            Some(epoch) => epoch,
+        let origin = match recovered.clock_origin {
+            Some(origin) => origin,
             None => {
-                let epoch = unix_now();
-                store.set_epoch(epoch)?;
-                epoch
+                let origin = unix_now();
+                store.set_clock_origin(origin)?;
+                origin
             }
         };
         let mut cluster = if config.devices.is_empty() {
@@ -634,7 +640,7 @@ impl Core {
                     .collect(),
             )
         };
-        cluster.advance(unix_now() - epoch);
+        cluster.advance(unix_now() - origin);
         let host = PolicyHost::new(engine.clone(), cluster);
         let jobs_dir = config.state_dir.join("jobs");
         let backend = if config.devices.is_empty() {
@@ -651,11 +657,10 @@ impl Core {
         });
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let mut core = Core {
-            runtime: Runtime::new(host, backend),
+            decisions: DecisionLoop::new(host, backend),
             writer: None,
-            epoch,
-            records: HashMap::new(),
-            ids: BTreeSet::new(),
+            clock_origin: origin,
+            records: BTreeMap::new(),
             reads: VecDeque::new(),
             plugins: BTreeMap::new(),
             active: ActivePolicyRecord {
@@ -663,8 +668,6 @@ impl Core {
                 config: String::new(),
             },
             stats: HashMap::new(),
-            seen_strikes: 0,
-            seen_log_dropped: 0,
             events,
             metrics,
             batch: Batch::default(),
@@ -682,7 +685,7 @@ impl Core {
             panic_on_name: std::env::var(PANIC_ON_JOB_NAME).ok().filter(|n| !n.is_empty()),
             stop_requested: false,
         };
-        core.runtime.host_mut().set_stall_rule(StallRule {
+        core.decisions.host_mut().set_stall_rule(StallRule {
             idle_seconds: config.stall_timeout.as_secs_f64(),
             ..StallRule::SERVICE
         });
@@ -743,7 +746,7 @@ impl Core {
             .make_contiguous()
             .sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         if let Some(floor) = recovered.next_id {
-            core.runtime.host_mut().reserve_ids_below(floor);
+            core.decisions.host_mut().reserve_ids_below(floor);
         }
         if !core.records.is_empty() {
             tracing::info!(jobs = core.records.len(), requeued, "jobs recovered from the database");
@@ -751,7 +754,7 @@ impl Core {
         core.flush_jobs(false);
         store.commit(&std::mem::take(&mut core.batch))?;
         core.pending_events.clear(); // nobody is watching yet
-        core.writer = Some(Writer::start(store)?);
+        core.writer = Some(Writer::start(store, core.metrics.checkpoints_stored.clone())?);
         Ok(core)
     }
 
@@ -762,7 +765,7 @@ impl Core {
     /// allowed to stop the start. Returns whether the job was re-queued.
     fn recover_job(&mut self, job: proto::Job, checks: &ServerChecks) -> bool {
         let id = job.id;
-        let epoch = self.epoch;
+        let origin = self.clock_origin;
         let state = state_from_proto(job.state).unwrap_or(JobState::Pending);
         let mut live = !matches!(state, JobState::Finished | JobState::Failed);
         // Why a live job cannot be run again, if it cannot.
@@ -787,7 +790,7 @@ impl Core {
         }
         // Stored numbers are read back as carefully as a client's.
         let finite = |x: f64| if x.is_finite() { x } else { 0.0 };
-        let time = |t: f64| finite(t - epoch);
+        let time = |t: f64| finite(t - origin);
         let mut model = model_spec(&spec);
         if refusal.is_some() {
             // Out of bounds values must not reach the model, even for a
@@ -837,7 +840,11 @@ impl Core {
         };
         let refused = match refusal {
             Some(why) if live => Err(why),
-            _ => self.runtime.host_mut().restore(restored.clone()),
+            _ => self
+                .decisions
+                .host_mut()
+                .restore(restored.clone())
+                .map_err(|e| e.to_string()),
         };
         if let Err(why) = refused {
             // A live job that can no longer run here (a spec refused now,
@@ -848,7 +855,7 @@ impl Core {
             failed.state = JobState::Failed;
             failed.end_time = Some(self.model_now());
             failed.failure = Some(format!("after a restart: {why}"));
-            if let Err(why) = self.runtime.host_mut().restore(failed) {
+            if let Err(why) = self.decisions.host_mut().restore(failed) {
                 // Only a duplicate id gets here: the record stays in the
                 // database, where `wsched store recover` can see it.
                 tracing::error!(job = id, %why, "cannot restore a stored job; it is kept in the database only");
@@ -860,20 +867,19 @@ impl Core {
         if live {
             record.note("the server restarted while the job was live: it is queued again, keeping its progress".into());
             if let Some(process) = process_spec(&record.spec) {
-                self.runtime
+                self.decisions
                     .backend_mut()
                     .register_command(id, process, record.recoveries);
             }
             if let Some(workload) = synthetic_workload(&record.spec, job.iterations_done.unwrap_or(0)) {
-                self.runtime.backend_mut().register_synthetic(id, workload);
+                self.decisions.backend_mut().register_synthetic(id, workload);
             }
             self.changed.insert(id);
         }
-        if let Some(job) = self.runtime.host().cluster().job(id) {
+        if let Some(job) = self.decisions.host().cluster().job(id) {
             queue_for_expiry(&mut self.expiry, self.finished_ttl, job);
         }
         self.records.insert(id, Box::new(record));
-        self.ids.insert(id);
         live
     }
 
@@ -885,13 +891,13 @@ impl Core {
         let jobs: Vec<(JobId, Option<i32>)> = self
             .records
             .iter()
-            .filter(|(id, _)| self.runtime.backend().processes().is_registered(**id))
+            .filter(|(id, _)| self.decisions.backend().processes().is_registered(**id))
             .map(|(id, record)| (*id, record.process_group))
             .collect();
         if jobs.is_empty() {
             return;
         }
-        let found = match self.runtime.backend().clean_up_after_crash(&jobs) {
+        let found = match self.decisions.backend().clean_up_after_crash(&jobs) {
             Ok(found) => found,
             Err(e) => {
                 // Each job's own start checks again and refuses to run
@@ -925,11 +931,11 @@ impl Core {
 
     /// The model's clock for the wall clock now.
     fn model_now(&self) -> f64 {
-        unix_now() - self.epoch
+        unix_now() - self.clock_origin
     }
 
     fn job_message(&self, job: &Job) -> proto::Job {
-        let now = self.runtime.host().cluster().now();
+        let now = self.decisions.host().cluster().now();
         let counted = job.iterations_done.zip(job.spec.iterations_total.filter(|&t| t > 0));
         let progress = match job.spec.work {
             // What the backend counted is the truth, where it counts.
@@ -944,9 +950,9 @@ impl Core {
             id: job.id,
             spec: record.map(|r| r.spec.clone()),
             state: state_to_proto(job.state) as i32,
-            submit_time: self.epoch + job.submit_time,
-            start_time: job.first_start.map(|t| self.epoch + t),
-            end_time: job.end_time.map(|t| self.epoch + t),
+            submit_time: self.clock_origin + job.submit_time,
+            start_time: job.first_start.map(|t| self.clock_origin + t),
+            end_time: job.end_time.map(|t| self.clock_origin + t),
             placement: job.placement.clone(),
             fraction: job.fraction,
             progress,
@@ -1005,10 +1011,10 @@ impl Core {
             return Duration::ZERO;
         }
         let mut wait = self.poll;
-        if self.runtime.backend().needs_polling() {
+        if self.decisions.backend().needs_polling() {
             wait = wait.min(PROCESS_POLL);
         }
-        if let Some(due) = self.runtime.next_due() {
+        if let Some(due) = self.decisions.next_due() {
             wait = wait.min(crate::bounds::duration(due - self.model_now()));
         }
         wait
@@ -1030,18 +1036,20 @@ impl Core {
         let now = self.model_now();
         // Endings first, then the turn's requests, then the decision: at
         // one instant completions free GPUs before arrivals are seen, as
-        // in the simulator (the same `Runtime` phases).
-        let mut step = self.runtime.begin(now);
+        // in the simulator (the same `DecisionLoop` phases).
+        let mut step = self.decisions.begin(now);
         for req in requests {
             self.handle(req);
         }
-        self.runtime.decide(&mut step);
+        self.decisions.decide(&mut step);
         self.account(&step);
         self.expire(now);
 
         let checkpoint = self.last_checkpoint.elapsed() >= self.checkpoint_every;
         if checkpoint {
             self.last_checkpoint = Instant::now();
+            self.batch.checkpoints += 1;
+            self.metrics.checkpoints_taken.inc();
         }
         self.flush_jobs(checkpoint);
         if let Some(writer) = &self.writer {
@@ -1078,19 +1086,18 @@ impl Core {
                 break;
             }
             self.expiry.pop_front();
-            if !self.runtime.host_mut().forget(id) {
+            if !self.decisions.host_mut().forget(id) {
                 continue; // queued twice, or gone already
             }
-            let next_id = self.runtime.host().cluster().next_id();
+            let next_id = self.decisions.host().cluster().next_id();
             if id + 1 == next_id {
                 // The newest job ever given out: with its record gone, a
                 // restart would give its id out again, unless told.
                 self.batch.next_id = Some(next_id);
             }
             self.records.remove(&id);
-            self.ids.remove(&id);
             self.changed.remove(&id);
-            self.runtime.backend_mut().forget(id);
+            self.decisions.backend_mut().forget(id);
             self.batch.expired.push(id);
             self.metrics.jobs_expired.inc();
             if self.watched() {
@@ -1115,7 +1122,7 @@ impl Core {
         let changed = std::mem::take(&mut self.changed);
         let fresh = std::mem::take(&mut self.fresh);
         let watched = self.watched();
-        let cluster = self.runtime.host().cluster();
+        let cluster = self.decisions.host().cluster();
         for &id in &changed {
             let Some(job) = cluster.job(id) else { continue };
             queue_for_expiry(&mut self.expiry, self.finished_ttl, job);
@@ -1140,7 +1147,7 @@ impl Core {
             Request::Submit(spec, reply) => self.submit(spec, reply),
             Request::SubmitMany(specs, reply) => self.submit_many(specs, reply),
             Request::Get(id, reply) => {
-                let job = self.runtime.host().cluster().job(id);
+                let job = self.decisions.host().cluster().job(id);
                 let _ = reply.send(
                     job.map(|j| self.job_message(j))
                         .ok_or_else(|| Status::not_found(format!("id: no job {id}"))),
@@ -1193,7 +1200,7 @@ impl Core {
 
     /// Every live job's state, as events.
     fn current_events(&self) -> Vec<proto::Event> {
-        let cluster = self.runtime.host().cluster();
+        let cluster = self.decisions.host().cluster();
         cluster
             .live_ids()
             .into_iter()
@@ -1223,7 +1230,7 @@ impl Core {
     /// before the first is submitted, and one reply follows their commit.
     fn submit_many(&mut self, specs: Vec<proto::JobSpec>, reply: Reply<Vec<u64>>) {
         let models: Vec<JobSpec> = specs.iter().map(model_spec).collect();
-        let cluster = self.runtime.host().cluster();
+        let cluster = self.decisions.host().cluster();
         for (i, model) in models.iter().enumerate() {
             if let Err(why) = cluster.check_submission(model) {
                 let _ = reply.send(Err(Status::invalid_argument(format!("specs[{i}]: {why}"))));
@@ -1254,21 +1261,20 @@ impl Core {
         if self.panic_on_name.as_deref() == Some(spec.name.as_str()) {
             panic!("injected for a test: a job named {:?} ({PANIC_ON_JOB_NAME})", spec.name);
         }
-        let id = self.runtime.submit(model)?;
+        let id = self.decisions.submit(model)?;
         if let Some(process) = process_spec(&spec) {
-            self.runtime.backend_mut().register_command(id, process, 0);
+            self.decisions.backend_mut().register_command(id, process, 0);
         }
         if let Some(workload) = synthetic_workload(&spec, 0) {
-            self.runtime.backend_mut().register_synthetic(id, workload);
+            self.decisions.backend_mut().register_synthetic(id, workload);
         }
         self.records.insert(id, Box::new(Record::new(spec)));
-        self.ids.insert(id);
         self.changed.insert(id);
         self.fresh.insert(id);
         // Announce it as accepted now: the decision later in this turn may
         // start it, and watchers should see both.
         if self.watched()
-            && let Some(job) = self.runtime.host().cluster().job(id)
+            && let Some(job) = self.decisions.host().cluster().job(id)
         {
             self.pending_events.push(job_event(self.job_message(job)));
         }
@@ -1277,7 +1283,7 @@ impl Core {
     }
 
     fn cancel(&mut self, id: JobId, reply: Reply<proto::Job>) {
-        let Some(job) = self.runtime.host().cluster().job(id) else {
+        let Some(job) = self.decisions.host().cluster().job(id) else {
             let _ = reply.send(Err(Status::not_found(format!("id: no job {id}"))));
             return;
         };
@@ -1288,10 +1294,10 @@ impl Core {
             ))));
             return;
         }
-        self.runtime.cancel(id);
+        self.decisions.cancel(id);
         self.changed.insert(id);
-        self.metrics.observe_end(self.runtime.host().cluster().job(id));
-        match self.runtime.host().cluster().job(id).map(|j| self.job_message(j)) {
+        self.metrics.observe_end(self.decisions.host().cluster().job(id));
+        match self.decisions.host().cluster().job(id).map(|j| self.job_message(j)) {
             Some(message) => self.defer(reply, message),
             None => {
                 let _ = reply.send(Err(Status::internal("cancelled job vanished")));
@@ -1304,7 +1310,7 @@ impl Core {
     /// than the page's size or [`LIST_PAGE_BYTES`]; when it stops early,
     /// the next page starts where it stopped.
     fn list(&self, query: &ListQuery) -> ListPage {
-        let cluster = self.runtime.host().cluster();
+        let cluster = self.decisions.host().cluster();
         let matches = |job: &Job| {
             (query.states.is_empty() || query.states.contains(&state_to_proto(job.state)))
                 && (query.user.is_empty() || job.spec.tenant == query.user)
@@ -1312,9 +1318,9 @@ impl Core {
         let mut page = ListPage::default();
         let mut bytes = 0usize;
         let ids: Box<dyn Iterator<Item = &JobId>> = match query.from {
-            ListFrom::Oldest => Box::new(self.ids.iter()),
-            ListFrom::After(first) => Box::new(self.ids.range(first..)),
-            ListFrom::Newest => Box::new(self.ids.iter().rev()),
+            ListFrom::Oldest => Box::new(self.records.keys()),
+            ListFrom::After(first) => Box::new(self.records.range(first..).map(|(id, _)| id)),
+            ListFrom::Newest => Box::new(self.records.keys().rev()),
         };
         for (scanned, &id) in ids.enumerate() {
             if scanned >= LIST_SCAN_BUDGET || page.jobs.len() >= query.size || bytes >= LIST_PAGE_BYTES {
@@ -1336,7 +1342,7 @@ impl Core {
     }
 
     fn cluster_state(&self) -> proto::ClusterState {
-        let cluster = self.runtime.host().cluster();
+        let cluster = self.decisions.host().cluster();
         let gpus: Vec<proto::Gpu> = cluster
             .gpus()
             .iter()
@@ -1372,7 +1378,7 @@ impl Core {
             .collect();
         let nodes = gpus.iter().map(|g| g.node).collect::<BTreeSet<_>>().len() as u32;
         proto::ClusterState {
-            backend: self.runtime.backend().name().to_string(),
+            backend: self.decisions.backend().name().to_string(),
             nodes,
             pending_jobs: cluster.count_in(JobState::Pending) as u64,
             running_jobs: cluster.running_ids().len() as u64,
@@ -1407,16 +1413,16 @@ impl Core {
     /// stays active.
     fn activate(&mut self, name: &str, config: &str) -> Result<proto::SwapPolicyResponse, Status> {
         let report = if name == BUILTIN_FIFO {
-            self.runtime.host_mut().swap_native(Box::new(Fifo))
+            self.decisions.host_mut().swap_native(Box::new(Fifo))
         } else {
             let loaded = self
                 .plugins
                 .get(name)
                 .ok_or_else(|| Status::not_found(format!("name: no plugin loaded as {name}")))?;
-            let instance = self.runtime.host().prepare(&loaded.plugin, config).map_err(|e| {
+            let instance = self.decisions.host().prepare(&loaded.plugin, config).map_err(|e| {
                 Status::failed_precondition(format!("{name} did not start ({e}); the active policy stays"))
             })?;
-            self.runtime
+            self.decisions
                 .host_mut()
                 .swap(instance)
                 .map_err(|e| Status::failed_precondition(e.to_string()))?
@@ -1487,7 +1493,7 @@ impl Core {
     fn list_policies(&self) -> proto::ListPoliciesResponse {
         let mut names: Vec<&str> = vec![BUILTIN_FIFO];
         names.extend(self.plugins.keys().map(String::as_str));
-        let host = self.runtime.host().stats();
+        let host = self.decisions.host().stats();
         proto::ListPoliciesResponse {
             active: self.active.name.clone(),
             policies: names.into_iter().map(|n| self.policy_message(n)).collect(),
@@ -1498,9 +1504,9 @@ impl Core {
     }
 
     /// Book what a step did: changed jobs, statistics, metrics, ejections.
-    fn account(&mut self, step: &crate::runtime::Step) {
+    fn account(&mut self, step: &crate::decision::Step) {
         let name = self.active.name.clone();
-        let cluster = self.runtime.host().cluster();
+        let cluster = self.decisions.host().cluster();
         let pending = cluster.count_in(JobState::Pending) + cluster.count_in(JobState::Suspended) > 0;
         let stats = self.stats.entry(name.clone()).or_default();
         for outcome in &step.outcomes {
@@ -1517,7 +1523,7 @@ impl Core {
                 self.changed.insert(action.job());
                 // A command's process group, kept in its record for the
                 // clean-up after a crash; a start or a move makes a new one.
-                let group = self.runtime.backend().process_group(action.job());
+                let group = self.decisions.backend().process_group(action.job());
                 if group.is_some()
                     && let Some(record) = self.records.get_mut(&action.job())
                 {
@@ -1531,7 +1537,7 @@ impl Core {
                         self.metrics.migrations.inc();
                     }
                     Action::Start(_) => {
-                        if let Some(job) = self.runtime.host().cluster().job(action.job()) {
+                        if let Some(job) = self.decisions.host().cluster().job(action.job()) {
                             self.metrics.observe_start(job);
                         }
                     }
@@ -1540,42 +1546,38 @@ impl Core {
             }
         }
         let ended = step.ended.iter().map(|(id, _)| *id);
-        for id in ended.chain(step.backend_errors.iter().map(|(id, _)| *id)) {
+        for id in ended.chain(step.backend_errors.iter().map(|e| e.job)) {
             self.changed.insert(id);
-            self.metrics.observe_end(self.runtime.host().cluster().job(id));
+            self.metrics.observe_end(self.decisions.host().cluster().job(id));
         }
 
-        let host = self.runtime.host().stats();
-        let (strikes, log_dropped) = (host.strikes, host.log_lines_dropped);
-        if log_dropped > self.seen_log_dropped {
-            self.metrics
-                .log_lines_dropped(&name, log_dropped - self.seen_log_dropped);
-            self.seen_log_dropped = log_dropped;
-        }
-        if strikes > self.seen_strikes {
-            let new = strikes - self.seen_strikes;
-            stats.strikes += new;
-            self.metrics.strikes(&name, new);
-            self.seen_strikes = strikes;
-        }
         // Told by the decision core, not found by diffing its counters.
-        for ejection in &step.ejections {
-            stats.ejections += 1;
-            self.metrics.ejections.inc();
-            let (to, why) = (&ejection.to, &ejection.fault);
-            tracing::error!(policy = %name, %to, %why, "policy ejected");
-            self.pending_events
-                .push(policy_event(unix_now(), &name, to, "ejected", false, why));
-            self.active = ActivePolicyRecord {
-                name: BUILTIN_FIFO.into(),
-                config: String::new(),
-            };
-            self.batch.active = Some(self.active.clone());
+        for notice in &step.notices {
+            match notice {
+                PolicyNotice::Strike { .. } => {
+                    stats.strikes += 1;
+                    self.metrics.strikes(&name, 1);
+                }
+                PolicyNotice::LogLinesDropped { lines, .. } => self.metrics.log_lines_dropped(&name, *lines),
+                PolicyNotice::Ejection(ejection) => {
+                    stats.ejections += 1;
+                    self.metrics.ejections.inc();
+                    let (to, why) = (&ejection.to, &ejection.fault);
+                    tracing::error!(policy = %name, %to, %why, "policy ejected");
+                    self.pending_events
+                        .push(policy_event(unix_now(), &name, to, "ejected", false, why));
+                    self.active = ActivePolicyRecord {
+                        name: BUILTIN_FIFO.into(),
+                        config: String::new(),
+                    };
+                    self.batch.active = Some(self.active.clone());
+                }
+            }
         }
     }
 
     fn update_gauges(&self) {
-        let cluster = self.runtime.host().cluster();
+        let cluster = self.decisions.host().cluster();
         self.metrics.set_gauges(
             cluster.count_in(JobState::Pending),
             cluster.running_ids().len(),

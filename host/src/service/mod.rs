@@ -319,12 +319,12 @@ pub fn runtime_workers() -> usize {
 }
 
 /// The async runtime `wsched serve` runs on: [`runtime_workers`] workers.
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    runtime_with_workers(runtime_workers())
+pub fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio_runtime_with_workers(runtime_workers())
 }
 
 /// The same runtime with `workers` workers (benchmarks compare counts).
-pub fn runtime_with_workers(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+pub fn tokio_runtime_with_workers(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers.max(1))
         .thread_name("wsched-grpc")

@@ -1,6 +1,6 @@
 //! Trace replay on a discrete-event clock.
 //!
-//! The simulator is the service's decision loop ([`Runtime`]: the same
+//! The simulator is the service's decision loop ([`DecisionLoop`]: the same
 //! phases, ticks, wake-ups, watchdog, strikes and swaps) on a virtual clock,
 //! with the cluster model as its backend ([`EmulatedBackend`]), so a policy
 //! sees the same history in both. Time jumps from one event to the next (an
@@ -39,8 +39,8 @@ pub use sweep::{LOAD_SCALE_RANGE, SweepRun, SweepTable, parallel_map, scale_load
 
 use crate::backend::emulated::EmulatedBackend;
 use crate::cluster::{Cluster, JobSpec};
+use crate::decision::DecisionLoop;
 use crate::engine::{Engine, Fault, Plugin};
-use crate::runtime::Runtime;
 use crate::scheduler::{ActivePolicy, Outcome, PolicyHost, StallRule};
 use crate::trace::TraceJob;
 use std::time::Instant;
@@ -177,7 +177,7 @@ pub fn simulate_observed(
     // The one decision loop (the service's), on the virtual clock with the
     // model as its backend; a simulated second costs nothing, so timer
     // calls are not spaced out.
-    let mut rt = Runtime::new(host, EmulatedBackend);
+    let mut rt = DecisionLoop::new(host, EmulatedBackend);
     rt.set_timer_gap(0.0);
 
     // Submission order: by time, ties in file order (a stable sort keeps it).
