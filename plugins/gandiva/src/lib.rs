@@ -609,7 +609,7 @@ export_policy!(Gandiva);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wsched_sdk::testing::FakeView;
+    use wsched_sdk::testing::{FakeView, Rng};
 
     fn share(job: JobId, gpu: GpuId, fraction: f64) -> Action {
         Action::Share(SharedPlacement {
@@ -720,22 +720,6 @@ mod tests {
         assert!(matches!(&d.actions[1], Action::Migrate(pl) if pl.job == spread && pl.gpus == vec![4, 5, 6, 7]));
     }
 
-    /// A small xorshift generator: the tests need no dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n.max(1)
-        }
-    }
-
-    fn pick(rng: &mut Rng, ids: &[JobId]) -> Option<JobId> {
-        (!ids.is_empty()).then(|| ids[rng.below(ids.len() as u64) as usize])
-    }
-
     /// Memory in use on each GPU: its residents' needs.
     fn account_memory(view: &mut FakeView) {
         for i in 0..view.gpus.len() {
@@ -787,7 +771,7 @@ mod tests {
     fn agrees_with_the_full_recomputation() {
         let mut kinds = [0usize; 3];
         for seed in 1..=80u64 {
-            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut rng = Rng::new(seed);
             let gpus = 4 + rng.below(13) as u32;
             let mut view = FakeView::new(gpus, 1 + rng.below(4) as u32);
             let config = ["", "", "max_share=3", "pack=false"][rng.below(4) as usize];
@@ -804,7 +788,7 @@ mod tests {
                             events.push(Event::JobArrived(view.job(id).unwrap()));
                         }
                         8..=11 => {
-                            if let Some(id) = pick(&mut rng, &view.jobs(JobState::Running)) {
+                            if let Some(id) = rng.pick(&view.jobs(JobState::Running)) {
                                 view.finish(id);
                                 events.push(Event::JobFinished(id));
                             }
@@ -813,30 +797,20 @@ mod tests {
                             let mut live = view.jobs(JobState::Pending);
                             live.extend(view.jobs(JobState::Suspended));
                             live.extend(view.jobs(JobState::Running));
-                            if let Some(id) = pick(&mut rng, &live) {
-                                view.finish(id);
-                                view.job_mut(id).state = JobState::Failed;
-                                events.push(Event::JobFailed((id, "test".into())));
+                            if let Some(id) = rng.pick(&live) {
+                                events.push(view.fail(id, "test"));
                             }
                         }
                         13..=14 => events.push(Event::Tick),
                         15 => {
-                            if let Some(id) = pick(&mut rng, &view.jobs(JobState::Running)) {
+                            if let Some(id) = rng.pick(&view.jobs(JobState::Running)) {
                                 view.suspend(id);
                                 events.push(Event::JobPreempted(id));
                             }
                         }
                         16 => {
                             let g = rng.below(gpus as u64) as GpuId;
-                            if view.gpus[g as usize].online {
-                                let held: Vec<JobId> = view.gpus[g as usize].residents.iter().map(|r| r.job).collect();
-                                for id in held {
-                                    view.suspend(id);
-                                    events.push(Event::JobPreempted(id));
-                                }
-                            }
-                            view.gpus[g as usize].online = !view.gpus[g as usize].online;
-                            events.push(Event::GpuChanged(g));
+                            events.extend(view.toggle_gpu(g));
                         }
                         17 => {
                             // A takeover: fresh instances, every live job announced.

@@ -448,7 +448,7 @@ export_policy!(Gavel);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wsched_sdk::testing::FakeView;
+    use wsched_sdk::testing::{FakeView, Rng};
 
     fn gavel() -> Gavel {
         Gavel::init("").unwrap().0
@@ -536,18 +536,6 @@ mod tests {
         assert_eq!(q.snapshot().unwrap(), snap);
     }
 
-    /// A small xorshift generator: the tests need no dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n.max(1)
-        }
-    }
-
     /// Carry out a decision on the fake view as the host would, refusing
     /// some actions at random; returns the rejections to report.
     fn apply_some(view: &mut FakeView, d: &Decision, rng: &mut Rng) -> Vec<Event> {
@@ -584,10 +572,6 @@ mod tests {
         rejected
     }
 
-    fn pick(rng: &mut Rng, ids: &[JobId]) -> Option<JobId> {
-        (!ids.is_empty()).then(|| ids[rng.below(ids.len() as u64) as usize])
-    }
-
     /// The incremental policy decides exactly what the old one (which read
     /// every running job and free GPU and sorted every job at every
     /// decision) decided, through arrivals, completions, failures, ticks,
@@ -596,7 +580,7 @@ mod tests {
     #[test]
     fn agrees_with_the_full_recomputation() {
         for seed in 1..=60u64 {
-            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut rng = Rng::new(seed);
             let gpus = 4 + rng.below(13) as u32;
             let mut view = FakeView::new(gpus, 1 + rng.below(4) as u32);
             let mut p = gavel();
@@ -610,7 +594,7 @@ mod tests {
                             events.push(Event::JobArrived(view.add_job(size)));
                         }
                         7..=9 => {
-                            if let Some(id) = pick(&mut rng, &view.jobs(JobState::Running)) {
+                            if let Some(id) = rng.pick(&view.jobs(JobState::Running)) {
                                 view.finish(id);
                                 events.push(Event::JobFinished(id));
                             }
@@ -619,30 +603,20 @@ mod tests {
                             let mut live = view.jobs(JobState::Pending);
                             live.extend(view.jobs(JobState::Suspended));
                             live.extend(view.jobs(JobState::Running));
-                            if let Some(id) = pick(&mut rng, &live) {
-                                view.finish(id);
-                                view.job_mut(id).state = JobState::Failed;
-                                events.push(Event::JobFailed((id, "test".into())));
+                            if let Some(id) = rng.pick(&live) {
+                                events.push(view.fail(id, "test"));
                             }
                         }
                         11..=15 => events.push(Event::Tick),
                         16 => {
-                            if let Some(id) = pick(&mut rng, &view.jobs(JobState::Running)) {
+                            if let Some(id) = rng.pick(&view.jobs(JobState::Running)) {
                                 view.suspend(id);
                                 events.push(Event::JobPreempted(id));
                             }
                         }
                         17 => {
                             let g = rng.below(gpus as u64) as GpuId;
-                            if view.gpus[g as usize].online {
-                                let held: Vec<JobId> = view.gpus[g as usize].residents.iter().map(|r| r.job).collect();
-                                for id in held {
-                                    view.suspend(id);
-                                    events.push(Event::JobPreempted(id));
-                                }
-                            }
-                            view.gpus[g as usize].online = !view.gpus[g as usize].online;
-                            events.push(Event::GpuChanged(g));
+                            events.extend(view.toggle_gpu(g));
                         }
                         18 => {
                             // A takeover: fresh instances, the counters

@@ -17,7 +17,32 @@
 //! assert_eq!(view.jobs(JobState::Running), vec![job.id]);
 //! ```
 
-use crate::{ClusterStats, GpuId, GpuInfo, JobId, JobInfo, JobState, Resident, RunningJob, View};
+use crate::{ClusterStats, Event, GpuId, GpuInfo, JobId, JobInfo, JobState, Resident, RunningJob, View};
+
+/// A small deterministic random stream (xorshift) for randomised tests,
+/// which then need no dependency and repeat a failing seed exactly.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// The stream for `seed` (any value, zero too).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+
+    /// One of `items`, or `None` when there is none.
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> Option<T> {
+        (!items.is_empty()).then(|| items[self.below(items.len() as u64) as usize])
+    }
+}
 
 /// A cluster held as plain data, read through [`View`].
 #[derive(Debug, Clone, Default)]
@@ -118,6 +143,35 @@ impl FakeView {
     pub fn finish(&mut self, job: JobId) {
         self.unplace(job);
         self.job_mut(job).state = JobState::Finished;
+    }
+
+    /// Make a job failed, as a host would (it leaves its GPUs); returns the
+    /// event the policy hears.
+    pub fn fail(&mut self, job: JobId, reason: &str) -> Event {
+        self.finish(job);
+        self.job_mut(job).state = JobState::Failed;
+        Event::JobFailed((job, reason.into()))
+    }
+
+    /// Take GPU `gpu` offline, or bring it back, as a host would: the jobs
+    /// on a GPU that goes away are suspended first. Returns the events the
+    /// policy hears, in order (`job-preempted` for each, `gpu-changed`).
+    pub fn toggle_gpu(&mut self, gpu: GpuId) -> Vec<Event> {
+        let Some(info) = self.gpus.get(gpu as usize) else {
+            return Vec::new();
+        };
+        let mut events = Vec::new();
+        if info.online {
+            let held: Vec<JobId> = info.residents.iter().map(|r| r.job).collect();
+            for job in held {
+                self.suspend(job);
+                events.push(Event::JobPreempted(job));
+            }
+        }
+        let info = &mut self.gpus[gpu as usize];
+        info.online = !info.online;
+        events.push(Event::GpuChanged(gpu));
+        events
     }
 
     fn unplace(&mut self, job: JobId) {

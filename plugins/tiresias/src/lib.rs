@@ -963,18 +963,7 @@ mod scale {
 #[cfg(test)]
 mod index {
     use super::*;
-
-    /// A deterministic stream of numbers (xorshift), so a failure repeats.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-    }
+    use wsched_sdk::testing::Rng;
 
     /// What `next_fit` must answer: the first waiting job after `after`
     /// that fits in `cap`, found by walking them all.
@@ -988,7 +977,7 @@ mod index {
 
     #[test]
     fn next_fit_finds_what_a_walk_of_every_waiting_job_finds() {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = Rng::new(1);
         let mut p = Tiresias::init("thresholds=10,100").unwrap().0;
         for round in 0..200 {
             // Jobs come and go, in every queue, of gang sizes 0 to 64; every
@@ -1012,7 +1001,7 @@ mod index {
             }
             let keys: Vec<(u32, JobId)> = p.waiting.keys().copied().collect();
             for _ in 0..20 {
-                let after = (!keys.is_empty() && rng.below(3) > 0).then(|| keys[rng.below(keys.len() as u64) as usize]);
+                let after = if rng.below(3) > 0 { rng.pick(&keys) } else { None };
                 let cap = rng.below(70) as u32;
                 let got = p.next_fit(after, cap).map(|(k, _)| k);
                 assert_eq!(got, walked(&p, after, cap), "round {round}: after {after:?}, cap {cap}");
