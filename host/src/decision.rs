@@ -120,6 +120,17 @@ impl<B: Backend> DecisionLoop<B> {
         true
     }
 
+    /// Forget an ended job: drop it from the model and what the backend
+    /// keeps of it (logs). False, changing nothing, if it is unknown or
+    /// still live.
+    pub fn forget(&mut self, id: JobId) -> bool {
+        if !self.host.forget(id) {
+            return false;
+        }
+        self.backend.forget(id);
+        true
+    }
+
     /// A GPU went away or came back. The jobs it held are suspended (the
     /// policy hears `job-preempted` for each, then `gpu-changed`) and their
     /// work is suspended on the backend. Returns the suspended jobs.

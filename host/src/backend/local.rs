@@ -66,15 +66,6 @@ impl LocalBackend {
         }
     }
 
-    /// Drop everything kept about ended job `id` (command, logs, final
-    /// sample), once the service forgets it.
-    pub fn forget(&mut self, id: JobId) {
-        self.processes.forget(id);
-        if let Some(devices) = &mut self.devices {
-            devices.forget(id);
-        }
-    }
-
     /// The process group of command job `id`'s process, while it has one:
     /// to record with the job, for [`Self::clean_up_after_crash`].
     pub fn process_group(&self, id: JobId) -> Option<i32> {
@@ -120,6 +111,13 @@ impl Backend for LocalBackend {
             devices.reconcile(cluster, id)
         } else {
             Ok(())
+        }
+    }
+
+    fn forget(&mut self, id: JobId) {
+        self.processes.forget(id);
+        if let Some(devices) = &mut self.devices {
+            devices.forget(id);
         }
     }
 

@@ -117,6 +117,10 @@ pub trait Backend {
     /// means the job cannot go on: the caller marks it failed.
     fn reconcile(&mut self, cluster: &Cluster, id: JobId) -> Result<(), BackendError>;
 
+    /// Drop what is kept about ended job `id` (its logs, its final state
+    /// sample) once the front end forgets the job. Nothing by default.
+    fn forget(&mut self, _id: JobId) {}
+
     /// Jobs that ended since the last call, as of the model's clock.
     fn ended(&mut self, cluster: &Cluster) -> Vec<(JobId, Ending)>;
 

@@ -113,25 +113,6 @@ impl ProcessBackend {
         self.specs.remove(&id);
     }
 
-    /// Remove ended job `id`'s directory (its logs) and restart count once
-    /// the service forgets the job; its command went when it ended. Does
-    /// nothing while it has a process.
-    pub fn forget(&mut self, id: JobId) {
-        if self.live.contains_key(&id) {
-            return;
-        }
-        self.drop_launch(id);
-        self.restarts.remove(&id);
-        let dir = self.job_dir(id);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(job = id, dir = %dir.display(), error = %e, "cannot remove an expired job's directory")
-            }
-        }
-    }
-
     /// Whether job `id` has a command registered here.
     pub fn is_registered(&self, id: JobId) -> bool {
         self.specs.contains_key(&id)
@@ -301,6 +282,25 @@ impl Backend for ProcessBackend {
         let (state, placement) = (job.state, job.placement.clone());
         self.reconcile_job(id, state, &placement)
             .map_err(|reason| BackendError::new(id, WorkOp::for_state(state), reason))
+    }
+
+    // Remove ended job `id`'s directory (its logs) and restart count once
+    // the service forgets the job; its command went when it ended. Does
+    // nothing while it has a process.
+    fn forget(&mut self, id: JobId) {
+        if self.live.contains_key(&id) {
+            return;
+        }
+        self.drop_launch(id);
+        self.restarts.remove(&id);
+        let dir = self.job_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(job = id, dir = %dir.display(), error = %e, "cannot remove an expired job's directory")
+            }
+        }
     }
 
     fn ended(&mut self, _cluster: &Cluster) -> Vec<(JobId, Ending)> {

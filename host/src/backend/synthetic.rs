@@ -250,15 +250,6 @@ impl SyntheticBackend {
         self.workloads.insert(id, workload);
     }
 
-    /// Drop what is kept about job `id` after it ended (its final sample),
-    /// once the service forgets the job. Does nothing while it runs.
-    pub fn forget(&mut self, id: JobId) {
-        if !self.threads.contains_key(&id) {
-            self.workloads.remove(&id);
-            self.samples.remove(&id);
-        }
-    }
-
     /// Whether job `id` is a synthetic job of this backend.
     pub fn is_registered(&self, id: JobId) -> bool {
         self.workloads.contains_key(&id)
@@ -695,6 +686,14 @@ impl Backend for SyntheticBackend {
         let (state, placement) = (job.state, job.placement.clone());
         self.reconcile_job(id, state, &placement)
             .map_err(|reason| BackendError::new(id, WorkOp::for_state(state), reason))
+    }
+
+    // Its final sample; nothing while it runs.
+    fn forget(&mut self, id: JobId) {
+        if !self.threads.contains_key(&id) {
+            self.workloads.remove(&id);
+            self.samples.remove(&id);
+        }
     }
 
     fn ended(&mut self, _cluster: &Cluster) -> Vec<(JobId, Ending)> {

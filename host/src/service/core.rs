@@ -1086,7 +1086,7 @@ impl Core {
                 break;
             }
             self.expiry.pop_front();
-            if !self.decisions.host_mut().forget(id) {
+            if !self.decisions.forget(id) {
                 continue; // queued twice, or gone already
             }
             let next_id = self.decisions.host().cluster().next_id();
@@ -1097,7 +1097,6 @@ impl Core {
             }
             self.records.remove(&id);
             self.changed.remove(&id);
-            self.decisions.backend_mut().forget(id);
             self.batch.expired.push(id);
             self.metrics.jobs_expired.inc();
             if self.watched() {
