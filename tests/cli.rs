@@ -273,3 +273,90 @@ fn sweeps_over_sizes_and_loads_run_in_parallel_and_match_single_runs() {
         assert!(stderr(&o).contains("--load-scale"), "{bad}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn a_cluster_description_replaces_gpus_and_the_shorthand_is_the_same_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = root().join("examples/traces/philly-11cb48.csv");
+    let trace = trace.to_str().unwrap();
+    let same = write_temp(
+        dir.path(),
+        "same.yaml",
+        b"apiVersion: wsched.dev/v1\nkind: Cluster\nspec:\n  nodeGroups:\n    \
+          - {nodes: 8, gpusPerNode: 8, gpuKind: V100, memoryPerGpu: 16Gi}\n",
+    );
+    let replay = |cluster: &[&str], out: &str| {
+        let mut args = vec!["sim", "--trace", trace, "--policy", "builtin-fifo", "--out", out, "-q"];
+        args.extend(cluster);
+        let o = wsched(&args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(format!("{out}/summary.json")).unwrap()).unwrap();
+        (summary, std::fs::read(format!("{out}/jobs.csv")).unwrap())
+    };
+    let (a, jobs_a) = replay(&["--gpus", "64"], &format!("{}/a", dir.path().display()));
+    let (b, jobs_b) = replay(&["--cluster", &same], &format!("{}/b", dir.path().display()));
+    assert_eq!(a["cluster"], "64 V100 on 8 nodes");
+    assert_eq!(a, b, "a description of the shorthand's cluster replays the same");
+    assert!(jobs_a == jobs_b, "jobs.csv differs");
+
+    let gavel = root().join("examples/clusters/gavel-108.yaml");
+    let (h, _) = replay(
+        &["--cluster", gavel.to_str().unwrap()],
+        &format!("{}/h", dir.path().display()),
+    );
+    assert_eq!(
+        (h["gpus"].as_u64(), h["cluster"].as_str()),
+        (Some(108), Some("36 V100 + 36 P100 + 36 K80 on 27 nodes"))
+    );
+    assert_eq!(h["completed"], 16_091);
+
+    // Bad clusters: one clear line each.
+    let zero_nodes = write_temp(
+        dir.path(),
+        "zero.yaml",
+        b"apiVersion: wsched.dev/v1\nkind: Cluster\nspec:\n  nodeGroups:\n    \
+          - {nodes: 0, gpusPerNode: 8, gpuKind: V100, memoryPerGpu: 16Gi}\n",
+    );
+    for (args, expected) in [
+        (
+            vec!["--cluster", zero_nodes.as_str()],
+            "spec.nodeGroups[0].nodes: must be at least 1",
+        ),
+        (vec!["--cluster", "/dev/zero"], "not a regular file"),
+        (
+            vec!["--cluster", "/nonexistent.yaml"],
+            "cannot read the cluster description /nonexistent.yaml",
+        ),
+        (vec!["--gpus", "0"], "--gpus: must be 1 to 65536, got 0"),
+        (vec!["--gpus", "70000"], "--gpus: must be 1 to 65536, got 70000"),
+        (
+            vec!["--gpus", "8", "--gpus-per-node", "0"],
+            "--gpus-per-node: must be 1 to 1024, got 0",
+        ),
+    ] {
+        let mut full = vec!["sim", "--trace", trace, "--policy", "builtin-fifo", "-q"];
+        full.extend(args);
+        let o = wsched(&full);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{full:?} should fail");
+        assert!(err.contains(expected), "{full:?}: stderr `{err}` lacks `{expected}`");
+        assert_eq!(err.lines().count(), 1, "{full:?}: one line, got:\n{err}");
+    }
+    let o = wsched(&[
+        "sim",
+        "--trace",
+        trace,
+        "--policy",
+        "builtin-fifo",
+        "--gpus",
+        "8",
+        "--cluster",
+        &same,
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("cannot be used with"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -1033,6 +1033,57 @@ async fn a_job_that_no_longer_fits_after_a_restart_fails_saying_why() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulated_cluster_can_be_a_description_with_gpu_kinds_and_nodes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let description = common::root().join("examples/clusters/dgx-8x8.yaml");
+    let server = Server::start(&dir.path().join("state"), &["--cluster", description.to_str().unwrap()]);
+    let cluster = proto::cluster_client::ClusterClient::new(server.channel().await)
+        .get_cluster(proto::GetClusterRequest {})
+        .await
+        .expect("cluster")
+        .into_inner();
+    assert_eq!(cluster.gpus.len(), 80);
+    let (first, last) = (&cluster.gpus[0], &cluster.gpus[79]);
+    assert_eq!(
+        (first.node, first.kind.as_str(), first.memory_total_bytes),
+        (0, "A100-80GB", 80 << 30)
+    );
+    assert_eq!((cluster.gpus[63].node, cluster.gpus[64].node), (7, 8));
+    assert_eq!(
+        (last.node, last.kind.as_str(), last.memory_total_bytes),
+        (11, "V100-32GB", 32 << 30)
+    );
+    // A job that needs more memory than a V100 has is accepted: the A100s have it.
+    let mut jobs = server.jobs().await;
+    let mut spec = synthetic("a", 8, 3600.0);
+    if let Some(s) = spec.spec.as_mut() {
+        s.memory_per_gpu_bytes = 40 << 30;
+    }
+    server.submit(&mut jobs, spec).await;
+}
+
+#[test]
+fn a_cluster_description_goes_with_emulated_gpus_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let description = common::root().join("examples/clusters/dgx-8x8.yaml");
+    let output = Command::new(env!("CARGO_BIN_EXE_wsched"))
+        .args([
+            "serve",
+            "--backend",
+            "cpu-devices",
+            "--cluster",
+            description.to_str().unwrap(),
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .expect("run wsched serve");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(err.contains("--cluster describes emulated GPUs"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_faulting_plugin_is_ejected_and_no_job_is_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state_dir = dir.path().join("state");

@@ -112,11 +112,7 @@ fn main() -> anyhow::Result<()> {
         "policy", "wall", "calls", "p50 per call"
     );
     println!("{}", "-".repeat(58));
-    let config = SimConfig {
-        gpus: 64,
-        gpus_per_node: 8,
-        ..SimConfig::default()
-    };
+    let config = SimConfig::with_gpus(64, 8)?;
     let mut rows: Vec<(String, Option<PolicyChoice>)> = vec![("builtin-fifo".into(), None)];
     for name in ["fifo", "tiresias", "gavel", "gandiva"] {
         let plugin = engine

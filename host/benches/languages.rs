@@ -61,11 +61,7 @@ fn main() -> anyhow::Result<()> {
                 plugin,
                 config: String::new(),
             };
-            let config = SimConfig {
-                gpus: GPUS,
-                gpus_per_node: 8,
-                ..SimConfig::default()
-            };
+            let config = SimConfig::with_gpus(GPUS, 8)?;
             let result = sim::simulate(&engine, Some(&choice), &[], &trace, &config)?;
             let replay = result.timing.wall_seconds;
             let ratio = replay / *rust_replay.get_or_insert(replay);

@@ -163,7 +163,7 @@ fn run(
     let mut config = ServeConfig::new(state.path());
     config.listen = "127.0.0.1:0".parse()?;
     config.metrics_listen = None;
-    config.emulate_gpus = 8;
+    config.emulated = wsched::topology::Topology::homogeneous(8, 8, wsched::service::EMULATED_KIND, 80 << 30)?;
     config.token = Some(TOKEN.into());
     config.initial_policy = policy.map(|p| (p.clone(), String::new()));
     // As `wsched serve` builds it, unless told otherwise.

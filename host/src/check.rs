@@ -152,11 +152,7 @@ pub fn check(engine: &Engine, plugin: &Plugin, config: &str) -> anyhow::Result<C
         ),
     ];
     for (name, what, gpus, per_node, trace) in replays {
-        let config = SimConfig {
-            gpus,
-            gpus_per_node: per_node,
-            ..SimConfig::default()
-        };
+        let config = SimConfig::with_gpus(gpus, per_node)?;
         let mut problems = Vec::new();
         let mut observe = |t: f64, outcome: &Outcome| {
             for (action, r) in &outcome.rejected {
@@ -197,11 +193,7 @@ pub fn check(engine: &Engine, plugin: &Plugin, config: &str) -> anyhow::Result<C
             })
         })
         .collect();
-    let config8 = SimConfig {
-        gpus: 8,
-        gpus_per_node: 4,
-        ..SimConfig::default()
-    };
+    let config8 = SimConfig::with_gpus(8, 4)?;
     let timing = sim::simulate(engine, Some(&choice), &[], &long, &config8)?.timing;
     Ok(CheckReport {
         plugin: plugin.name().to_string(),

@@ -7,6 +7,8 @@
 //! - [`wit`]: the plugin contract, generated from `wit/policy.wit`.
 //! - [`bounds`]: the range of every number that enters from outside.
 //! - [`cluster`]: the model of jobs and GPUs, and validation of actions.
+//! - [`topology`]: what a cluster is made of (node groups, GPU kinds),
+//!   from a description file or `--gpus` shorthand.
 //! - [`files`]: reading files named from outside, bounded.
 //! - [`engine`]: compiling, sandboxing, limiting and calling Wasm plugins.
 //! - [`latency`]: call-time distributions in constant memory.
@@ -44,5 +46,7 @@ pub mod scheduler;
 pub mod service;
 pub mod sim;
 pub mod store;
+pub mod topology;
 pub mod trace;
+mod units;
 pub mod wit;

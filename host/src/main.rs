@@ -11,6 +11,7 @@ use wsched::service;
 
 mod client;
 use wsched::sim::{self, GpuOutage, PolicyChoice, ScheduledSwap, SimConfig};
+use wsched::topology::{Topology, TopologyError};
 
 /// GPU cluster scheduling with policies as sandboxed WebAssembly plugins.
 #[derive(Parser)]
@@ -105,6 +106,11 @@ struct ServeArgs {
     /// Memory of each emulated GPU, in GiB.
     #[arg(long, default_value_t = 80)]
     gpu_memory_gib: u64,
+    /// Emulate this cluster (node groups with their GPU kind and memory;
+    /// see examples/clusters/) instead of --emulate-gpus identical GPUs.
+    /// Implies --backend emulated.
+    #[arg(long, value_name = "FILE.yaml", conflicts_with_all = ["emulate_gpus", "gpus_per_node", "gpu_memory_gib"])]
+    cluster: Option<PathBuf>,
     /// Policy to activate at start (a .wasm plugin, loaded under its file
     /// name). Without it the stored active policy is restored, or the
     /// built-in FIFO decides.
@@ -267,15 +273,20 @@ struct SimArgs {
     /// Trace file (Philly-style CSV: timestamp,duration,num_gpus,...).
     #[arg(long)]
     trace: PathBuf,
-    /// GPUs in the simulated cluster. Repeat to sweep cluster sizes.
-    #[arg(long = "gpus", required = true)]
+    /// GPUs in the simulated cluster (V100s, 16 GiB each). Repeat to sweep
+    /// cluster sizes.
+    #[arg(long = "gpus", required_unless_present = "cluster", conflicts_with = "cluster")]
     gpus: Vec<u32>,
+    /// The cluster, from a description file (node groups with their GPU
+    /// kind and memory; see examples/clusters/), instead of --gpus.
+    #[arg(long, value_name = "FILE.yaml")]
+    cluster: Option<PathBuf>,
     /// Divide the trace's inter-arrival times by this (2 = twice the load).
     /// Repeat to sweep loads. Default 1.
     #[arg(long = "load-scale", value_name = "FACTOR")]
     load_scales: Vec<f64>,
-    /// GPUs per node.
-    #[arg(long, default_value_t = 8)]
+    /// GPUs per node (with --gpus).
+    #[arg(long, default_value_t = 8, conflicts_with = "cluster")]
     gpus_per_node: u32,
     /// Policy plugin (.wasm component), or `builtin-fifo`. Repeat to compare
     /// policies side by side; give each its own config as PLUGIN@CONFIG.
@@ -396,9 +407,36 @@ fn run_serve(args: ServeArgs, connect: &client::ConnectArgs, cache: Option<Compi
         SuspendMemoryArg::Keep => SuspendMemory::Keep,
         SuspendMemoryArg::Release => SuspendMemory::Release,
     };
-    config.emulate_gpus = args.emulate_gpus;
-    config.gpus_per_node = args.gpus_per_node;
-    config.gpu_memory = args.gpu_memory_gib << 30;
+    config.emulated = match &args.cluster {
+        Some(path) => {
+            match config.backend {
+                service::BackendChoice::Auto | service::BackendChoice::Emulated => {}
+                _ => bail!("--cluster describes emulated GPUs: it goes with --backend emulated (or auto)"),
+            }
+            config.backend = service::BackendChoice::Emulated;
+            Topology::read(path)?
+        }
+        None => {
+            let memory = args
+                .gpu_memory_gib
+                .checked_mul(1 << 30)
+                .filter(|&m| (1..=wsched::bounds::MAX_MEMORY_BYTES).contains(&m))
+                .with_context(|| format!("--gpu-memory-gib: {} is out of range", args.gpu_memory_gib))?;
+            Topology::homogeneous(args.emulate_gpus, args.gpus_per_node, service::EMULATED_KIND, memory).map_err(
+                |e| match e {
+                    TopologyError::Field { field, why } => {
+                        let flag = if field == "gpus" {
+                            "emulate-gpus".to_string()
+                        } else {
+                            field.replace(' ', "-")
+                        };
+                        anyhow::anyhow!("--{flag}: {why}")
+                    }
+                    other => other.into(),
+                },
+            )?
+        }
+    };
     config.initial_policy = args.policy.map(|p| (p, args.config));
     config.checkpoint_every = seconds_flag("--checkpoint-every", args.checkpoint_every, 1e-3)?;
     config.shutdown_grace = seconds_flag("--shutdown-grace", args.shutdown_grace, 0.0)?;
@@ -518,16 +556,22 @@ fn progress_bar(jobs: usize) -> indicatif::ProgressBar {
 }
 
 fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
-    if let Some(&bad) = args
-        .gpus
-        .iter()
-        .find(|&&g| g == 0 || g > wsched::bounds::MAX_GPUS_PER_JOB)
-    {
-        bail!(
-            "--gpus must be from 1 to {}, got {bad}",
-            wsched::bounds::MAX_GPUS_PER_JOB
-        );
-    }
+    // The clusters to replay on: the description, or one per --gpus size.
+    let clusters: Vec<Topology> = match &args.cluster {
+        Some(path) => vec![Topology::read(path)?],
+        None => args
+            .gpus
+            .iter()
+            .map(|&gpus| {
+                Topology::homogeneous(gpus, args.gpus_per_node, sim::DEFAULT_GPU_KIND, sim::DEFAULT_GPU_MEMORY).map_err(
+                    |e| match e {
+                        TopologyError::Field { field, why } => anyhow::anyhow!("--{}: {why}", field.replace(' ', "-")),
+                        other => other.into(),
+                    },
+                )
+            })
+            .collect::<anyhow::Result<_>>()?,
+    };
     let engine = Engine::with_cache(args.limits.limits(), cache)?;
     let trace = wsched::trace::read(&args.trace)?;
     let loads = if args.load_scales.is_empty() {
@@ -561,20 +605,19 @@ fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     swaps.sort_by(|a, b| a.at.total_cmp(&b.at));
     let bar =
-        (!args.quiet && args.policies.len() * args.gpus.len() * loads.len() == 1).then(|| progress_bar(trace.len()));
+        (!args.quiet && args.policies.len() * clusters.len() * loads.len() == 1).then(|| progress_bar(trace.len()));
     // Every run: policy-major, then size, then load. Independent and
     // deterministic, so they run side by side on every core.
-    let mut runs: Vec<(usize, u32, usize)> = Vec::new();
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
     for p in 0..policies.len() {
-        for &gpus in &args.gpus {
+        for c in 0..clusters.len() {
             for l in 0..loads.len() {
-                runs.push((p, gpus, l));
+                runs.push((p, c, l));
             }
         }
     }
     let config = SimConfig {
-        gpus: args.gpus[0],
-        gpus_per_node: args.gpus_per_node.max(1),
+        cluster: clusters[0].clone(),
         reveal_durations: !args.hide_durations,
         // One bar for one replay; several would fight over the terminal.
         progress: bar.as_ref().map(|bar| {
@@ -586,10 +629,12 @@ fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
             .iter()
             .map(|o| parse_outage(o))
             .collect::<anyhow::Result<_>>()?,
-        ..SimConfig::default()
     };
-    let results = sim::parallel_map(&runs, sim::workers(), |&(p, gpus, l)| {
-        let config = SimConfig { gpus, ..config.clone() };
+    let results = sim::parallel_map(&runs, sim::workers(), |&(p, c, l)| {
+        let config = SimConfig {
+            cluster: clusters[c].clone(),
+            ..config.clone()
+        };
         sim::simulate(&engine, policies[p].as_ref(), &swaps, &traces[l], &config)
     })
     .into_iter()
@@ -598,12 +643,12 @@ fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
         bar.finish_and_clear();
     }
     let results = results?;
-    if args.gpus.len() > 1 || loads.len() > 1 {
+    if clusters.len() > 1 || loads.len() > 1 {
         let sweep: Vec<sim::SweepRun> = runs
             .iter()
             .zip(results)
-            .map(|(&(_, gpus, l), result)| sim::SweepRun {
-                gpus,
+            .map(|(&(_, c, l), result)| sim::SweepRun {
+                gpus: clusters[c].gpus(),
                 load: loads[l],
                 result,
             })

@@ -77,11 +77,7 @@ pub fn philly() -> Vec<TraceJob> {
 
 /// A cluster of `gpus` GPUs, `per_node` to a node.
 pub fn cluster(gpus: u32, per_node: u32) -> SimConfig {
-    SimConfig {
-        gpus,
-        gpus_per_node: per_node,
-        ..SimConfig::default()
-    }
+    SimConfig::with_gpus(gpus, per_node).expect("a cluster within bounds")
 }
 
 /// Replay `jobs` through `policy` (None = built-in FIFO).

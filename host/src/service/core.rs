@@ -626,7 +626,7 @@ impl Core {
             }
         };
         let mut cluster = if config.devices.is_empty() {
-            Cluster::homogeneous(config.emulate_gpus, config.gpus_per_node, "emulated", config.gpu_memory)
+            Cluster::new(config.emulated.gpu_specs())
         } else {
             Cluster::new(
                 config

@@ -26,6 +26,8 @@
 use serde::Deserialize;
 
 use crate::proto;
+pub use crate::units::memory_bytes;
+use crate::units::{Quantity, bytes, seconds};
 
 /// The `apiVersion` this reader understands.
 pub const API_VERSION: &str = "wsched.dev/v1";
@@ -81,90 +83,6 @@ struct SyntheticSpec {
     seconds: Quantity,
     gflops_per_iteration: Option<f64>,
     fault_at_iteration: Option<u64>,
-}
-
-/// A number, or a string with a unit ("90s", "2h", "16Gi").
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Quantity {
-    Number(f64),
-    Text(String),
-}
-
-fn seconds(field: &str, q: &Quantity) -> Result<f64, String> {
-    let value = match q {
-        Quantity::Number(n) => *n,
-        Quantity::Text(t) => {
-            let t = t.trim();
-            let (number, scale) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-                None => (t, 1.0),
-                Some((i, _)) => {
-                    let scale = match &t[i..] {
-                        "ms" => 1e-3,
-                        "s" => 1.0,
-                        "m" => 60.0,
-                        "h" => 3600.0,
-                        "d" => 86400.0,
-                        unit => {
-                            return Err(format!(
-                                "{field}: unknown unit {unit:?} in {t:?} (use ms, s, m, h or d)"
-                            ));
-                        }
-                    };
-                    (&t[..i], scale)
-                }
-            };
-            number
-                .trim()
-                .parse::<f64>()
-                .map_err(|_| format!("{field}: {t:?} is not a duration"))?
-                * scale
-        }
-    };
-    if !(value.is_finite() && value >= 0.0) {
-        return Err(format!("{field}: must be a duration >= 0"));
-    }
-    Ok(value)
-}
-
-/// An amount of memory given as text ("16Gi", "512M", "1048576"), for flags.
-pub fn memory_bytes(field: &str, text: &str) -> Result<u64, String> {
-    bytes(field, &Quantity::Text(text.to_string()))
-}
-
-fn bytes(field: &str, q: &Quantity) -> Result<u64, String> {
-    let value = match q {
-        Quantity::Number(n) => *n,
-        Quantity::Text(t) => {
-            let t = t.trim();
-            let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
-            let scale: f64 = match &t[split..] {
-                "" => 1.0,
-                "k" | "K" => 1e3,
-                "M" => 1e6,
-                "G" => 1e9,
-                "T" => 1e12,
-                "Ki" => 1024.0,
-                "Mi" => 1024.0 * 1024.0,
-                "Gi" => 1024.0 * 1024.0 * 1024.0,
-                "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-                unit => {
-                    return Err(format!(
-                        "{field}: unknown unit {unit:?} in {t:?} (use Ki, Mi, Gi, Ti, k, M, G or T)"
-                    ));
-                }
-            };
-            t[..split]
-                .trim()
-                .parse::<f64>()
-                .map_err(|_| format!("{field}: {t:?} is not an amount of memory"))?
-                * scale
-        }
-    };
-    if !(value.is_finite() && value >= 0.0 && value < u64::MAX as f64) {
-        return Err(format!("{field}: must be a number of bytes >= 0"));
-    }
-    Ok(value.round() as u64)
 }
 
 fn to_spec(m: Manifest, default_user: &str) -> Result<proto::JobSpec, String> {

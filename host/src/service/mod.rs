@@ -43,6 +43,7 @@ use crate::backend::synthetic::SuspendMemory;
 use crate::backend::{cuda, worker};
 use crate::engine::Limits;
 use crate::proto;
+use crate::topology::Topology;
 
 /// Default address of the gRPC service.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -88,12 +89,9 @@ pub struct ServeConfig {
     pub devices: Vec<Arc<dyn Device>>,
     /// Whether a preempted synthetic job keeps its device memory.
     pub suspend_memory: SuspendMemory,
-    /// GPUs to emulate.
-    pub emulate_gpus: u32,
-    /// GPUs per node (emulated).
-    pub gpus_per_node: u32,
-    /// Device memory of each emulated GPU, in bytes.
-    pub gpu_memory: u64,
+    /// The emulated cluster (its GPU count and memory also size the
+    /// `cpu-devices` backend's stand-ins).
+    pub emulated: Topology,
     /// Limits for plugins (`max_plugin_size` bounds what may be loaded).
     pub limits: Limits,
     /// Longest the scheduler loop sleeps with nothing due (it also wakes
@@ -128,6 +126,9 @@ pub struct ServeConfig {
 /// service's memory and database do not grow without end.
 pub const DEFAULT_FINISHED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// The GPU kind of emulated GPUs given by count (`--emulate-gpus N`).
+pub const EMULATED_KIND: &str = "emulated";
+
 impl ServeConfig {
     /// Defaults for a state directory: loopback, emulated or CUDA by what
     /// the machine has, 4 emulated GPUs.
@@ -141,9 +142,8 @@ impl ServeConfig {
             backend: BackendChoice::Auto,
             devices: Vec::new(),
             suspend_memory: SuspendMemory::Keep,
-            emulate_gpus: 4,
-            gpus_per_node: 8,
-            gpu_memory: 80 << 30,
+            emulated: Topology::homogeneous(4, 8, EMULATED_KIND, 80 << 30)
+                .expect("the default cluster is within bounds"),
             limits: Limits::default(),
             poll: Duration::from_millis(200),
             checkpoint_every: Duration::from_secs(10),
@@ -350,7 +350,14 @@ pub async fn serve_until(
         (BackendChoice::Emulated, _) => Some("asked for".to_string()),
         (BackendChoice::CpuDevices, _) => {
             let program = std::env::current_exe().context("cannot find this program to start device workers")?;
-            let workers = worker::cpu_workers(&program, config.emulate_gpus, config.gpu_memory)?;
+            let memory = config
+                .emulated
+                .groups()
+                .iter()
+                .map(|g| g.memory_per_gpu)
+                .max()
+                .unwrap_or(0);
+            let workers = worker::cpu_workers(&program, config.emulated.gpus(), memory)?;
             config.devices = workers.into_iter().map(|d| d as Arc<dyn Device>).collect();
             None
         }
@@ -376,9 +383,8 @@ pub async fn serve_until(
     };
     match &fallback {
         Some(why) => tracing::info!(
-            "wsched serve: backend emulated ({} GPUs, {} per node; {why}); command jobs run as local processes",
-            config.emulate_gpus,
-            config.gpus_per_node
+            "wsched serve: backend emulated ({}; {why}); command jobs run as local processes",
+            config.emulated.describe()
         ),
         None => {
             let names: Vec<String> = config
@@ -405,8 +411,6 @@ pub async fn serve_until(
             );
         }
     }
-    anyhow::ensure!(config.emulate_gpus > 0, "--emulate-gpus: must be at least 1");
-    anyhow::ensure!(config.gpus_per_node > 0, "--gpus-per-node: must be at least 1");
 
     prepare_state_dir(&config.state_dir, config.run_as.is_some())?;
     if let Some(user) = &config.run_as {

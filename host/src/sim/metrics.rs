@@ -77,6 +77,8 @@ pub struct Summary {
     pub final_policy: String,
     /// GPUs in the cluster.
     pub gpus: u32,
+    /// What the cluster is made of ("36 V100 + 36 P100 + 36 K80 on 27 nodes").
+    pub cluster: String,
     /// Jobs in the trace.
     pub jobs: usize,
     /// Jobs that finished.
@@ -236,12 +238,13 @@ pub(super) fn collect(input: Inputs<'_>) -> SimResult {
             .last()
             .map(|&(t, s)| (makespan - t).max(0.0) * s)
             .unwrap_or(0.0);
-    let capacity = input.config.gpus as f64 * makespan;
+    let capacity = f64::from(input.config.cluster.gpus()) * makespan;
 
     let summary = Summary {
         policy: input.initial_policy,
         final_policy: input.host.active().name().to_string(),
-        gpus: input.config.gpus,
+        gpus: input.config.cluster.gpus(),
+        cluster: input.config.cluster.describe(),
         jobs: jobs.len(),
         completed: finished.len(),
         refused_at_submission: input.refused.len(),

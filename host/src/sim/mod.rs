@@ -42,20 +42,16 @@ use crate::cluster::{Cluster, JobSpec};
 use crate::decision::DecisionLoop;
 use crate::engine::{Engine, Fault, Plugin};
 use crate::scheduler::{ActivePolicy, Outcome, PolicyHost, StallRule};
+use crate::topology::{Topology, TopologyError};
 use crate::trace::TraceJob;
 use std::time::Instant;
 
 /// The cluster and options of one simulation.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
-    /// Number of GPUs.
-    pub gpus: u32,
-    /// GPUs per node.
-    pub gpus_per_node: u32,
-    /// GPU model name shown to policies.
-    pub gpu_kind: String,
-    /// GPU memory in bytes.
-    pub gpu_memory: u64,
+    /// The cluster: its nodes and their GPUs (64 V100s of 16 GiB, 8 to
+    /// a node, by default).
+    pub cluster: Topology,
     /// Tell policies each job's trace duration as `expected-duration`
     /// (an oracle, as SJF-style baselines in the papers assume).
     pub reveal_durations: bool,
@@ -91,13 +87,28 @@ pub struct GpuOutage {
     pub until: Option<f64>,
 }
 
+/// The GPU kind of `--gpus N` shorthand clusters.
+pub const DEFAULT_GPU_KIND: &str = "V100";
+
+/// The memory of each GPU of `--gpus N` shorthand clusters.
+pub const DEFAULT_GPU_MEMORY: u64 = 16 << 30;
+
+impl SimConfig {
+    /// The default options on `gpus` GPUs of the default kind, `per_node`
+    /// to a node (what `--gpus N --gpus-per-node K` means).
+    pub fn with_gpus(gpus: u32, per_node: u32) -> Result<SimConfig, TopologyError> {
+        Ok(SimConfig {
+            cluster: Topology::homogeneous(gpus, per_node, DEFAULT_GPU_KIND, DEFAULT_GPU_MEMORY)?,
+            ..SimConfig::default()
+        })
+    }
+}
+
 impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
-            gpus: 64,
-            gpus_per_node: 8,
-            gpu_kind: "V100".to_string(),
-            gpu_memory: 16 << 30,
+            cluster: Topology::homogeneous(64, 8, DEFAULT_GPU_KIND, DEFAULT_GPU_MEMORY)
+                .expect("the default cluster is within bounds"),
             reveal_durations: true,
             progress: None,
             outages: Vec::new(),
@@ -149,20 +160,16 @@ pub fn simulate_observed(
     // GPU state changes, in time order: (time, gpu, online).
     let mut gpu_changes: Vec<(f64, u32, bool)> = Vec::new();
     for o in &config.outages {
-        if o.gpu >= config.gpus {
-            anyhow::bail!(
-                "outage of gpu {}: the cluster has {} GPUs (ids 0..{})",
-                o.gpu,
-                config.gpus,
-                config.gpus
-            );
+        let gpus = config.cluster.gpus();
+        if o.gpu >= gpus {
+            anyhow::bail!("outage of gpu {}: the cluster has {gpus} GPUs (ids 0..{gpus})", o.gpu);
         }
         gpu_changes.push((o.from, o.gpu, false));
         gpu_changes.extend(o.until.map(|u| (u, o.gpu, true)));
     }
     gpu_changes.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut next_change = 0;
-    let cluster = Cluster::homogeneous(config.gpus, config.gpus_per_node, &config.gpu_kind, config.gpu_memory);
+    let cluster = Cluster::new(config.cluster.gpu_specs());
     let mut host = match policy {
         Some(p) => {
             let instance = engine

@@ -26,7 +26,7 @@ impl std::fmt::Display for Table<'_> {
                 "jobs (completed / refused)",
                 format!("{} ({} / {})", s.jobs, s.completed, s.refused_at_submission),
             ),
-            ("GPUs", s.gpus.to_string()),
+            ("cluster", s.cluster.clone()),
             ("JCT mean", secs(s.jct.mean)),
             ("JCT median", secs(s.jct.median)),
             ("JCT p95", secs(s.jct.p95)),
