@@ -360,3 +360,47 @@ fn a_cluster_description_replaces_gpus_and_the_shorthand_is_the_same_cluster() {
         stderr(&o)
     );
 }
+
+#[test]
+fn helios_acme_and_alibaba_traces_replay_and_say_what_they_skipped() {
+    for (file, jobs, note) in [
+        ("helios-sample.csv", 6, "2 rows of"),
+        ("acme-sample.csv", 5, "1 rows of"),
+        ("alibaba-pai-sample.csv", 5, "skipped (never scheduled)"),
+    ] {
+        let trace = root().join("examples/traces").join(file);
+        let o = wsched(&[
+            "sim",
+            "--trace",
+            trace.to_str().unwrap(),
+            "--gpus",
+            "8",
+            "--policy",
+            "builtin-fifo",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{file}: {}", stderr(&o));
+        let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(summary["jobs"], jobs, "{file}");
+        assert!(stderr(&o).contains(note), "{file}: {}", stderr(&o));
+    }
+    // Told the wrong format: one line naming the missing column.
+    let acme = root().join("examples/traces/acme-sample.csv");
+    let o = wsched(&[
+        "sim",
+        "--trace",
+        acme.to_str().unwrap(),
+        "--trace-format",
+        "alibaba-pai",
+        "--gpus",
+        "8",
+        "--policy",
+        "builtin-fifo",
+    ]);
+    let err = stderr(&o);
+    assert!(
+        !o.status.success() && err.contains(":1: the header has no `creation_time` column"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

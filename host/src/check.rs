@@ -227,6 +227,7 @@ fn job(line: usize, submit: f64, duration: f64, gpus: u32) -> TraceJob {
         duration,
         gpus,
         tenant: format!("t{}", line % 3),
+        share: None,
     }
 }
 

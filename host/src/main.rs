@@ -12,6 +12,7 @@ use wsched::service;
 mod client;
 use wsched::sim::{self, GpuOutage, PolicyChoice, ScheduledSwap, SimConfig};
 use wsched::topology::{Topology, TopologyError};
+use wsched::trace::TraceFormatName;
 
 /// GPU cluster scheduling with policies as sandboxed WebAssembly plugins.
 #[derive(Parser)]
@@ -200,6 +201,20 @@ enum SuspendMemoryArg {
     Release,
 }
 
+/// `sim --trace-format`: how the trace file is written (the library's
+/// `trace::TraceFormatName`, spelled for the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TraceFormatArg {
+    /// Microsoft Philly, per job: timestamp, duration, num_gpus.
+    Philly,
+    /// SenseTime Helios: submit_time, duration, gpu_num, user or vc.
+    Helios,
+    /// Shanghai AI Lab Acme: the Helios columns, times with UTC offsets.
+    Acme,
+    /// Alibaba GPU trace v2023 pod lists: creation/scheduled/deletion_time, num_gpu, gpu_milli.
+    AlibabaPai,
+}
+
 /// `serve --backend`: which backend runs the work (the library's
 /// `service::BackendChoice`, spelled for the command line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -270,9 +285,12 @@ impl CacheArgs {
 
 #[derive(Args)]
 struct SimArgs {
-    /// Trace file (Philly-style CSV: timestamp,duration,num_gpus,...).
+    /// Trace file: Philly, Helios, Acme or Alibaba PAI CSV (see --trace-format).
     #[arg(long)]
     trace: PathBuf,
+    /// The trace's format; by default, the one its header names.
+    #[arg(long, value_enum)]
+    trace_format: Option<TraceFormatArg>,
     /// GPUs in the simulated cluster (V100s, 16 GiB each). Repeat to sweep
     /// cluster sizes.
     #[arg(long = "gpus", required_unless_present = "cluster", conflicts_with = "cluster")]
@@ -573,7 +591,18 @@ fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?,
     };
     let engine = Engine::with_cache(args.limits.limits(), cache)?;
-    let trace = wsched::trace::read(&args.trace)?;
+    let format = args.trace_format.map(|f| match f {
+        TraceFormatArg::Philly => TraceFormatName::Philly,
+        TraceFormatArg::Helios | TraceFormatArg::Acme => TraceFormatName::Helios,
+        TraceFormatArg::AlibabaPai => TraceFormatName::AlibabaPai,
+    });
+    let parsed = wsched::trace::read_as(&args.trace, format)?;
+    if !args.quiet {
+        for (why, count) in &parsed.skipped {
+            eprintln!("note: {count} rows of {} skipped ({why})", args.trace.display());
+        }
+    }
+    let trace = parsed.jobs;
     let loads = if args.load_scales.is_empty() {
         vec![1.0]
     } else {

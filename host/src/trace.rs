@@ -1,16 +1,35 @@
 //! Reading cluster traces: the jobs a simulation replays.
 //!
-//! Formats sit behind [`TraceFormat`] so that new ones (Alibaba, Helios,
-//! synthetic generators) add a type, not a branch in the simulator. Every
-//! error names the file and line, because a researcher's first run is often
-//! on a trace they just converted by hand.
+//! Formats sit behind [`TraceFormat`] so that new ones add a type, not a
+//! branch in the simulator. Three ship, for the traces researchers have:
+//!
+//! - [`PhillyCsv`]: Microsoft's Philly trace, per job (`timestamp`,
+//!   `duration`, `num_gpus`), as the AdaptDL/Pollux artifact derives it;
+//! - [`HeliosCsv`]: SenseTime's Helios and Shanghai AI Lab's Acme job
+//!   traces (`submit_time`, `duration`, `gpu_num`, `node_num`, `user`);
+//! - [`AlibabaPaiCsv`]: the pod lists of Alibaba's GPU trace v2023
+//!   (`creation_time`, `scheduled_time`, `deletion_time`, `num_gpu` and a
+//!   fractional `gpu_milli`).
+//!
+//! [`read_as`] picks the format from the header when not told. Rows a
+//! replay has no use for (CPU-only jobs, pods never scheduled) are skipped
+//! and counted; every other row must parse, and an error names the file,
+//! the line and the column, because a researcher's first run is often on a
+//! trace they just converted by hand.
 
 use crate::bounds::{self, shown};
 use anyhow::{Context, anyhow, bail};
+use std::collections::BTreeMap;
 use std::path::Path;
 
+/// Largest trace file read, in bytes (the 50x tiled Philly trace is 40 MB).
+pub const MAX_TRACE_BYTES: usize = 1 << 30;
+
+/// Longest tenant (user, virtual cluster) name kept, in bytes.
+pub const MAX_TENANT: usize = 256;
+
 /// One job of a trace.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct TraceJob {
     /// Line in the file (1-based, header included), for error messages and ties.
     pub line: usize,
@@ -22,19 +41,196 @@ pub struct TraceJob {
     pub gpus: u32,
     /// User or virtual cluster.
     pub tenant: String,
+    /// Share of one GPU the job asked for, when less than a whole one
+    /// (single-GPU jobs of GPU-sharing traces).
+    pub share: Option<f64>,
+}
+
+/// What a trace file held: its jobs, and the rows skipped, by why.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Parsed {
+    /// The jobs, in file order.
+    pub jobs: Vec<TraceJob>,
+    /// Rows left out on purpose (`"without GPUs"`, `"never scheduled"`), counted.
+    pub skipped: BTreeMap<&'static str, usize>,
 }
 
 /// A trace file format.
 pub trait TraceFormat {
     /// Parse a whole file's text; `name` is used in error messages.
-    fn parse(&self, name: &str, text: &str) -> anyhow::Result<Vec<TraceJob>>;
+    fn parse(&self, name: &str, text: &str) -> anyhow::Result<Parsed>;
 }
 
-/// Read a trace file, choosing the format from its content (only the
-/// Philly CSV form exists today).
+/// The trace formats wsched reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceFormatName {
+    /// [`PhillyCsv`].
+    Philly,
+    /// [`HeliosCsv`] (Helios and Acme).
+    Helios,
+    /// [`AlibabaPaiCsv`].
+    AlibabaPai,
+}
+
+impl TraceFormatName {
+    /// The format whose columns a CSV header names, if one does.
+    pub fn detect(header: &str) -> Option<TraceFormatName> {
+        let columns: Vec<String> = header.split(',').map(|c| c.trim().to_ascii_lowercase()).collect();
+        let has = |c: &str| columns.iter().any(|x| x == c);
+        if has("timestamp") && has("num_gpus") {
+            Some(TraceFormatName::Philly)
+        } else if has("submit_time") && has("gpu_num") {
+            Some(TraceFormatName::Helios)
+        } else if has("creation_time") && has("num_gpu") {
+            Some(TraceFormatName::AlibabaPai)
+        } else {
+            None
+        }
+    }
+
+    /// Its reader.
+    pub fn reader(self) -> &'static dyn TraceFormat {
+        match self {
+            TraceFormatName::Philly => &PhillyCsv,
+            TraceFormatName::Helios => &HeliosCsv,
+            TraceFormatName::AlibabaPai => &AlibabaPaiCsv,
+        }
+    }
+}
+
+/// Read a trace file in the format its header names; the jobs only.
 pub fn read(path: &Path) -> anyhow::Result<Vec<TraceJob>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read trace {}", path.display()))?;
-    PhillyCsv.parse(&path.display().to_string(), &text)
+    Ok(read_as(path, None)?.jobs)
+}
+
+/// Read a trace file (a regular file, at most [`MAX_TRACE_BYTES`]) in
+/// `format`, or in the one its header names when `None`.
+pub fn read_as(path: &Path, format: Option<TraceFormatName>) -> anyhow::Result<Parsed> {
+    let bytes = crate::files::read_regular_file(path, MAX_TRACE_BYTES)
+        .map_err(|why| anyhow!("cannot read trace {}: {why}", path.display()))?;
+    let text =
+        String::from_utf8(bytes).with_context(|| format!("cannot read trace {}: not UTF-8 text", path.display()))?;
+    let name = path.display().to_string();
+    let format = match format {
+        Some(f) => f,
+        None => {
+            let header = text.lines().next().unwrap_or_default();
+            TraceFormatName::detect(header).ok_or_else(|| {
+                anyhow!(
+                    "{name}:1: the header names no known format (Philly: timestamp, duration, num_gpus; \
+                     Helios/Acme: submit_time, duration, gpu_num; Alibaba PAI: creation_time, scheduled_time, \
+                     deletion_time, num_gpu); say which with --trace-format"
+                )
+            })?
+        }
+    };
+    format.reader().parse(&name, &text)
+}
+
+/// A CSV file as the readers take it: a header, then rows of as many
+/// fields, split on commas (none of these traces quotes a field).
+struct Csv<'a> {
+    name: &'a str,
+    columns: Vec<&'a str>,
+    lines: std::iter::Enumerate<std::str::Lines<'a>>,
+}
+
+impl<'a> Csv<'a> {
+    fn new(name: &'a str, text: &'a str) -> anyhow::Result<Csv<'a>> {
+        let mut lines = text.lines().enumerate();
+        let (_, header) = lines
+            .next()
+            .ok_or_else(|| anyhow!("{name}: empty file, expected a CSV header"))?;
+        let columns = header.split(',').map(str::trim).collect();
+        Ok(Csv { name, columns, lines })
+    }
+
+    fn find(&self, col: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.eq_ignore_ascii_case(col))
+    }
+
+    fn need(&self, col: &str) -> anyhow::Result<usize> {
+        self.find(col).ok_or_else(|| {
+            anyhow!(
+                "{}:1: the header has no `{col}` column (it has: {})",
+                self.name,
+                shown(&self.columns.join(", "))
+            )
+        })
+    }
+
+    /// The next non-blank row: its line number and fields.
+    fn row(&mut self) -> anyhow::Result<Option<(usize, Vec<&'a str>)>> {
+        for (i, line) in self.lines.by_ref() {
+            let n = i + 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            if fields.len() != self.columns.len() {
+                bail!(
+                    "{}:{n}: {} fields, the header has {}",
+                    self.name,
+                    fields.len(),
+                    self.columns.len()
+                );
+            }
+            return Ok(Some((n, fields)));
+        }
+        Ok(None)
+    }
+}
+
+/// A tenant name from a trace field (empty is none).
+fn tenant(name: &str, n: usize, column: &str, value: &str) -> anyhow::Result<String> {
+    if value.len() > MAX_TENANT || value.chars().any(char::is_control) {
+        bail!(
+            "{name}:{n}: column `{column}`: {} is not a name (at most {MAX_TENANT} bytes, no control characters)",
+            shown(value)
+        );
+    }
+    Ok(value.to_string())
+}
+
+/// A duration in seconds from a trace field.
+fn seconds(name: &str, n: usize, column: &str, value: &str) -> anyhow::Result<f64> {
+    let v: f64 = value
+        .parse()
+        .map_err(|_| anyhow!("{name}:{n}: column `{column}`: {} is not a number", shown(value)))?;
+    if let Err(why) = bounds::check_job_seconds(v) {
+        bail!("{name}:{n}: column `{column}`: not a duration: {why}");
+    }
+    Ok(v)
+}
+
+/// A time from a trace field (see [`parse_time`]).
+fn time(name: &str, n: usize, column: &str, value: &str) -> anyhow::Result<f64> {
+    parse_time(value).map_err(|e| anyhow!("{name}:{n}: column `{column}`: {e}"))
+}
+
+/// A GPU count from a trace field: 0 (a CPU-only job) or a gang size.
+fn gpu_count(name: &str, n: usize, column: &str, value: &str) -> anyhow::Result<u32> {
+    if value.parse::<f64>().is_ok_and(|v| v == 0.0) {
+        return Ok(0);
+    }
+    parse_gpus(value).ok_or_else(|| {
+        anyhow!(
+            "{name}:{n}: column `{column}`: {} is not a whole number from 0 to {}",
+            shown(value),
+            bounds::MAX_GPUS_PER_JOB
+        )
+    })
+}
+
+fn finish(name: &str, parsed: Parsed) -> anyhow::Result<Parsed> {
+    if parsed.jobs.is_empty() {
+        let skipped: usize = parsed.skipped.values().sum();
+        if skipped > 0 {
+            bail!("{name}: no GPU job to replay ({skipped} rows skipped: CPU-only or never scheduled)");
+        }
+        bail!("{name}: no jobs after the header");
+    }
+    Ok(parsed)
 }
 
 /// The per-job CSV form of Microsoft's Philly trace (as derived by the
@@ -45,40 +241,14 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<TraceJob>> {
 pub struct PhillyCsv;
 
 impl TraceFormat for PhillyCsv {
-    fn parse(&self, name: &str, text: &str) -> anyhow::Result<Vec<TraceJob>> {
-        let mut lines = text.lines().enumerate();
-        let (_, header) = lines
-            .next()
-            .ok_or_else(|| anyhow!("{name}: empty file, expected a CSV header"))?;
-        let columns: Vec<&str> = header.split(',').map(str::trim).collect();
-        let find = |col: &str| columns.iter().position(|c| c.eq_ignore_ascii_case(col));
-        let need = |col: &str| {
-            find(col).ok_or_else(|| {
-                anyhow!(
-                    "{name}:1: the header has no `{col}` column (it has: {})",
-                    columns.join(", ")
-                )
-            })
-        };
-        let (ts, dur, gpus) = (need("timestamp")?, need("duration")?, need("num_gpus")?);
-        let tenant = find("user").or_else(|| find("cluster"));
-        let mut jobs = Vec::new();
-        for (i, line) in lines {
-            let n = i + 1;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-            if fields.len() != columns.len() {
-                bail!("{name}:{n}: {} fields, the header has {}", fields.len(), columns.len());
-            }
-            let submit = parse_time(fields[ts]).map_err(|e| anyhow!("{name}:{n}: column `timestamp`: {e}"))?;
-            let duration: f64 = fields[dur]
-                .parse()
-                .map_err(|_| anyhow!("{name}:{n}: column `duration`: {} is not a number", shown(fields[dur])))?;
-            if let Err(why) = bounds::check_job_seconds(duration) {
-                bail!("{name}:{n}: column `duration`: not a duration: {why}");
-            }
+    fn parse(&self, name: &str, text: &str) -> anyhow::Result<Parsed> {
+        let mut csv = Csv::new(name, text)?;
+        let (ts, dur, gpus) = (csv.need("timestamp")?, csv.need("duration")?, csv.need("num_gpus")?);
+        let who = csv.find("user").or_else(|| csv.find("cluster"));
+        let mut parsed = Parsed::default();
+        while let Some((n, fields)) = csv.row()? {
+            let submit = time(name, n, "timestamp", fields[ts])?;
+            let duration = seconds(name, n, "duration", fields[dur])?;
             let gpu_count: u32 = parse_gpus(fields[gpus]).ok_or_else(|| {
                 anyhow!(
                     "{name}:{n}: column `num_gpus`: {} is not a whole number from 1 to {}",
@@ -86,18 +256,123 @@ impl TraceFormat for PhillyCsv {
                     bounds::MAX_GPUS_PER_JOB
                 )
             })?;
-            jobs.push(TraceJob {
+            let tenant = match who {
+                Some(t) => tenant(name, n, csv.columns[t], fields[t])?,
+                None => String::new(),
+            };
+            parsed.jobs.push(TraceJob {
                 line: n,
                 submit,
                 duration,
                 gpus: gpu_count,
-                tenant: tenant.map(|t| fields[t].to_string()).unwrap_or_default(),
+                tenant,
+                share: None,
             });
         }
-        if jobs.is_empty() {
-            bail!("{name}: no jobs after the header");
+        finish(name, parsed)
+    }
+}
+
+/// The job traces of SenseTime's Helios (Hu et al., SC'21) and Shanghai AI
+/// Lab's Acme (Hu et al., NSDI'24): a header naming at least
+/// `submit_time`, `duration` (seconds of execution) and `gpu_num`; the
+/// tenant is `user`, else `vc`. Times are `YYYY-MM-DD HH:MM:SS`, with a
+/// UTC offset (`+08:00`) or without (read as UTC), or seconds. CPU-only
+/// jobs (`gpu_num` 0) are skipped and counted.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HeliosCsv;
+
+impl TraceFormat for HeliosCsv {
+    fn parse(&self, name: &str, text: &str) -> anyhow::Result<Parsed> {
+        let mut csv = Csv::new(name, text)?;
+        let (ts, dur, gpus) = (csv.need("submit_time")?, csv.need("duration")?, csv.need("gpu_num")?);
+        let who = csv.find("user").or_else(|| csv.find("vc"));
+        let mut parsed = Parsed::default();
+        while let Some((n, fields)) = csv.row()? {
+            let gpu_count = gpu_count(name, n, "gpu_num", fields[gpus])?;
+            if gpu_count == 0 {
+                *parsed.skipped.entry("without GPUs").or_default() += 1;
+                continue;
+            }
+            let tenant = match who {
+                Some(t) => tenant(name, n, csv.columns[t], fields[t])?,
+                None => String::new(),
+            };
+            parsed.jobs.push(TraceJob {
+                line: n,
+                submit: time(name, n, "submit_time", fields[ts])?,
+                duration: seconds(name, n, "duration", fields[dur])?,
+                gpus: gpu_count,
+                tenant,
+                share: None,
+            });
         }
-        Ok(jobs)
+        finish(name, parsed)
+    }
+}
+
+/// The pod lists of Alibaba's GPU cluster trace v2023 (`openb_pod_list_*.csv`,
+/// Weng et al., ATC'23): `creation_time` (the submission), `scheduled_time`
+/// and `deletion_time` (seconds; the job runs from the one to the other),
+/// `num_gpu` (0 to 8) and `gpu_milli` (thousandths of each GPU: below 1000
+/// on a one-GPU pod, a share of a GPU). CPU-only pods and pods never
+/// scheduled (no `scheduled_time`) are skipped and counted. `gpu_spec`
+/// (the GPU kinds a pod accepts) is not modelled yet.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AlibabaPaiCsv;
+
+impl TraceFormat for AlibabaPaiCsv {
+    fn parse(&self, name: &str, text: &str) -> anyhow::Result<Parsed> {
+        let mut csv = Csv::new(name, text)?;
+        let created = csv.need("creation_time")?;
+        let scheduled = csv.need("scheduled_time")?;
+        let deleted = csv.need("deletion_time")?;
+        let gpus = csv.need("num_gpu")?;
+        let milli = csv.find("gpu_milli");
+        let mut parsed = Parsed::default();
+        while let Some((n, fields)) = csv.row()? {
+            let gpu_count = gpu_count(name, n, "num_gpu", fields[gpus])?;
+            if gpu_count == 0 {
+                *parsed.skipped.entry("without GPUs").or_default() += 1;
+                continue;
+            }
+            if fields[scheduled].is_empty() || fields[scheduled].eq_ignore_ascii_case("nan") {
+                *parsed.skipped.entry("never scheduled").or_default() += 1;
+                continue;
+            }
+            let submit = time(name, n, "creation_time", fields[created])?;
+            let start = time(name, n, "scheduled_time", fields[scheduled])?;
+            let end = time(name, n, "deletion_time", fields[deleted])?;
+            let duration = end - start;
+            if let Err(why) = bounds::check_job_seconds(duration) {
+                bail!("{name}:{n}: column `deletion_time`: not after `scheduled_time`: {why}");
+            }
+            let share = match milli.map(|m| fields[m]) {
+                None => None,
+                Some(value) => {
+                    let m: f64 = value
+                        .parse()
+                        .ok()
+                        .filter(|m: &f64| m.fract() == 0.0 && (1.0..=1000.0).contains(m))
+                        .ok_or_else(|| {
+                            anyhow!(
+                                "{name}:{n}: column `gpu_milli`: {} is not a whole number from 1 to 1000",
+                                shown(value)
+                            )
+                        })?;
+                    (gpu_count == 1 && m < 1000.0).then_some(m / 1000.0)
+                }
+            };
+            parsed.jobs.push(TraceJob {
+                line: n,
+                submit,
+                duration,
+                gpus: gpu_count,
+                tenant: String::new(),
+                share,
+            });
+        }
+        finish(name, parsed)
     }
 }
 
@@ -120,8 +395,30 @@ pub fn parse_time(s: &str) -> Result<f64, String> {
             ))
         };
     }
-    let bad = || format!("{} is neither `YYYY-MM-DD HH:MM:SS` nor seconds", shown(s));
+    let bad = || format!("{} is neither `YYYY-MM-DD HH:MM:SS[+HH:MM]` nor seconds", shown(s));
     let (date, time) = s.split_once([' ', 'T']).ok_or_else(bad)?;
+    // A UTC offset (`+08:00`, `-05:30`) or `Z` after the time.
+    let (time, offset) = match time.find(['+', '-', 'Z']) {
+        None => (time, 0),
+        Some(i) => {
+            let (clock, zone) = time.split_at(i);
+            let offset = if zone == "Z" {
+                0
+            } else {
+                let sign = if zone.starts_with('-') { -1 } else { 1 };
+                let (h, m) = zone[1..].split_once(':').ok_or_else(bad)?;
+                let (h, m) = (
+                    h.parse::<i64>().map_err(|_| bad())?,
+                    m.parse::<i64>().map_err(|_| bad())?,
+                );
+                if !(0..=14).contains(&h) || !(0..60).contains(&m) || zone.len() != 6 {
+                    return Err(bad());
+                }
+                sign * (h * 3600 + m * 60)
+            };
+            (clock, offset)
+        }
+    };
     let d: Vec<i64> = date
         .split('-')
         .map(|p| p.parse::<i64>())
@@ -144,7 +441,7 @@ pub fn parse_time(s: &str) -> Result<f64, String> {
     {
         return Err(bad());
     }
-    Ok((days_from_civil(y, mo, da) * 86_400 + h * 3600 + mi * 60 + se) as f64)
+    Ok((days_from_civil(y, mo, da) * 86_400 + h * 3600 + mi * 60 + se - offset) as f64)
 }
 
 /// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC), the form
@@ -195,7 +492,7 @@ mod tests {
     fn parses_philly_rows() {
         let text =
             "timestamp,duration,num_gpus,gpu_time,cluster\n2017-10-09 07:01:55,66.0,1,66.0,11cb48\n1000,5,4.0,20,x\n";
-        let jobs = PhillyCsv.parse("t.csv", text).unwrap();
+        let jobs = PhillyCsv.parse("t.csv", text).unwrap().jobs;
         assert_eq!(jobs.len(), 2);
         assert_eq!(jobs[0].submit, 1_507_532_515.0);
         assert_eq!(
@@ -205,9 +502,128 @@ mod tests {
         assert_eq!((jobs[1].submit, jobs[1].gpus), (1000.0, 4));
     }
 
+    fn sample(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/traces")
+            .join(name)
+    }
+
+    #[test]
+    fn the_format_is_read_from_the_header() {
+        for (file, format) in [
+            ("philly-11cb48.csv", TraceFormatName::Philly),
+            ("helios-sample.csv", TraceFormatName::Helios),
+            ("acme-sample.csv", TraceFormatName::Helios),
+            ("alibaba-pai-sample.csv", TraceFormatName::AlibabaPai),
+        ] {
+            let text = std::fs::read_to_string(sample(file)).unwrap();
+            assert_eq!(
+                TraceFormatName::detect(text.lines().next().unwrap()),
+                Some(format),
+                "{file}"
+            );
+        }
+        assert_eq!(TraceFormatName::detect("a,b,c"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        std::fs::write(&path, "a,b\n1,2\n").unwrap();
+        assert!(read_as(&path, None).unwrap_err().to_string().contains("--trace-format"));
+        // Not read: a directory, a device, a file that is not text.
+        assert!(read(dir.path()).unwrap_err().to_string().contains("not a regular file"));
+        assert!(
+            read(Path::new("/dev/zero"))
+                .unwrap_err()
+                .to_string()
+                .contains("not a regular file")
+        );
+        std::fs::write(&path, [0xff, 0xfe, b'\n']).unwrap();
+        assert!(read(&path).unwrap_err().to_string().contains("not UTF-8"));
+    }
+
+    #[test]
+    fn helios_and_acme_rows_become_jobs_and_cpu_jobs_are_skipped() {
+        let helios = read_as(&sample("helios-sample.csv"), None).unwrap();
+        assert_eq!((helios.jobs.len(), helios.skipped.get("without GPUs")), (6, Some(&2)));
+        let first = &helios.jobs[0];
+        assert_eq!(
+            (first.line, first.gpus, first.duration, first.tenant.as_str()),
+            (2, 8, 7800.0, "u01")
+        );
+        assert_eq!(first.submit, parse_time("2020-04-01 00:00:07").unwrap());
+        let acme = read_as(&sample("acme-sample.csv"), Some(TraceFormatName::Helios)).unwrap();
+        assert_eq!((acme.jobs.len(), acme.skipped.get("without GPUs")), (5, Some(&1)));
+        // 00:18:22 at UTC+8 is 16:18:22 UTC the day before.
+        assert_eq!(acme.jobs[0].submit, parse_time("2023-02-28 16:18:22").unwrap());
+        assert_eq!((acme.jobs[2].gpus, acme.jobs[2].duration), (32, 120.0));
+    }
+
+    #[test]
+    fn alibaba_pods_become_jobs_with_their_gpu_shares() {
+        let pai = read_as(&sample("alibaba-pai-sample.csv"), None).unwrap();
+        assert_eq!(pai.jobs.len(), 5);
+        assert_eq!(pai.skipped.get("without GPUs"), Some(&1));
+        assert_eq!(pai.skipped.get("never scheduled"), Some(&1));
+        let shares: Vec<Option<f64>> = pai.jobs.iter().map(|j| j.share).collect();
+        assert_eq!(shares, [None, Some(0.22), None, Some(0.5), None]);
+        let j = &pai.jobs[2];
+        assert_eq!((j.submit, j.duration), (9_967_058.0, 9_968_575.0 - 9_967_063.0));
+    }
+
+    #[test]
+    fn broken_rows_of_every_format_name_file_line_and_column() {
+        let helios = |rows: &str| {
+            HeliosCsv
+                .parse("h.csv", &format!("submit_time,duration,gpu_num,user\n{rows}"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(helios("2020-04-01 00:00:07,ten,1,u\n").starts_with("h.csv:2: column `duration`"));
+        assert!(helios("yesterday,10,1,u\n").starts_with("h.csv:2: column `submit_time`"));
+        assert!(helios("2020-04-01 00:00:07+25:00,10,1,u\n").starts_with("h.csv:2: column `submit_time`"));
+        assert!(helios("1,10,1.5,u\n").starts_with("h.csv:2: column `gpu_num`"));
+        assert!(helios("1,10,-1,u\n").starts_with("h.csv:2: column `gpu_num`"));
+        assert!(helios("1,10,1,u\n1,10,NaN,u\n").starts_with("h.csv:3: column `gpu_num`"));
+        assert!(helios("1,1e300,1,u\n").starts_with("h.csv:2: column `duration`"));
+        assert!(helios("1,10,1\n").starts_with("h.csv:2: 3 fields"));
+        assert!(helios("1,10,0,u\n").contains("no GPU job to replay"));
+        let long = "u".repeat(10 << 20);
+        let e = helios(&format!("1,10,1,{long}\n"));
+        assert!(
+            e.starts_with("h.csv:2: column `user`") && e.len() < 300,
+            "{} bytes",
+            e.len()
+        );
+        assert!(
+            HeliosCsv
+                .parse("h.csv", "submit_time,gpu_num\n1,1\n")
+                .unwrap_err()
+                .to_string()
+                .contains("no `duration` column")
+        );
+
+        let pai = |rows: &str| {
+            AlibabaPaiCsv
+                .parse(
+                    "p.csv",
+                    &format!("num_gpu,gpu_milli,creation_time,deletion_time,scheduled_time\n{rows}"),
+                )
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(pai("1,500,10,5,8\n").starts_with("p.csv:2: column `deletion_time`: not after"));
+        assert!(pai("1,0,10,20,10\n").starts_with("p.csv:2: column `gpu_milli`"));
+        assert!(pai("1,1001,10,20,10\n").starts_with("p.csv:2: column `gpu_milli`"));
+        assert!(pai("1,2.5,10,20,10\n").starts_with("p.csv:2: column `gpu_milli`"));
+        assert!(pai("9999999,1000,10,20,10\n").starts_with("p.csv:2: column `num_gpu`"));
+        assert!(pai("1,1000,inf,20,10\n").starts_with("p.csv:2: column `creation_time`"));
+        assert!(pai("1,1000,10,20,soon\n").starts_with("p.csv:2: column `scheduled_time`"));
+        assert!(pai("0,0,10,20,10\n1,1000,10,20,\n").contains("2 rows skipped"));
+    }
+
     #[test]
     fn errors_name_file_line_and_column() {
         let err = |text: &str| PhillyCsv.parse("t.csv", text).unwrap_err().to_string();
+        assert!(err("timestamp,duration,num_gpus,user\n1,1,1,a\u{1b}b\n").starts_with("t.csv:2: column `user`"));
         let h = "timestamp,duration,num_gpus\n";
         assert_eq!(
             err(&format!("{h}1,2,1\n1,abc,1\n")),

@@ -68,6 +68,7 @@ pub fn trace(rows: &str) -> Vec<TraceJob> {
     PhillyCsv
         .parse("inline", &format!("timestamp,duration,num_gpus\n{rows}"))
         .expect("trace")
+        .jobs
 }
 
 /// The bundled Philly trace.

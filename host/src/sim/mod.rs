@@ -257,6 +257,7 @@ pub fn simulate_observed(
             }
             next_arrival += 1;
             let mut spec = JobSpec::new(job.tenant.clone(), job.gpus, job.duration);
+            spec.share_requested = job.share;
             if !config.reveal_durations {
                 spec.expected_duration = None;
             }

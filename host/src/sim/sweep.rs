@@ -321,6 +321,7 @@ mod tests {
             duration: 10.0,
             gpus: 1,
             tenant: "t".into(),
+            share: None,
         };
         let trace = vec![job(100.0), job(110.0), job(130.0)];
         let twice = scale_load(&trace, 2.0).unwrap();
