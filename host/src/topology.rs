@@ -55,6 +55,20 @@ pub const MAX_NAME: usize = 64;
 /// Largest description file read, in bytes.
 pub const MAX_FILE_BYTES: usize = 1 << 20;
 
+/// GPU memory given to GPU models an Alibaba node list names but whose
+/// memory is not known (its undisclosed G1, G2, G3).
+pub const UNKNOWN_MEMORY: u64 = 16 << 30;
+
+/// The memory of a GPU model as Alibaba's node list names it.
+fn pai_memory(model: &str) -> u64 {
+    match model {
+        "V100M32" => 32 << 30,
+        "A10" => 24 << 30,
+        "V100M16" | "P100" | "T4" => 16 << 30,
+        _ => UNKNOWN_MEMORY,
+    }
+}
+
 /// Nodes of one kind: how many, and what each holds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodeGroup {
@@ -301,7 +315,99 @@ impl Topology {
         Topology::new(file.metadata.name, groups)
     }
 
-    /// Read a description file (at most [`MAX_FILE_BYTES`], a regular file).
+    /// A cluster from the node list of Alibaba's GPU trace v2023
+    /// (`openb_node_list_*.csv`: `sn`, `gpu` (GPUs on the node), `model`):
+    /// nodes without GPUs are left out, and nodes of one model and GPU
+    /// count form one group, in order of first appearance. The list gives
+    /// no GPU memory: known models get theirs (V100M16 16 GiB, V100M32 32
+    /// GiB, P100 16 GiB, T4 16 GiB, A10 24 GiB), the undisclosed G1, G2 and
+    /// G3 (and any other) [`UNKNOWN_MEMORY`], on which no pod of the trace
+    /// depends (pods ask for no GPU memory).
+    pub fn from_pai_node_list(name: &str, text: &str) -> Result<Topology, TopologyError> {
+        let mut lines = text.lines().enumerate();
+        let header = lines.next().map(|(_, h)| h).unwrap_or_default();
+        let columns: Vec<&str> = header.split(',').map(str::trim).collect();
+        let need = |c: &str| {
+            columns
+                .iter()
+                .position(|x| x.eq_ignore_ascii_case(c))
+                .ok_or_else(|| field(format!("{name}:1"), format!("the header has no `{c}` column")))
+        };
+        let (gpu, model) = (need("gpu")?, need("model")?);
+        let mut groups: Vec<NodeGroup> = Vec::new();
+        for (i, line) in lines {
+            let n = i + 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            if fields.len() != columns.len() {
+                return Err(field(
+                    format!("{name}:{n}"),
+                    format!("{} fields, the header has {}", fields.len(), columns.len()),
+                ));
+            }
+            let gpus: u32 = fields[gpu]
+                .parse::<f64>()
+                .ok()
+                .filter(|g| g.fract() == 0.0 && (0.0..=f64::from(MAX_GPUS_PER_NODE)).contains(g))
+                .map(|g| g as u32)
+                .ok_or_else(|| {
+                    field(
+                        format!("{name}:{n}: column `gpu`"),
+                        format!(
+                            "{} is not a whole number from 0 to {MAX_GPUS_PER_NODE}",
+                            crate::bounds::shown(fields[gpu])
+                        ),
+                    )
+                })?;
+            if gpus == 0 {
+                continue;
+            }
+            let kind = fields[model];
+            check_name(kind, true).map_err(|why| field(format!("{name}:{n}: column `model`"), why))?;
+            match groups
+                .iter_mut()
+                .find(|g| g.gpu_kind == kind && g.gpus_per_node == gpus)
+            {
+                Some(g) => g.nodes += 1,
+                None => {
+                    if groups.len() >= MAX_GROUPS {
+                        return Err(field(
+                            format!("{name}:{n}"),
+                            format!("more than {MAX_GROUPS} kinds of node"),
+                        ));
+                    }
+                    groups.push(NodeGroup {
+                        nodes: 1,
+                        gpus_per_node: gpus,
+                        gpu_kind: kind.to_string(),
+                        memory_per_gpu: pai_memory(kind),
+                        network: None,
+                    });
+                }
+            }
+            if groups.iter().map(NodeGroup::gpus).sum::<u64>() > u64::from(MAX_GPUS) {
+                return Err(field(
+                    format!("{name}:{n}"),
+                    format!("more than {MAX_GPUS} GPUs in all"),
+                ));
+            }
+        }
+        if groups.is_empty() {
+            return Err(field(name.to_string(), "no node with GPUs"));
+        }
+        let stem = Path::new(name)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let stem: String = stem.chars().filter(|c| !c.is_control()).take(MAX_NAME).collect();
+        Topology::new(stem, groups)
+    }
+
+    /// Read a description file (at most [`MAX_FILE_BYTES`], a regular file):
+    /// YAML as above, or an Alibaba PAI node list (a CSV whose header names
+    /// `gpu` and `model`; see [`Topology::from_pai_node_list`]).
     pub fn read(path: &Path) -> Result<Topology, TopologyError> {
         let bytes = crate::files::read_regular_file(path, MAX_FILE_BYTES).map_err(|why| TopologyError::Read {
             path: path.display().to_string(),
@@ -311,6 +417,16 @@ impl Topology {
             path: path.display().to_string(),
             why: "not UTF-8 text".into(),
         })?;
+        let header: Vec<String> = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .map(|c| c.trim().to_ascii_lowercase())
+            .collect();
+        if header.iter().any(|c| c == "gpu") && header.iter().any(|c| c == "model") {
+            return Topology::from_pai_node_list(&path.display().to_string(), &text);
+        }
         Topology::from_yaml(&text)
     }
 
@@ -529,6 +645,43 @@ spec:
             "apiVersion: wsched.dev/v1\nkind: Cluster\nspec:\n  nodeGroups:\n{many}"
         ));
         assert!(e.contains("groups"), "{e}");
+    }
+
+    #[test]
+    fn an_alibaba_node_list_is_a_cluster() {
+        let list = "sn,cpu_milli,memory_mib,gpu,model\n\
+                    node-0227,32000,262144,0,nan\n\
+                    node-0228,128000,786432,8,G3\n\
+                    node-0229,96000,786432,8,V100M32\n\
+                    node-0230,128000,786432,8,G3\n\
+                    node-0231,96000,393216,2,T4\n";
+        let t = Topology::from_pai_node_list("openb_node_list_gpu_node.csv", list).unwrap();
+        assert_eq!(t.name, "openb_node_list_gpu_node");
+        assert_eq!(t.describe(), "16 G3 + 8 V100M32 + 2 T4 on 4 nodes");
+        assert_eq!(t.groups()[1].memory_per_gpu, 32 << 30);
+        assert_eq!(t.groups()[0].memory_per_gpu, UNKNOWN_MEMORY);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nodes.csv");
+        std::fs::write(&path, list).unwrap();
+        assert_eq!(Topology::read(&path).unwrap().gpus(), 26);
+        let bad = |rows: &str| {
+            Topology::from_pai_node_list("n.csv", &format!("sn,gpu,model\n{rows}"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("a,8.5,G3\n").contains("n.csv:2: column `gpu`"));
+        assert!(bad("a,-1,G3\n").contains("n.csv:2: column `gpu`"));
+        assert!(bad("a,4096,G3\n").contains("n.csv:2: column `gpu`"));
+        assert!(bad("a,8\n").contains("n.csv:2: 2 fields"));
+        assert!(bad("a,8,\n").contains("n.csv:2: column `model`: required"));
+        assert!(bad("a,0,nan\n").contains("no node with GPUs"));
+        assert!(bad(&"a,1024,G3\n".repeat(65)).contains("more than 65536 GPUs"));
+        assert!(
+            Topology::from_pai_node_list("n.csv", "sn,model\na,G3\n")
+                .unwrap_err()
+                .to_string()
+                .contains("no `gpu` column")
+        );
     }
 
     #[test]
