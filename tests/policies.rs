@@ -76,6 +76,26 @@ fn gandiva_packs_a_waiting_job_and_migrates_to_unpack() {
 }
 
 #[test]
+fn gandiva_gives_a_shared_gpu_back_to_the_job_left_on_it() {
+    // One GPU. A (1000 s) holds it; B (3000 s) arrives and is packed beside
+    // it, both at half share. When A ends (at 2000 s, its 1000 s of work
+    // done at half speed) B has done 1000 s of its 3000: alone, it gets the
+    // whole GPU back and ends 2000 s later, not 4000 s later at half share.
+    let jobs = trace("0,1000,1\n0,3000,1\n");
+    let engine = engine();
+    let r = run(&engine, Some(&choice(&engine, "gandiva", "")), &jobs, &cluster(1, 1));
+    assert_eq!(r.jobs[1].start, Some(0.0), "B is packed at once");
+    assert_eq!(times(&r, 2).1, 2000.0);
+    assert_eq!(times(&r, 3).1, 4000.0);
+    assert_eq!(r.summary.actions_rejected, 0);
+    assert!(
+        (r.summary.utilisation - 1.0).abs() < 1e-9,
+        "the GPU is used whole throughout: {}",
+        r.summary.utilisation
+    );
+}
+
+#[test]
 fn gavel_shares_time_fairly_over_rounds() {
     // One GPU, two equal jobs: FIFO finishes one at 3600 and the other at
     // 7200; Gavel's rounds alternate them so both end near 7200 and each

@@ -18,7 +18,11 @@
 //!    the newcomer (`share`), e.g. 1.0 -> 0.5 + 0.5;
 //! 3. with GPUs still free, un-pack: `migrate` one member of a packed GPU
 //!    to a free GPU, then give it and the ones left their larger shares;
-//! 4. with GPUs still free, consolidate: a multi-GPU job spread over
+//! 4. give GPUs back: where the jobs sharing a GPU hold less than all of
+//!    it between them (a partner ended or was preempted), each gets an
+//!    equal part of the whole again (shrinking shares before growing
+//!    others, so no step overcommits the GPU);
+//! 5. with GPUs still free, consolidate: a multi-GPU job spread over
 //!    several nodes moves onto one node that has room for it.
 //!
 //! Config: `pack=true|false` (default true), `max_share=2` (jobs per GPU,
@@ -99,6 +103,8 @@ impl Queue {
 /// - `hosts`: GPUs where a newcomer may be packed (online, fewer than
 ///   `max_share` residents, all of them 1-GPU jobs), by (residents, id);
 /// - `packed`: GPUs with two or more residents, all 1-GPU jobs;
+/// - `underfull`: online GPUs whose residents, all 1-GPU jobs, hold less
+///   than the whole GPU between them;
 /// - `spread`: exclusive multi-GPU jobs spanning several nodes.
 ///
 /// The order of a GPU's residents, and its memory, are read from the view
@@ -118,6 +124,7 @@ struct Model {
     hosts: BTreeSet<(usize, GpuId)>,
     host_key: Vec<Option<usize>>,
     packed: BTreeSet<GpuId>,
+    underfull: BTreeSet<GpuId>,
     spread: BTreeSet<JobId>,
 }
 
@@ -141,6 +148,7 @@ impl Model {
         self.held.clear();
         self.hosts.clear();
         self.packed.clear();
+        self.underfull.clear();
         self.spread.clear();
         for g in &gpus {
             let i = g.id as usize;
@@ -197,6 +205,15 @@ impl Model {
             self.packed.insert(gpu);
         } else {
             self.packed.remove(&gpu);
+        }
+        let held: f64 = self.residents[i]
+            .iter()
+            .map(|j| self.held.get(j).map_or(0.0, |h| h.1))
+            .sum();
+        if single && held < 1.0 - EPS {
+            self.underfull.insert(gpu);
+        } else {
+            self.underfull.remove(&gpu);
         }
     }
 
@@ -271,6 +288,24 @@ pub struct Gandiva {
     max_share: u32,
     waiting: Queue,
     model: Model,
+}
+
+/// The shares that give `residents` (job, share now) of `gpu` an equal
+/// part of the whole GPU: those that shrink first, then those that grow,
+/// each in id order, so that no step asks for more than the GPU has.
+fn regrow(gpu: GpuId, residents: &mut [(JobId, f64)]) -> Vec<Action> {
+    residents.sort_unstable_by_key(|r| r.0);
+    let part = 1.0 / residents.len().max(1) as f64;
+    let share = |&(job, _): &(JobId, f64)| {
+        Action::Share(SharedPlacement {
+            job,
+            gpus: vec![gpu],
+            fraction: part,
+        })
+    };
+    let shrink = residents.iter().filter(|r| r.1 > part + EPS).map(share);
+    let grow = residents.iter().filter(|r| r.1 < part - EPS).map(share);
+    shrink.chain(grow).collect()
 }
 
 fn parse_config(config: &str) -> Result<(bool, u32), String> {
@@ -379,7 +414,7 @@ impl Policy for Gandiva {
         }
         self.model.sync(view);
         let mut actions = Vec::new();
-        if self.waiting.jobs.is_empty() && self.model.free.is_empty() {
+        if self.waiting.jobs.is_empty() && self.model.free.is_empty() && self.model.underfull.is_empty() {
             return Decision { actions, wakeup: None };
         }
         // Jobs started by this decision: not candidates for consolidation
@@ -544,7 +579,23 @@ impl Policy for Gandiva {
             }
         }
 
-        // 4. Free GPUs: pull scattered gangs onto one node.
+        // 4. GPUs whose sharers hold less than all of it: an equal part each.
+        let mut from: GpuId = 0;
+        while let Some(&gpu) = self.model.underfull.range(from..).next() {
+            let Some(after) = gpu.checked_add(1) else { break };
+            from = after;
+            let mut residents: Vec<(JobId, f64)> = self.model.residents[gpu as usize]
+                .iter()
+                .map(|&j| (j, self.model.held.get(&j).map_or(0.0, |h| h.1)))
+                .collect();
+            let step = regrow(gpu, &mut residents);
+            for action in &step {
+                self.model.apply(action);
+            }
+            actions.extend(step);
+        }
+
+        // 5. Free GPUs: pull scattered gangs onto one node.
         if !self.model.free.is_empty() {
             let largest_node = self.model.node_size.values().copied().max().unwrap_or(0) as usize;
             // Each spread gang once, oldest first; a gang consolidated is
@@ -686,6 +737,36 @@ mod tests {
             dbg(&d.actions),
             dbg(&[migrate, share(packed, 1, 1.0), share(0, 0, 1.0)])
         );
+    }
+
+    #[test]
+    fn the_job_left_on_a_shared_gpu_gets_all_of_it_back() {
+        let mut view = FakeView::new(1, 1);
+        let a = view.add_job(1).id;
+        let b = view.add_job(1).id;
+        view.place(a, &[0], 0.5);
+        view.place(b, &[0], 0.5);
+        let mut p = Gandiva::init("").unwrap().0;
+        let arrivals = vec![
+            Event::JobArrived(view.job(a).unwrap()),
+            Event::JobArrived(view.job(b).unwrap()),
+        ];
+        assert!(p.decide(&view, arrivals).actions.is_empty(), "{}", dbg(&[]));
+        view.finish(a);
+        let d = p.decide(&view, vec![Event::JobFinished(a)]);
+        assert_eq!(dbg(&d.actions), dbg(&[share(b, 0, 1.0)]));
+        // Three sharers, unequal after one leaves: shrink before growing.
+        let mut view = FakeView::new(1, 1);
+        let ids: Vec<JobId> = (0..3).map(|_| view.add_job(1).id).collect();
+        for (&id, f) in ids.iter().zip([0.25, 0.6, 0.15]) {
+            view.place(id, &[0], f);
+        }
+        let mut p = Gandiva::init("max_share=3").unwrap().0;
+        let events = ids.iter().map(|&id| Event::JobArrived(view.job(id).unwrap())).collect();
+        p.decide(&view, events);
+        view.finish(ids[0]);
+        let d = p.decide(&view, vec![Event::JobFinished(ids[0])]);
+        assert_eq!(dbg(&d.actions), dbg(&[share(ids[1], 0, 0.5), share(ids[2], 0, 0.5)]));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! for action.
 
 use super::{EPS, parse_config};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use wsched_sdk::*;
 
 /// A job waiting for GPUs.
@@ -95,12 +95,20 @@ impl Policy for Reference {
             }
         }
         let mut actions = Vec::new();
-        if self.waiting.is_empty() && view.stats().free_gpus == 0 {
+        let gpus = view.gpus();
+        let running: HashMap<JobId, RunningJob> = view.running().into_iter().map(|r| (r.id, r)).collect();
+        let underfull = |g: &GpuInfo| {
+            g.online
+                && !g.residents.is_empty()
+                && single_gpu_residents(g, &running)
+                && g.residents.iter().map(|r| r.fraction).sum::<f64>() < 1.0 - EPS
+        };
+        if self.waiting.is_empty() && view.stats().free_gpus == 0 && !gpus.iter().any(underfull) {
             return Decision { actions, wakeup: None };
         }
-        let gpus = view.gpus();
+        // GPUs steps 2 and 3 act on: their shares are set there.
+        let mut touched: BTreeSet<GpuId> = BTreeSet::new();
         let topology = self.topology.get_or_insert_with(|| Topology::new(&gpus)).clone();
-        let running: HashMap<JobId, RunningJob> = view.running().into_iter().map(|r| (r.id, r)).collect();
         let mut free: Vec<GpuId> = gpus
             .iter()
             .filter(|g| g.online && g.residents.is_empty())
@@ -174,6 +182,7 @@ impl Policy for Reference {
                     gpus: vec![h.1],
                     fraction,
                 }));
+                touched.insert(h.1);
                 h.0 += 1;
                 h.2.push(id);
                 h.3 += w.memory;
@@ -200,6 +209,8 @@ impl Policy for Reference {
                 let node = topology.node(g.id);
                 let pos = free.iter().position(|&f| topology.node(f) == node).unwrap_or(0);
                 let target = free.remove(pos);
+                touched.insert(g.id);
+                touched.insert(target);
                 actions.push(Action::Migrate(Placement {
                     job: mover,
                     gpus: vec![target],
@@ -220,7 +231,16 @@ impl Policy for Reference {
             }
         }
 
-        // 4. Free GPUs: pull scattered gangs onto one node.
+        // 4. GPUs whose sharers hold less than all of it (at the start of
+        // the decision; none that steps 2 and 3 acted on): an equal part each.
+        for g in &gpus {
+            if !touched.contains(&g.id) && underfull(g) {
+                let mut residents: Vec<(JobId, f64)> = g.residents.iter().map(|r| (r.job, r.fraction)).collect();
+                actions.extend(super::regrow(g.id, &mut residents));
+            }
+        }
+
+        // 5. Free GPUs: pull scattered gangs onto one node.
         if !free.is_empty() {
             let mut node_size: BTreeMap<u32, u32> = BTreeMap::new();
             for g in gpus.iter().filter(|g| g.online) {
