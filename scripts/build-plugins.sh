@@ -21,7 +21,7 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2 || { echo "error: cannot install the wasm32-wasip2 Rust target" >&2; exit 1; }
 fi
 
-plugins=(fifo sjf tiresias gandiva gavel hostile las)
+plugins=(fifo sjf tiresias gandiva gavel hostile las themis)
 args=()
 for p in "${plugins[@]}"; do args+=(-p "wsched-$p"); done
 cargo build --profile plugin --target wasm32-wasip2 "${args[@]}"

@@ -78,7 +78,7 @@ fn javascript_ports_match_rust() {
 #[test]
 fn every_example_plugin_passes_policy_check() {
     let engine = engine();
-    let mut examples: Vec<String> = ["fifo", "sjf", "tiresias", "gandiva", "gavel", "las"]
+    let mut examples: Vec<String> = ["fifo", "sjf", "tiresias", "gandiva", "gavel", "las", "themis"]
         .iter()
         .map(|s| s.to_string())
         .collect();

@@ -124,6 +124,35 @@ fn gavel_shares_time_fairly_over_rounds() {
 }
 
 #[test]
+fn themis_gives_each_lease_to_the_job_furthest_behind_its_fair_finish() {
+    // One GPU. A (10,000 s) starts at once; B (1,000 s) arrives at 100 s.
+    // FIFO makes B wait for all of A. Themis, at the first lease's end
+    // (600 s), finds B further behind its fair finish than A (it has waited
+    // 500 s of its 1,000 s x 2 ideal, A has 9,400 s to go of 20,000) and
+    // hands it the GPU: B ends at 1,600 s, A is preempted once and ends
+    // later than under FIFO but not much.
+    let jobs = trace("0,10000,1\n100,1000,1\n");
+    let engine = engine();
+    let fifo = run(&engine, None, &jobs, &cluster(1, 1));
+    assert_eq!(times(&fifo, 3).1, 11_000.0);
+    let r = run(
+        &engine,
+        Some(&choice(&engine, "themis", "lease=600")),
+        &jobs,
+        &cluster(1, 1),
+    );
+    assert_eq!(times(&r, 3), (600.0, 1600.0), "B runs from the first lease's end");
+    assert_eq!(
+        times(&r, 2).1,
+        11_000.0,
+        "A finishes when it would have: the work is the same"
+    );
+    assert_eq!(r.summary.preemptions, 1);
+    assert!(r.summary.jct.mean < fifo.summary.jct.mean);
+    assert_eq!(r.summary.actions_rejected, 0);
+}
+
+#[test]
 fn every_example_policy_replays_the_bundled_trace_cleanly() {
     let jobs = philly();
     let engine = engine();
@@ -133,6 +162,7 @@ fn every_example_policy_replays_the_bundled_trace_cleanly() {
         ("tiresias", ""),
         ("gandiva", ""),
         ("gavel", ""),
+        ("themis", ""),
     ] {
         let r = run(&engine, Some(&choice(&engine, name, config)), &jobs, &cluster(64, 8));
         let s = &r.summary;
