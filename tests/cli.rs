@@ -105,6 +105,14 @@ fn bad_input_gets_one_clear_line_and_a_failing_exit() {
             vec!["--trace", &good_trace, "--policy", fifo, "--swap", "soon=x.wasm"],
             "is not a time in seconds".into(),
         ),
+        (
+            vec!["--trace", &good_trace, "--policy", fifo, "--restart-cost", "-1"],
+            "--restart-cost: must be seconds from 0 to 1e9, got -1".into(),
+        ),
+        (
+            vec!["--trace", &good_trace, "--policy", fifo, "--restart-cost", "NaN"],
+            "--restart-cost: must be seconds from 0 to 1e9, got NaN".into(),
+        ),
     ];
     for (args, expected) in cases {
         let mut full = vec!["sim", "--gpus", "4", "-q"];

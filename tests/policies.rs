@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use wsched::sim::SimConfig;
 
 #[test]
 fn fifo_head_of_line_blocks_a_job_that_would_fit() {
@@ -150,6 +151,40 @@ fn themis_gives_each_lease_to_the_job_furthest_behind_its_fair_finish() {
     assert_eq!(r.summary.preemptions, 1);
     assert!(r.summary.jct.mean < fifo.summary.jct.mean);
     assert_eq!(r.summary.actions_rejected, 0);
+}
+
+#[test]
+fn a_preempted_job_pays_the_restart_cost_when_it_resumes() {
+    // One GPU, tiresias with a 5 GPU-second threshold. A (100 s) runs from
+    // 0; B (10 s) arrives at 10, ranks higher and takes the GPU; at 15 B
+    // crosses the threshold too and the older A takes it back, running its
+    // last 90 s; B's last 5 s follow. Free restarts: A ends at 105, B at
+    // 110. With 30 s per restart each resume restores 30 s first: A ends at
+    // 15 + 30 + 90 = 135, B at 135 + 30 + 5 = 170.
+    let jobs = trace("0,100,1\n10,10,1\n");
+    let engine = engine();
+    let policy = choice(&engine, "tiresias", "thresholds=5");
+    let free = run(&engine, Some(&policy), &jobs, &cluster(1, 1));
+    assert_eq!((times(&free, 2).1, times(&free, 3).1), (105.0, 110.0));
+    assert_eq!((free.summary.preemptions, free.summary.restart_seconds), (2, 0.0));
+    let config = SimConfig {
+        restart_cost: 30.0,
+        ..cluster(1, 1)
+    };
+    let costly = run(&engine, Some(&policy), &jobs, &config);
+    assert_eq!((times(&costly, 2).1, times(&costly, 3).1), (135.0, 170.0));
+    assert_eq!((costly.summary.preemptions, costly.summary.restart_seconds), (2, 60.0));
+    // Not a cost the model can be given.
+    for bad in [f64::NAN, -1.0, f64::INFINITY, 1e300] {
+        let config = SimConfig {
+            restart_cost: bad,
+            ..cluster(1, 1)
+        };
+        assert!(
+            wsched::sim::simulate(&engine, Some(&policy), &[], &jobs, &config).is_err(),
+            "{bad}"
+        );
+    }
 }
 
 #[test]

@@ -102,6 +102,12 @@ pub struct Job {
     pub accounted_at: f64,
     /// When it last started or resumed.
     pub since: f64,
+    /// Until when it holds its GPUs without progressing: it is restoring
+    /// its state after a resume, a move or a resize (see
+    /// [`Cluster::set_restart_cost`]).
+    pub stalled_until: f64,
+    /// Seconds it spent restoring so far, as of `accounted_at`.
+    pub restart_seconds: f64,
     /// When it first started.
     pub first_start: Option<f64>,
     /// When it finished or failed.
@@ -150,14 +156,30 @@ impl Job {
         }
     }
 
+    /// Seconds since the accounts were last settled, as of `now`, that it
+    /// held its GPUs restoring its state, without progress.
+    fn stalled(&self, now: f64) -> f64 {
+        if self.state == JobState::Running && self.stalled_until > self.accounted_at {
+            (self.stalled_until.min(now) - self.accounted_at).max(0.0)
+        } else {
+            0.0
+        }
+    }
+
     /// Seconds of full-gang work done as of `now`.
     pub fn progress_at(&self, now: f64) -> f64 {
         let dt = self.unaccounted(now);
         if dt > 0.0 {
-            self.progress + dt * self.rate()
+            self.progress + (dt - self.stalled(now)) * self.rate()
         } else {
             self.progress
         }
+    }
+
+    /// Seconds spent restoring after restarts as of `now` (time it held
+    /// GPUs without progressing).
+    pub fn restart_seconds_at(&self, now: f64) -> f64 {
+        self.restart_seconds + self.stalled(now)
     }
 
     /// GPU-seconds of service received as of `now`.
@@ -183,6 +205,7 @@ impl Job {
     /// Bring `progress` and the attained service up to `now`.
     fn settle(&mut self, now: f64) {
         self.progress = self.progress_at(now);
+        self.restart_seconds = self.restart_seconds_at(now);
         self.attained_gpu_seconds = self.attained_gpu_seconds_at(now);
         self.attained_seconds = self.attained_seconds_at(now);
         self.accounted_at = now;
@@ -600,6 +623,9 @@ pub struct Cluster {
     /// Sum over GPUs of min(1, allocated share), in fixed point.
     allocated_units: u128,
     next_id: JobId,
+    /// Seconds a job restores its state after a restart (see
+    /// [`Cluster::set_restart_cost`]).
+    restart_cost: f64,
 }
 
 impl Cluster {
@@ -638,6 +664,25 @@ impl Cluster {
                 })
                 .collect(),
         )
+    }
+
+    /// Make every restart cost `seconds`: a job that takes GPUs again after
+    /// a preemption, or moves to others (a migration, a resize), holds them
+    /// that long restoring its state from a checkpoint before it makes
+    /// progress again (Pollux measured about 30 s). 0, the default, makes
+    /// restarts free. Refused (false, nothing changed) unless finite and
+    /// from 0 to [`crate::bounds::MAX_JOB_SECONDS`].
+    pub fn set_restart_cost(&mut self, seconds: f64) -> bool {
+        if !(seconds.is_finite() && (0.0..=bounds::MAX_JOB_SECONDS).contains(&seconds)) {
+            return false;
+        }
+        self.restart_cost = seconds;
+        true
+    }
+
+    /// What a restart costs, in seconds (see [`Cluster::set_restart_cost`]).
+    pub fn restart_cost(&self) -> f64 {
+        self.restart_cost
     }
 
     /// The clock.
@@ -705,10 +750,11 @@ impl Cluster {
         let (true, Some(left)) = (job.state == JobState::Running && rate > 0.0, job.remaining_work()) else {
             return;
         };
-        let now = self.now;
+        // Progress starts once a restart's restore is over.
+        let from = self.now.max(job.stalled_until);
         let key = CompletionKey {
-            finish: Time(now + left / rate),
-            done_from: Time(now + (left - done_slack(job)) / rate),
+            finish: Time(from + left / rate),
+            done_from: Time(from + (left - done_slack(job)) / rate),
         };
         self.by_finish.insert((key.finish, id));
         self.by_done.insert((key.done_from, id));
@@ -962,6 +1008,8 @@ impl Cluster {
                 attained_seconds: 0.0,
                 accounted_at: self.now,
                 since: self.now,
+                stalled_until: 0.0,
+                restart_seconds: 0.0,
                 first_start: None,
                 end_time: None,
                 priority,
@@ -1301,6 +1349,14 @@ impl Cluster {
 
     /// Put a job on `gpus` with `fraction` each (after checks), as running.
     fn place(&mut self, id: JobId, gpus: &[GpuId], fraction: f64) {
+        // A restart: a job that ran before takes GPUs again (a resume), or
+        // a running one moves to others (a migration or a resize). It then
+        // restores its state before it progresses.
+        let restart = self.restart_cost > 0.0
+            && self.jobs.get(&id).is_some_and(|j| match j.state {
+                JobState::Running => !same_set(&j.placement, gpus),
+                _ => j.first_start.is_some(),
+            });
         self.release(id);
         let memory = self.jobs.get(&id).map(|j| j.spec.memory_per_gpu).unwrap_or(0);
         for &gpu in gpus {
@@ -1318,6 +1374,9 @@ impl Cluster {
                 j.since = now;
             }
             j.first_start.get_or_insert(now);
+            if restart {
+                j.stalled_until = now + self.restart_cost;
+            }
         }
         self.set_state(id, JobState::Running);
         if was_running {
@@ -1547,6 +1606,63 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(c.job(a).unwrap().since, 50.0);
+    }
+
+    #[test]
+    fn a_restart_holds_the_gpus_without_progress_for_the_restart_cost() {
+        let mut c = cluster(4);
+        assert!(c.set_restart_cost(30.0));
+        for bad in [f64::NAN, f64::INFINITY, -1.0, 1e300] {
+            assert!(!c.set_restart_cost(bad), "{bad}");
+        }
+        assert_eq!(c.restart_cost(), 30.0);
+        let a = c.submit(JobSpec::new("u", 1, 100.0)).unwrap();
+        c.apply(&start(a, &[0])).unwrap();
+        assert_eq!(c.next_completion(), Some(100.0), "a first start costs nothing");
+        c.advance(40.0);
+        c.apply(&Action::Preempt(a)).unwrap();
+        c.advance(60.0);
+        let resume = |gpus: Vec<GpuId>| Action::Resume(Placement { job: a, gpus });
+        c.apply(&resume(vec![1])).unwrap();
+        // 60 s of work left, after 30 s of restore: done at 60 + 30 + 60.
+        assert_eq!(c.next_completion(), Some(150.0));
+        c.advance(75.0);
+        let j = c.job(a).unwrap();
+        assert_eq!(
+            (j.progress_at(75.0), j.restart_seconds_at(75.0)),
+            (40.0, 15.0),
+            "restoring"
+        );
+        assert_eq!(
+            c.job_info(a).unwrap().attained_gpu_seconds,
+            55.0,
+            "the GPU is held all along"
+        );
+        // Preempted mid-restore: the restore is lost, and starts again on resume.
+        c.apply(&Action::Preempt(a)).unwrap();
+        c.apply(&resume(vec![2])).unwrap();
+        assert_eq!(c.next_completion(), Some(75.0 + 30.0 + 60.0));
+        c.advance(110.0);
+        // A move restarts too; a new share on the same GPU does not.
+        c.apply(&Action::Migrate(Placement { job: a, gpus: vec![3] })).unwrap();
+        assert_eq!(c.job(a).unwrap().progress, 45.0);
+        assert_eq!(c.next_completion(), Some(110.0 + 30.0 + 55.0));
+        c.apply(&Action::Share(SharedPlacement {
+            job: a,
+            gpus: vec![3],
+            fraction: 0.5,
+        }))
+        .unwrap();
+        assert_eq!(
+            c.next_completion(),
+            Some(140.0 + 110.0),
+            "restore unchanged, then half speed"
+        );
+        c.advance(250.0);
+        assert_eq!(c.work_completed(), vec![a]);
+        assert!(c.finish(a));
+        let j = c.job(a).unwrap();
+        assert_eq!(j.restart_seconds_at(250.0), 15.0 + 30.0 + 30.0);
     }
 
     #[test]

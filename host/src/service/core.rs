@@ -818,6 +818,8 @@ impl Core {
             attained_seconds: attained / f64::from(model.gpus.max(1)),
             accounted_at: 0.0,
             since: 0.0,
+            stalled_until: 0.0,
+            restart_seconds: 0.0,
             first_start: job.start_time.map(time),
             end_time: job.end_time.map(time),
             priority: if crate::bounds::check_priority(job.priority, true).is_ok() {

@@ -97,6 +97,9 @@ pub struct Summary {
     pub preemptions: u64,
     /// Migrations over all jobs.
     pub migrations: u64,
+    /// Seconds jobs held GPUs restoring their state after restarts
+    /// (`--restart-cost`), over all jobs.
+    pub restart_seconds: f64,
     /// Finish-time fairness.
     pub fairness: Fairness,
     /// Policy calls made.
@@ -207,8 +210,10 @@ pub(super) fn collect(input: Inputs<'_>) -> SimResult {
             migrations: 0,
         })
         .collect();
+    let mut restart_seconds = 0.0;
     for (id, &i) in input.trace_of.iter().enumerate() {
         if let Some(job) = cluster.job(id as u64) {
+            restart_seconds += job.restart_seconds_at(job.end_time.unwrap_or(cluster.now()));
             let r = &mut jobs[i];
             r.id = Some(id as u64);
             r.start = job.first_start;
@@ -253,6 +258,7 @@ pub(super) fn collect(input: Inputs<'_>) -> SimResult {
         makespan,
         utilisation: if capacity > 0.0 { allocated / capacity } else { 0.0 },
         preemptions: jobs.iter().map(|j| j.preemptions as u64).sum(),
+        restart_seconds,
         migrations: jobs.iter().map(|j| j.migrations as u64).sum(),
         fairness: fairness(&rhos),
         policy_calls: stats.calls,

@@ -60,6 +60,10 @@ pub struct SimConfig {
     pub progress: Option<ProgressHook>,
     /// GPUs that go offline during the replay (failures, maintenance).
     pub outages: Vec<GpuOutage>,
+    /// Seconds a job restores its state after a restart (a resume, a
+    /// migration, a resize) before it progresses; 0 makes restarts free
+    /// (see [`crate::cluster::Cluster::set_restart_cost`]).
+    pub restart_cost: f64,
 }
 
 /// A callback told, as a replay goes, how many more of its trace's jobs are
@@ -112,6 +116,7 @@ impl Default for SimConfig {
             reveal_durations: true,
             progress: None,
             outages: Vec::new(),
+            restart_cost: 0.0,
         }
     }
 }
@@ -169,7 +174,14 @@ pub fn simulate_observed(
     }
     gpu_changes.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut next_change = 0;
-    let cluster = Cluster::new(config.cluster.gpu_specs());
+    let mut cluster = Cluster::new(config.cluster.gpu_specs());
+    if !cluster.set_restart_cost(config.restart_cost) {
+        anyhow::bail!(
+            "restart cost: must be seconds from 0 to {:e}, got {}",
+            crate::bounds::MAX_JOB_SECONDS,
+            config.restart_cost
+        );
+    }
     let mut host = match policy {
         Some(p) => {
             let instance = engine

@@ -38,6 +38,7 @@ impl std::fmt::Display for Table<'_> {
                 "preemptions / migrations",
                 format!("{} / {}", s.preemptions, s.migrations),
             ),
+            ("time lost to restarts", secs(s.restart_seconds)),
             (
                 "fairness rho max / mean",
                 format!("{:.2} / {:.2}", s.fairness.rho_max, s.fairness.rho_mean),
@@ -89,7 +90,7 @@ impl std::fmt::Display for Comparison<'_> {
             }
         };
         type Row = (&'static str, fn(&SimResult) -> String);
-        let rows: [Row; 14] = [
+        let rows: [Row; 15] = [
             ("jobs completed", |r| r.summary.completed.to_string()),
             ("JCT mean (s)", |r| format!("{:.1}", r.summary.jct.mean)),
             ("JCT median (s)", |r| format!("{:.1}", r.summary.jct.median)),
@@ -100,6 +101,7 @@ impl std::fmt::Display for Comparison<'_> {
             ("utilisation", |r| format!("{:.1} %", r.summary.utilisation * 100.0)),
             ("preemptions", |r| r.summary.preemptions.to_string()),
             ("migrations", |r| r.summary.migrations.to_string()),
+            ("lost to restarts (s)", |r| format!("{:.0}", r.summary.restart_seconds)),
             ("rho max / mean", |r| {
                 format!("{:.1} / {:.2}", r.summary.fairness.rho_max, r.summary.fairness.rho_mean)
             }),
