@@ -17,7 +17,21 @@
 //! assert_eq!(view.jobs(JobState::Running), vec![job.id]);
 //! ```
 
-use crate::{ClusterStats, Event, GpuId, GpuInfo, JobId, JobInfo, JobState, Resident, RunningJob, View};
+use crate::{
+    Action, ClusterStats, Decision, Event, GpuId, GpuInfo, JobId, JobInfo, JobState, Resident, RunningJob, View,
+};
+
+/// The jobs a decision starts or resumes, in its order.
+pub fn placed(decision: &Decision) -> Vec<JobId> {
+    decision
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Start(p) | Action::Resume(p) => Some(p.job),
+            _ => None,
+        })
+        .collect()
+}
 
 /// A small deterministic random stream (xorshift) for randomised tests,
 /// which then need no dependency and repeat a failing seed exactly.

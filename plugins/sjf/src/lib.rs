@@ -141,22 +141,12 @@ export_policy!(Sjf);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wsched_sdk::testing::FakeView;
+    use wsched_sdk::testing::{FakeView, placed as started};
 
     fn arrive(view: &mut FakeView, gpus: u32, duration: Option<f64>) -> Event {
         let id = view.add_job(gpus).id;
         view.job_mut(id).expected_duration = duration;
         Event::JobArrived(view.job(id).unwrap())
-    }
-
-    fn started(d: &Decision) -> Vec<JobId> {
-        d.actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Start(p) | Action::Resume(p) => Some(p.job),
-                _ => None,
-            })
-            .collect()
     }
 
     #[test]

@@ -278,20 +278,10 @@ export_policy!(Themis);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wsched_sdk::testing::FakeView;
+    use wsched_sdk::testing::{FakeView, placed};
 
     fn policy(config: &str) -> Themis {
         Themis::init(config).expect("valid config").0
-    }
-
-    fn placed(d: &Decision) -> Vec<JobId> {
-        d.actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Start(p) | Action::Resume(p) => Some(p.job),
-                _ => None,
-            })
-            .collect()
     }
 
     #[test]
