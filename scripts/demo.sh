@@ -8,10 +8,14 @@ cd "$(dirname "$0")/.."
 ./scripts/build-plugins.sh
 cargo build --release -p wsched
 policy=target/plugins/tiresias.wasm
-for arg in "$@"; do [ "$arg" = "--policy" ] && policy=""; done
+gpus=64
+for arg in "$@"; do
+    [ "$arg" = "--policy" ] && policy=""
+    [ "$arg" = "--cluster" ] || [ "$arg" = "--gpus" ] && gpus=""
+done
 exec ./target/release/wsched sim \
     --trace examples/traces/philly-11cb48.csv \
-    --gpus 64 \
+    ${gpus:+--gpus "$gpus"} \
     ${policy:+--policy "$policy"} \
     --out out \
     "$@"
