@@ -412,3 +412,55 @@ fn helios_acme_and_alibaba_traces_replay_and_say_what_they_skipped() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn measured_throughputs_leave_a_reference_cluster_unchanged_and_slow_other_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = root().join("examples/traces/philly-11cb48.csv");
+    let trace = trace.to_str().unwrap();
+    let gavel = root().join("examples/clusters/gavel-108.yaml");
+    let gavel = gavel.to_str().unwrap();
+    let replay = |extra: &[&str], out: &str| {
+        let mut args = vec!["sim", "--trace", trace, "--policy", "builtin-fifo", "--out", out, "-q"];
+        args.extend(extra);
+        let o = wsched(&args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(format!("{out}/summary.json")).unwrap()).unwrap();
+        (summary, std::fs::read(format!("{out}/jobs.csv")).unwrap())
+    };
+    let at = |name: &str| format!("{}/{name}", dir.path().display());
+    // 64 V100s, the reference kind: every job runs as without a table.
+    let (plain, plain_jobs) = replay(&["--gpus", "64"], &at("plain"));
+    let (typed, typed_jobs) = replay(&["--gpus", "64", "--throughputs", "gavel"], &at("typed"));
+    assert!(plain_jobs == typed_jobs, "jobs.csv differs on the reference kind");
+    assert_eq!(plain["jct"], typed["jct"]);
+    assert_eq!(plain["speed_model"], "linear");
+    let model = typed["speed_model"].as_str().unwrap();
+    assert!(
+        model.starts_with("measured throughputs (26 job types), reference V100"),
+        "{model}"
+    );
+    // With P100s and K80s, jobs that land on them are slower.
+    let (flat, _) = replay(&["--cluster", gavel], &at("flat"));
+    let (measured, _) = replay(&["--cluster", gavel, "--throughputs", "gavel"], &at("measured"));
+    let mean = |s: &serde_json::Value| s["jct"]["mean"].as_f64().unwrap();
+    assert!(mean(&measured) > mean(&flat), "{} vs {}", mean(&measured), mean(&flat));
+    // A table file that is not one, or a reference kind it lacks: one line.
+    let bad = write_temp(dir.path(), "bad.json", b"{\"v100\": {\"ResNet\": {\"null\": 1}}}");
+    for (extra, expected) in [
+        (vec!["--throughputs", bad.as_str()], "is not ('job type', GPUs)"),
+        (vec!["--throughputs", "/dev/zero"], "not a regular file"),
+        (
+            vec!["--throughputs", "gavel", "--reference-gpu", "H200"],
+            "has no GPU kind \"H200\"",
+        ),
+    ] {
+        let mut args = vec!["sim", "--trace", trace, "--gpus", "8", "--policy", "builtin-fifo", "-q"];
+        args.extend(extra);
+        let o = wsched(&args);
+        let err = stderr(&o);
+        assert!(!o.status.success() && err.contains(expected), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}

@@ -57,6 +57,9 @@ pub struct JobSpec {
     /// The weight the job starts with (policies may change it with
     /// `set-priority`); 1.0 when none is given.
     pub priority: Option<f64>,
+    /// Its type in the cluster's throughput table (see
+    /// [`Cluster::set_speed_model`]), when it has one.
+    pub job_type: Option<u16>,
 }
 
 impl JobSpec {
@@ -71,6 +74,7 @@ impl JobSpec {
             iterations_total: None,
             share_requested: None,
             priority: None,
+            job_type: None,
         }
     }
 }
@@ -108,6 +112,10 @@ pub struct Job {
     pub stalled_until: f64,
     /// Seconds it spent restoring so far, as of `accounted_at`.
     pub restart_seconds: f64,
+    /// How fast it runs per GPU on the GPUs it holds, relative to its
+    /// reference (see [`crate::speed::ThroughputTable::relative_speed`]);
+    /// 1 without a throughput table. Set when it is placed.
+    pub speed: f32,
     /// When it first started.
     pub first_start: Option<f64>,
     /// When it finished or failed.
@@ -138,7 +146,12 @@ impl Job {
             Some(enough) if enough > 0.0 => (self.fraction / enough).min(1.0),
             _ => self.fraction,
         };
-        self.placement.len() as f64 * share / self.spec.gpus as f64
+        let linear = self.placement.len() as f64 * share / self.spec.gpus as f64;
+        if self.speed == 1.0 {
+            linear
+        } else {
+            linear * f64::from(self.speed)
+        }
     }
 
     /// Seconds of full-gang work left as of `accounted_at`, when the
@@ -626,6 +639,9 @@ pub struct Cluster {
     /// Seconds a job restores its state after a restart (see
     /// [`Cluster::set_restart_cost`]).
     restart_cost: f64,
+    /// Measured throughputs and the GPU kind trace durations were measured
+    /// on (see [`Cluster::set_speed_model`]).
+    speed_model: Option<(std::sync::Arc<crate::speed::ThroughputTable>, String)>,
 }
 
 impl Cluster {
@@ -678,6 +694,30 @@ impl Cluster {
         }
         self.restart_cost = seconds;
         true
+    }
+
+    /// Make jobs with a type run at the speed `table` gives for their type,
+    /// the GPU kind they run on and the GPUs they hold, relative to
+    /// `reference`, the kind their declared work was measured on with the
+    /// GPUs they asked for: there they run as without a table. A gang on
+    /// several kinds runs at its slowest kind's speed; a figure the table
+    /// lacks counts as the reference's.
+    pub fn set_speed_model(&mut self, table: std::sync::Arc<crate::speed::ThroughputTable>, reference: &str) {
+        self.speed_model = Some((table, reference.to_string()));
+    }
+
+    /// The speed a job of `spec` has on `gpus` (1 without a speed model
+    /// or a type).
+    fn speed_on(&self, spec: &JobSpec, gpus: &[GpuId]) -> f32 {
+        let (Some((table, reference)), Some(job_type)) = (&self.speed_model, spec.job_type) else {
+            return 1.0;
+        };
+        let held = u32::try_from(gpus.len()).unwrap_or(u32::MAX);
+        gpus.iter()
+            .filter_map(|&g| self.gpus.get(g as usize))
+            .map(|g| table.relative_speed(reference, job_type, spec.gpus, &g.spec.kind, held))
+            .min_by(f64::total_cmp)
+            .map_or(1.0, |s| s as f32)
     }
 
     /// What a restart costs, in seconds (see [`Cluster::set_restart_cost`]).
@@ -1010,6 +1050,7 @@ impl Cluster {
                 since: self.now,
                 stalled_until: 0.0,
                 restart_seconds: 0.0,
+                speed: 1.0,
                 first_start: None,
                 end_time: None,
                 priority,
@@ -1367,7 +1408,9 @@ impl Cluster {
         }
         let now = self.now;
         let was_running = self.jobs.get(&id).is_some_and(|j| j.state == JobState::Running);
+        let speed = self.jobs.get(&id).map_or(1.0, |j| self.speed_on(&j.spec, gpus));
         if let Some(j) = self.jobs.get_mut(&id) {
+            j.speed = speed;
             j.placement = gpus.to_vec();
             j.fraction = fraction;
             if !was_running {
@@ -1663,6 +1706,47 @@ mod tests {
         assert!(c.finish(a));
         let j = c.job(a).unwrap();
         assert_eq!(j.restart_seconds_at(250.0), 15.0 + 30.0 + 30.0);
+    }
+
+    #[test]
+    fn a_typed_job_runs_at_its_measured_speed_where_it_runs() {
+        let table = crate::speed::ThroughputTable::from_gavel_json(
+            r#"{"v100": {"('R', 1)": {"null": 10.0}, "('R', 2)": {"null": 16.0}},
+                "k80": {"('R', 1)": {"null": 2.5}, "('R', 2)": {"null": 4.0}}}"#,
+        )
+        .unwrap();
+        let gpus = (0..4)
+            .map(|i| GpuSpec {
+                node: i / 2,
+                kind: if i < 2 { "V100" } else { "K80" }.into(),
+                memory_total: 1 << 30,
+            })
+            .collect();
+        let mut c = Cluster::new(gpus);
+        c.set_speed_model(std::sync::Arc::new(table), "V100");
+        let typed = |c: &mut Cluster, gpus: u32| {
+            let mut spec = JobSpec::new("u", gpus, 100.0);
+            spec.job_type = Some(0);
+            c.submit(spec).unwrap()
+        };
+        // On the reference kind with its gang: as without a table.
+        let a = typed(&mut c, 1);
+        c.apply(&start(a, &[0])).unwrap();
+        assert_eq!((c.job(a).unwrap().speed, c.next_completion()), (1.0, Some(100.0)));
+        // On a K80: a quarter of the speed.
+        let b = typed(&mut c, 1);
+        c.apply(&start(b, &[2])).unwrap();
+        assert_eq!(c.job(b).unwrap().rate(), 0.25);
+        // A gang across both kinds runs at the K80s' speed (4 / 16 per the
+        // gang of two); an untyped job as before.
+        c.apply(&Action::Preempt(a)).unwrap();
+        c.apply(&Action::Preempt(b)).unwrap();
+        let g = typed(&mut c, 2);
+        c.apply(&start(g, &[1, 3])).unwrap();
+        assert_eq!(c.job(g).unwrap().rate(), 0.25);
+        let u = c.submit(JobSpec::new("u", 1, 100.0)).unwrap();
+        c.apply(&start(u, &[2])).unwrap();
+        assert_eq!(c.job(u).unwrap().rate(), 1.0);
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`cluster`]: the model of jobs and GPUs, and validation of actions.
 //! - [`topology`]: what a cluster is made of (node groups, GPU kinds),
 //!   from a description file or `--gpus` shorthand.
+//! - [`speed`]: measured throughput per job type, GPU kind and gang size,
+//!   which the model's job speeds come from when a table is given.
 //! - [`files`]: reading files named from outside, bounded.
 //! - [`engine`]: compiling, sandboxing, limiting and calling Wasm plugins.
 //! - [`latency`]: call-time distributions in constant memory.
@@ -45,6 +47,7 @@ pub mod proto;
 pub mod scheduler;
 pub mod service;
 pub mod sim;
+pub mod speed;
 pub mod store;
 pub mod topology;
 pub mod trace;

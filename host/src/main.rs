@@ -334,6 +334,17 @@ struct SimArgs {
     /// it. 0 (the default) makes restarts free.
     #[arg(long, default_value_t = 0.0, value_name = "SECONDS", allow_negative_numbers = true)]
     restart_cost: f64,
+    /// Measured throughputs per job type, GPU kind and gang (Gavel's
+    /// format): `gavel` for Gavel's table (built in), or a file. Each job
+    /// gets a type and runs at its speed where it runs.
+    #[arg(long, value_name = "gavel|FILE.json")]
+    throughputs: Option<String>,
+    /// The GPU kind trace durations were measured on (with throughputs).
+    #[arg(long, default_value = "V100", requires = "throughputs")]
+    reference_gpu: String,
+    /// Seed of the job types given to trace jobs (with throughputs).
+    #[arg(long, default_value_t = 0, requires = "throughputs")]
+    job_type_seed: u64,
     #[command(flatten)]
     limits: LimitArgs,
     /// Print the summary as JSON instead of a table.
@@ -658,9 +669,25 @@ fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
             args.restart_cost
         );
     }
+    let speed = match args.throughputs.as_deref() {
+        None => None,
+        Some(source) => {
+            let table = if source == "gavel" {
+                wsched::speed::ThroughputTable::from_gavel_json(wsched::speed::GAVEL).map_err(|e| anyhow::anyhow!(e))?
+            } else {
+                wsched::speed::ThroughputTable::read(std::path::Path::new(source)).map_err(|e| anyhow::anyhow!(e))?
+            };
+            Some(sim::SpeedModel {
+                table: std::sync::Arc::new(table),
+                reference: args.reference_gpu.clone(),
+                seed: args.job_type_seed,
+            })
+        }
+    };
     let config = SimConfig {
         cluster: clusters[0].clone(),
         restart_cost: args.restart_cost,
+        speed,
         reveal_durations: !args.hide_durations,
         // One bar for one replay; several would fight over the terminal.
         progress: bar.as_ref().map(|bar| {

@@ -548,6 +548,7 @@ fn model_spec(spec: &proto::JobSpec) -> JobSpec {
         iterations_total: spec.iterations,
         share_requested: spec.gpu_fraction,
         priority: spec.priority,
+        job_type: None,
     }
 }
 
@@ -820,6 +821,7 @@ impl Core {
             since: 0.0,
             stalled_until: 0.0,
             restart_seconds: 0.0,
+            speed: 1.0,
             first_start: job.start_time.map(time),
             end_time: job.end_time.map(time),
             priority: if crate::bounds::check_priority(job.priority, true).is_ok() {

@@ -79,6 +79,9 @@ pub struct Summary {
     pub gpus: u32,
     /// What the cluster is made of ("36 V100 + 36 P100 + 36 K80 on 27 nodes").
     pub cluster: String,
+    /// How job speed is modelled: "linear" (the same on every kind, linear
+    /// in GPUs), or measured throughputs and how many jobs got a type.
+    pub speed_model: String,
     /// Jobs in the trace.
     pub jobs: usize,
     /// Jobs that finished.
@@ -250,6 +253,17 @@ pub(super) fn collect(input: Inputs<'_>) -> SimResult {
         final_policy: input.host.active().name().to_string(),
         gpus: input.config.cluster.gpus(),
         cluster: input.config.cluster.describe(),
+        speed_model: match &input.config.speed {
+            None => "linear".to_string(),
+            Some(model) => {
+                let typed = cluster.jobs().filter(|j| j.spec.job_type.is_some()).count();
+                format!(
+                    "measured throughputs ({} job types), reference {}, {typed} jobs typed",
+                    model.table.types().len(),
+                    model.reference
+                )
+            }
+        },
         jobs: jobs.len(),
         completed: finished.len(),
         refused_at_submission: input.refused.len(),

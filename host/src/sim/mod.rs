@@ -64,6 +64,23 @@ pub struct SimConfig {
     /// migration, a resize) before it progresses; 0 makes restarts free
     /// (see [`crate::cluster::Cluster::set_restart_cost`]).
     pub restart_cost: f64,
+    /// Measured throughputs: each job gets a type (see
+    /// [`crate::speed::ThroughputTable::pick_type`]) and runs at its type's
+    /// speed on the GPUs it holds. None: every job runs at the same speed
+    /// on every kind, linear in GPUs.
+    pub speed: Option<SpeedModel>,
+}
+
+/// A throughput table and how jobs are typed from it.
+#[derive(Debug, Clone)]
+pub struct SpeedModel {
+    /// The table.
+    pub table: std::sync::Arc<crate::speed::ThroughputTable>,
+    /// The GPU kind trace durations were measured on (with each job's
+    /// requested gang): there jobs run as without a table.
+    pub reference: String,
+    /// Seeds the types jobs are given.
+    pub seed: u64,
 }
 
 /// A callback told, as a replay goes, how many more of its trace's jobs are
@@ -117,6 +134,7 @@ impl Default for SimConfig {
             progress: None,
             outages: Vec::new(),
             restart_cost: 0.0,
+            speed: None,
         }
     }
 }
@@ -175,6 +193,15 @@ pub fn simulate_observed(
     gpu_changes.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut next_change = 0;
     let mut cluster = Cluster::new(config.cluster.gpu_specs());
+    if let Some(model) = &config.speed {
+        if !model.table.has_kind(&model.reference) {
+            anyhow::bail!(
+                "the throughput table has no GPU kind {} to measure trace durations on",
+                crate::bounds::shown(&model.reference)
+            );
+        }
+        cluster.set_speed_model(model.table.clone(), &model.reference);
+    }
     if !cluster.set_restart_cost(config.restart_cost) {
         anyhow::bail!(
             "restart cost: must be seconds from 0 to {:e}, got {}",
@@ -270,6 +297,9 @@ pub fn simulate_observed(
             next_arrival += 1;
             let mut spec = JobSpec::new(job.tenant.clone(), job.gpus, job.duration);
             spec.share_requested = job.share;
+            if let Some(model) = &config.speed {
+                spec.job_type = model.table.pick_type(&model.reference, job.gpus, model.seed, job.line);
+            }
             if !config.reveal_durations {
                 spec.expected_duration = None;
             }

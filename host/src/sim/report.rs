@@ -27,6 +27,7 @@ impl std::fmt::Display for Table<'_> {
                 format!("{} ({} / {})", s.jobs, s.completed, s.refused_at_submission),
             ),
             ("cluster", s.cluster.clone()),
+            ("job speed", s.speed_model.clone()),
             ("JCT mean", secs(s.jct.mean)),
             ("JCT median", secs(s.jct.median)),
             ("JCT p95", secs(s.jct.p95)),
