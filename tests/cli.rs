@@ -430,11 +430,20 @@ fn measured_throughputs_leave_a_reference_cluster_unchanged_and_slow_other_kinds
         (summary, std::fs::read(format!("{out}/jobs.csv")).unwrap())
     };
     let at = |name: &str| format!("{}/{name}", dir.path().display());
-    // 64 V100s, the reference kind: every job runs as without a table.
-    let (plain, plain_jobs) = replay(&["--gpus", "64"], &at("plain"));
-    let (typed, typed_jobs) = replay(&["--gpus", "64", "--throughputs", "gavel"], &at("typed"));
+    // 64 V100s on one node, the reference kind: every job runs as without
+    // a table.
+    let one_node = ["--gpus", "64", "--gpus-per-node", "64"];
+    let (plain, plain_jobs) = replay(&one_node, &at("plain"));
+    let (typed, typed_jobs) = replay(&[&one_node[..], &["--throughputs", "gavel"]].concat(), &at("typed"));
     assert!(plain_jobs == typed_jobs, "jobs.csv differs on the reference kind");
     assert_eq!(plain["jct"], typed["jct"]);
+    // Eight to a node, FIFO (which takes the lowest free GPUs) spreads
+    // gangs over nodes, and spread gangs run at Gavel's unconsolidated
+    // throughputs.
+    let mean = |s: &serde_json::Value| s["jct"]["mean"].as_f64().unwrap();
+    let (packed, _) = replay(&["--gpus", "64"], &at("packed"));
+    let (spread, _) = replay(&["--gpus", "64", "--throughputs", "gavel"], &at("spread"));
+    assert!(mean(&spread) > mean(&packed), "{} vs {}", mean(&spread), mean(&packed));
     assert_eq!(plain["speed_model"], "linear");
     let model = typed["speed_model"].as_str().unwrap();
     assert!(
@@ -444,7 +453,6 @@ fn measured_throughputs_leave_a_reference_cluster_unchanged_and_slow_other_kinds
     // With P100s and K80s, jobs that land on them are slower.
     let (flat, _) = replay(&["--cluster", gavel], &at("flat"));
     let (measured, _) = replay(&["--cluster", gavel, "--throughputs", "gavel"], &at("measured"));
-    let mean = |s: &serde_json::Value| s["jct"]["mean"].as_f64().unwrap();
     assert!(mean(&measured) > mean(&flat), "{} vs {}", mean(&measured), mean(&flat));
     // A table file that is not one, or a reference kind it lacks: one line.
     let bad = write_temp(dir.path(), "bad.json", b"{\"v100\": {\"ResNet\": {\"null\": 1}}}");

@@ -699,9 +699,11 @@ impl Cluster {
     /// Make jobs with a type run at the speed `table` gives for their type,
     /// the GPU kind they run on and the GPUs they hold, relative to
     /// `reference`, the kind their declared work was measured on with the
-    /// GPUs they asked for: there they run as without a table. A gang on
-    /// several kinds runs at its slowest kind's speed; a figure the table
-    /// lacks counts as the reference's.
+    /// GPUs they asked for, on one node: there they run as without a table.
+    /// A gang on several kinds runs at its slowest kind's speed; a gang
+    /// over several nodes at the kind's `<kind>_unconsolidated` figure
+    /// where the table has one (Gavel's does); a figure the table lacks
+    /// counts as the reference's.
     pub fn set_speed_model(&mut self, table: std::sync::Arc<crate::speed::ThroughputTable>, reference: &str) {
         self.speed_model = Some((table, reference.to_string()));
     }
@@ -713,9 +715,20 @@ impl Cluster {
             return 1.0;
         };
         let held = u32::try_from(gpus.len()).unwrap_or(u32::MAX);
-        gpus.iter()
-            .filter_map(|&g| self.gpus.get(g as usize))
-            .map(|g| table.relative_speed(reference, job_type, spec.gpus, &g.spec.kind, held))
+        let on: Vec<&Gpu> = gpus.iter().filter_map(|&g| self.gpus.get(g as usize)).collect();
+        // A gang over several nodes runs at the table's "unconsolidated"
+        // throughput for its kind, where the table has one.
+        let spread = on.windows(2).any(|w| w[0].spec.node != w[1].spec.node);
+        on.iter()
+            .map(|g| {
+                let spread_kind = format!("{}_unconsolidated", g.spec.kind);
+                let kind = if spread && table.has_kind(&spread_kind) {
+                    spread_kind.as_str()
+                } else {
+                    g.spec.kind.as_str()
+                };
+                table.relative_speed(reference, job_type, spec.gpus, kind, held)
+            })
             .min_by(f64::total_cmp)
             .map_or(1.0, |s| s as f32)
     }
@@ -1747,6 +1760,28 @@ mod tests {
         let u = c.submit(JobSpec::new("u", 1, 100.0)).unwrap();
         c.apply(&start(u, &[2])).unwrap();
         assert_eq!(c.job(u).unwrap().rate(), 1.0);
+    }
+
+    #[test]
+    fn a_typed_gang_over_several_nodes_runs_at_the_unconsolidated_figure() {
+        let table = crate::speed::ThroughputTable::from_gavel_json(
+            r#"{"v100": {"('R', 2)": {"null": 16.0}},
+                "v100_unconsolidated": {"('R', 2)": {"null": 12.0}}}"#,
+        )
+        .unwrap();
+        let mut c = Cluster::homogeneous(4, 2, "V100", 1 << 30);
+        c.set_speed_model(std::sync::Arc::new(table), "V100");
+        let mut spec = JobSpec::new("u", 2, 100.0);
+        spec.job_type = Some(0);
+        let a = c.submit(spec.clone()).unwrap();
+        c.apply(&start(a, &[0, 1])).unwrap();
+        assert_eq!(c.job(a).unwrap().rate(), 1.0, "one node: the reference");
+        c.apply(&Action::Migrate(Placement {
+            job: a,
+            gpus: vec![1, 2],
+        }))
+        .unwrap();
+        assert_eq!(c.job(a).unwrap().rate(), 0.75, "two nodes: 12 of 16 steps per second");
     }
 
     #[test]

@@ -21,9 +21,10 @@
 //! sharing a GPU, are not read yet.)
 //!
 //! A job's speed is read relative to its reference: the kind its trace
-//! duration was measured on, with the GPUs it asked for. On that kind, with
-//! that gang, a job runs exactly as fast as without a table, so results on
-//! a homogeneous cluster of the reference kind do not change.
+//! duration was measured on, with the GPUs it asked for, on one node. There
+//! a job runs exactly as fast as without a table. A gang spread over nodes
+//! reads the `<kind>_unconsolidated` figures where the table has them
+//! (see [`crate::cluster::Cluster::set_speed_model`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
