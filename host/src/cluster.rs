@@ -146,12 +146,8 @@ impl Job {
             Some(enough) if enough > 0.0 => (self.fraction / enough).min(1.0),
             _ => self.fraction,
         };
-        let linear = self.placement.len() as f64 * share / self.spec.gpus as f64;
-        if self.speed == 1.0 {
-            linear
-        } else {
-            linear * f64::from(self.speed)
-        }
+        // Times 1.0 (no table, or the reference) leaves it exact.
+        self.placement.len() as f64 * share / self.spec.gpus as f64 * f64::from(self.speed)
     }
 
     /// Seconds of full-gang work left as of `accounted_at`, when the
@@ -639,9 +635,19 @@ pub struct Cluster {
     /// Seconds a job restores its state after a restart (see
     /// [`Cluster::set_restart_cost`]).
     restart_cost: f64,
-    /// Measured throughputs and the GPU kind trace durations were measured
-    /// on (see [`Cluster::set_speed_model`]).
-    speed_model: Option<(std::sync::Arc<crate::speed::ThroughputTable>, String)>,
+    /// Measured throughputs (see [`Cluster::set_speed_model`]).
+    speed_model: Option<SpeedModel>,
+}
+
+/// A throughput table with the cluster's kinds resolved in it once.
+#[derive(Debug)]
+struct SpeedModel {
+    table: std::sync::Arc<crate::speed::ThroughputTable>,
+    /// The kind trace durations were measured on.
+    reference: u16,
+    /// Each GPU's kind in the table, by GPU id: on one node, and spread
+    /// over several (`<kind>_unconsolidated`, else the kind itself).
+    kinds: Vec<Option<(u16, u16)>>,
 }
 
 impl Cluster {
@@ -703,31 +709,51 @@ impl Cluster {
     /// A gang on several kinds runs at its slowest kind's speed; a gang
     /// over several nodes at the kind's `<kind>_unconsolidated` figure
     /// where the table has one (Gavel's does); a figure the table lacks
-    /// counts as the reference's.
-    pub fn set_speed_model(&mut self, table: std::sync::Arc<crate::speed::ThroughputTable>, reference: &str) {
-        self.speed_model = Some((table, reference.to_string()));
+    /// counts as the reference's. Refused (false, nothing changed) when the
+    /// table has no kind `reference`.
+    pub fn set_speed_model(&mut self, table: std::sync::Arc<crate::speed::ThroughputTable>, reference: &str) -> bool {
+        let Some(reference) = table.kind_index(reference) else {
+            return false;
+        };
+        let kinds = self
+            .gpus
+            .iter()
+            .map(|g| {
+                let alone = table.kind_index(&g.spec.kind)?;
+                let spread = table
+                    .kind_index(&format!("{}_unconsolidated", g.spec.kind))
+                    .unwrap_or(alone);
+                Some((alone, spread))
+            })
+            .collect();
+        self.speed_model = Some(SpeedModel {
+            table,
+            reference,
+            kinds,
+        });
+        true
     }
 
     /// The speed a job of `spec` has on `gpus` (1 without a speed model
     /// or a type).
     fn speed_on(&self, spec: &JobSpec, gpus: &[GpuId]) -> f32 {
-        let (Some((table, reference)), Some(job_type)) = (&self.speed_model, spec.job_type) else {
+        let (Some(model), Some(job_type)) = (&self.speed_model, spec.job_type) else {
             return 1.0;
         };
         let held = u32::try_from(gpus.len()).unwrap_or(u32::MAX);
-        let on: Vec<&Gpu> = gpus.iter().filter_map(|&g| self.gpus.get(g as usize)).collect();
+        let node = |g: GpuId| self.gpus.get(g as usize).map(|g| g.spec.node);
         // A gang over several nodes runs at the table's "unconsolidated"
         // throughput for its kind, where the table has one.
-        let spread = on.windows(2).any(|w| w[0].spec.node != w[1].spec.node);
-        on.iter()
-            .map(|g| {
-                let spread_kind = format!("{}_unconsolidated", g.spec.kind);
-                let kind = if spread && table.has_kind(&spread_kind) {
-                    spread_kind.as_str()
-                } else {
-                    g.spec.kind.as_str()
-                };
-                table.relative_speed(reference, job_type, spec.gpus, kind, held)
+        let spread = gpus.windows(2).any(|w| node(w[0]) != node(w[1]));
+        gpus.iter()
+            .map(|&g| match model.kinds.get(g as usize).copied().flatten() {
+                Some((alone, spread_kind)) => {
+                    let kind = if spread { spread_kind } else { alone };
+                    model
+                        .table
+                        .relative_speed(model.reference, job_type, spec.gpus, kind, held)
+                }
+                None => 1.0, // a kind the table lacks: as the reference
             })
             .min_by(f64::total_cmp)
             .map_or(1.0, |s| s as f32)
@@ -1736,7 +1762,11 @@ mod tests {
             })
             .collect();
         let mut c = Cluster::new(gpus);
-        c.set_speed_model(std::sync::Arc::new(table), "V100");
+        assert!(
+            !c.set_speed_model(std::sync::Arc::new(table.clone()), "H200"),
+            "not in the table"
+        );
+        assert!(c.set_speed_model(std::sync::Arc::new(table), "V100"));
         let typed = |c: &mut Cluster, gpus: u32| {
             let mut spec = JobSpec::new("u", gpus, 100.0);
             spec.job_type = Some(0);
@@ -1770,7 +1800,7 @@ mod tests {
         )
         .unwrap();
         let mut c = Cluster::homogeneous(4, 2, "V100", 1 << 30);
-        c.set_speed_model(std::sync::Arc::new(table), "V100");
+        assert!(c.set_speed_model(std::sync::Arc::new(table), "V100"));
         let mut spec = JobSpec::new("u", 2, 100.0);
         spec.job_type = Some(0);
         let a = c.submit(spec.clone()).unwrap();

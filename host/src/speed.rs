@@ -123,14 +123,13 @@ impl ThroughputTable {
         ThroughputTable::from_gavel_json(&text).map_err(|why| format!("{}: {why}", path.display()))
     }
 
-    /// A job type for a job of `gpus` GPUs, picked uniformly at random
-    /// among those measured on `gpus` GPUs of kind `reference`, from
-    /// `seed` and the job's `line` alone (so a job's type does not depend
-    /// on the other jobs): how Gavel's trace generator types its jobs.
-    /// None when no type is measured for that gang.
-    pub fn pick_type(&self, reference: &str, gpus: u32, seed: u64, line: usize) -> Option<u16> {
-        let types = self.types_on(reference, gpus);
-        if types.is_empty() {
+    /// A job type picked uniformly at random among `candidates` (the
+    /// types measured for the job's gang on the reference kind, see
+    /// [`ThroughputTable::types_on`]), from `seed` and the job's `line`
+    /// alone (so a job's type does not depend on the other jobs): how
+    /// Gavel's trace generator types its jobs. None without candidates.
+    pub fn pick_type(candidates: &[u16], seed: u64, line: usize) -> Option<u16> {
+        if candidates.is_empty() {
             return None;
         }
         // SplitMix64 of the seed and the line.
@@ -138,7 +137,7 @@ impl ThroughputTable {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^= z >> 31;
-        Some(types[(z % types.len() as u64) as usize])
+        Some(candidates[(z % candidates.len() as u64) as usize])
     }
 
     /// The job types, sorted; a job's type is an index into them.
@@ -146,7 +145,10 @@ impl ThroughputTable {
         &self.types
     }
 
-    fn kind_index(&self, kind: &str) -> Option<u16> {
+    /// The index of GPU kind `kind` in the table (without regard to case),
+    /// for [`ThroughputTable::relative_speed`]: resolve a cluster's kinds
+    /// once, not at every placement.
+    pub fn kind_index(&self, kind: &str) -> Option<u16> {
         let kind = kind.to_ascii_lowercase();
         self.kinds.binary_search(&kind).ok().map(|i| i as u16)
     }
@@ -159,8 +161,11 @@ impl ThroughputTable {
     /// Steps per second of a job of type `job_type` alone on `gpus` GPUs
     /// of kind `kind`, when measured (and positive).
     pub fn throughput(&self, kind: &str, job_type: u16, gpus: u32) -> Option<f64> {
-        let k = self.kind_index(kind)?;
-        self.alone.get(&(k, job_type, gpus)).copied().filter(|&t| t > 0.0)
+        self.throughput_at(self.kind_index(kind)?, job_type, gpus)
+    }
+
+    fn throughput_at(&self, kind: u16, job_type: u16, gpus: u32) -> Option<f64> {
+        self.alone.get(&(kind, job_type, gpus)).copied().filter(|&t| t > 0.0)
     }
 
     /// The job types measured on `gpus` GPUs of kind `kind`.
@@ -169,19 +174,20 @@ impl ThroughputTable {
             return Vec::new();
         };
         (0..self.types.len() as u16)
-            .filter(|&t| self.alone.get(&(k, t, gpus)).is_some_and(|&x| x > 0.0))
+            .filter(|&t| self.throughput_at(k, t, gpus).is_some())
             .collect()
     }
 
     /// How fast a job of type `job_type` that asked for `asked` GPUs runs
     /// on `held` GPUs of kind `kind`, per GPU held, relative to its
-    /// reference (`asked` GPUs of kind `reference`): 1.0 there, and 1.0
-    /// wherever the table lacks a figure (the job then runs as without a
-    /// table). Multiplies the linear rate (GPUs held over GPUs asked).
-    pub fn relative_speed(&self, reference: &str, job_type: u16, asked: u32, kind: &str, held: u32) -> f64 {
+    /// reference (`asked` GPUs of kind `reference`), kinds given by
+    /// [`ThroughputTable::kind_index`]: 1.0 there, and 1.0 wherever the
+    /// table lacks a figure (the job then runs as without a table).
+    /// Multiplies the linear rate (GPUs held over GPUs asked).
+    pub fn relative_speed(&self, reference: u16, job_type: u16, asked: u32, kind: u16, held: u32) -> f64 {
         let (Some(base), Some(here)) = (
-            self.throughput(reference, job_type, asked),
-            self.throughput(kind, job_type, held),
+            self.throughput_at(reference, job_type, asked),
+            self.throughput_at(kind, job_type, held),
         ) else {
             return 1.0;
         };
@@ -217,14 +223,24 @@ mod tests {
         assert_eq!(t.types_on("k80", 1), [1]);
         // On the reference, exactly 1; a K80 is ten times slower; two V100s
         // for a job that asked for one give 1.8x, 0.9 per GPU.
-        assert_eq!(t.relative_speed("v100", resnet, 1, "V100", 1), 1.0);
-        assert_eq!(t.relative_speed("v100", resnet, 1, "k80", 1), 0.1);
-        assert_eq!(t.relative_speed("v100", resnet, 1, "v100", 2), 0.9);
+        let (v100, k80) = (t.kind_index("V100").unwrap(), t.kind_index("k80").unwrap());
+        assert_eq!(t.relative_speed(v100, resnet, 1, v100, 1), 1.0);
+        assert_eq!(t.relative_speed(v100, resnet, 1, k80, 1), 0.1);
+        assert_eq!(t.relative_speed(v100, resnet, 1, v100, 2), 0.9);
         assert_eq!(
-            t.relative_speed("v100", resnet, 1, "v100", 8),
+            t.relative_speed(v100, resnet, 1, v100, 8),
             1.0,
             "no figure: as without a table"
         );
+        let candidates = t.types_on("v100", 1);
+        let picks: Vec<Option<u16>> = (0..6)
+            .map(|line| ThroughputTable::pick_type(&candidates, 7, line))
+            .collect();
+        assert!(
+            picks.iter().all(|p| p.is_some_and(|t| candidates.contains(&t))),
+            "{picks:?}"
+        );
+        assert_eq!(ThroughputTable::pick_type(&[], 7, 1), None);
     }
 
     #[test]
@@ -236,7 +252,8 @@ mod tests {
             assert!(t.has_kind(kind), "{kind}");
         }
         let resnet50 = t.types().iter().position(|n| n == "ResNet-50 (batch size 64)").unwrap() as u16;
-        let k80 = t.relative_speed("v100", resnet50, 1, "k80", 1);
+        let (v100, k80) = (t.kind_index("v100").unwrap(), t.kind_index("k80").unwrap());
+        let k80 = t.relative_speed(v100, resnet50, 1, k80, 1);
         assert!(k80 > 0.0 && k80 < 0.5, "a K80 is much slower than a V100: {k80}");
     }
 

@@ -193,14 +193,13 @@ pub fn simulate_observed(
     gpu_changes.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut next_change = 0;
     let mut cluster = Cluster::new(config.cluster.gpu_specs());
-    if let Some(model) = &config.speed {
-        if !model.table.has_kind(&model.reference) {
-            anyhow::bail!(
-                "the throughput table has no GPU kind {} to measure trace durations on",
-                crate::bounds::shown(&model.reference)
-            );
-        }
-        cluster.set_speed_model(model.table.clone(), &model.reference);
+    if let Some(model) = &config.speed
+        && !cluster.set_speed_model(model.table.clone(), &model.reference)
+    {
+        anyhow::bail!(
+            "the throughput table has no GPU kind {} to measure trace durations on",
+            crate::bounds::shown(&model.reference)
+        );
     }
     if !cluster.set_restart_cost(config.restart_cost) {
         anyhow::bail!(
@@ -239,6 +238,9 @@ pub fn simulate_observed(
         }
     };
     let mut next_arrival = 0;
+    // Job types measured for each gang size on the reference kind, found
+    // once per size rather than once per job.
+    let mut type_candidates: std::collections::HashMap<u32, Vec<u16>> = std::collections::HashMap::new();
     let mut next_swap = 0;
     let mut trace_of: Vec<usize> = Vec::with_capacity(trace.len()); // job id -> trace index
     let mut refused = Vec::new();
@@ -298,7 +300,10 @@ pub fn simulate_observed(
             let mut spec = JobSpec::new(job.tenant.clone(), job.gpus, job.duration);
             spec.share_requested = job.share;
             if let Some(model) = &config.speed {
-                spec.job_type = model.table.pick_type(&model.reference, job.gpus, model.seed, job.line);
+                let candidates = type_candidates
+                    .entry(job.gpus)
+                    .or_insert_with(|| model.table.types_on(&model.reference, job.gpus));
+                spec.job_type = crate::speed::ThroughputTable::pick_type(candidates, model.seed, job.line);
             }
             if !config.reveal_durations {
                 spec.expected_duration = None;
