@@ -10,6 +10,8 @@
 //! read unbounded either.
 
 use std::io::Read;
+
+use anyhow::{anyhow, bail};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -38,6 +40,62 @@ pub fn read_regular_file(path: &Path, max: usize) -> Result<Vec<u8>, String> {
         return Err(format!("larger than the limit of {max} bytes"));
     }
     Ok(bytes)
+}
+
+/// A CSV file as the trace and node-list readers take it: a header, then
+/// rows of as many fields, split on commas (none of the traces and lists
+/// read quotes a field). Errors name the file and the line.
+pub(crate) struct Csv<'a> {
+    name: &'a str,
+    /// The header's column names.
+    pub(crate) columns: Vec<&'a str>,
+    lines: std::iter::Enumerate<std::str::Lines<'a>>,
+}
+
+impl<'a> Csv<'a> {
+    pub(crate) fn new(name: &'a str, text: &'a str) -> anyhow::Result<Csv<'a>> {
+        let mut lines = text.lines().enumerate();
+        let (_, header) = lines
+            .next()
+            .ok_or_else(|| anyhow!("{name}: empty file, expected a CSV header"))?;
+        let columns = header.split(',').map(str::trim).collect();
+        Ok(Csv { name, columns, lines })
+    }
+
+    pub(crate) fn find(&self, col: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.eq_ignore_ascii_case(col))
+    }
+
+    pub(crate) fn need(&self, col: &str) -> anyhow::Result<usize> {
+        self.find(col).ok_or_else(|| {
+            anyhow!(
+                "{}:1: the header has no `{col}` column (it has: {})",
+                self.name,
+                crate::bounds::shown(&self.columns.join(", "))
+            )
+        })
+    }
+
+    /// The next non-blank row: its line number and fields.
+    pub(crate) fn row(&mut self) -> anyhow::Result<Option<(usize, Vec<&'a str>)>> {
+        for (i, line) in self.lines.by_ref() {
+            let n = i + 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            if fields.len() != self.columns.len() {
+                bail!(
+                    "{}:{n}: {} fields, the header has {}",
+                    self.name,
+                    fields.len(),
+                    self.columns.len()
+                );
+            }
+            return Ok(Some((n, fields)));
+        }
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

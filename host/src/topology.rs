@@ -324,29 +324,14 @@ impl Topology {
     /// G3 (and any other) [`UNKNOWN_MEMORY`], on which no pod of the trace
     /// depends (pods ask for no GPU memory).
     pub fn from_pai_node_list(name: &str, text: &str) -> Result<Topology, TopologyError> {
-        let mut lines = text.lines().enumerate();
-        let header = lines.next().map(|(_, h)| h).unwrap_or_default();
-        let columns: Vec<&str> = header.split(',').map(str::trim).collect();
-        let need = |c: &str| {
-            columns
-                .iter()
-                .position(|x| x.eq_ignore_ascii_case(c))
-                .ok_or_else(|| field(format!("{name}:1"), format!("the header has no `{c}` column")))
-        };
-        let (gpu, model) = (need("gpu")?, need("model")?);
+        let csv_error = |e: anyhow::Error| TopologyError::Parse(e.to_string());
+        let mut csv = crate::files::Csv::new(name, text).map_err(csv_error)?;
+        let (gpu, model) = (
+            csv.need("gpu").map_err(csv_error)?,
+            csv.need("model").map_err(csv_error)?,
+        );
         let mut groups: Vec<NodeGroup> = Vec::new();
-        for (i, line) in lines {
-            let n = i + 1;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-            if fields.len() != columns.len() {
-                return Err(field(
-                    format!("{name}:{n}"),
-                    format!("{} fields, the header has {}", fields.len(), columns.len()),
-                ));
-            }
+        while let Some((n, fields)) = csv.row().map_err(csv_error)? {
             let gpus: u32 = fields[gpu]
                 .parse::<f64>()
                 .ok()

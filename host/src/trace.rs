@@ -18,6 +18,7 @@
 //! trace they just converted by hand.
 
 use crate::bounds::{self, shown};
+use crate::files::Csv;
 use anyhow::{Context, anyhow, bail};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -127,65 +128,14 @@ pub fn read_as(path: &Path, format: Option<TraceFormatName>) -> anyhow::Result<P
     format.reader().parse(&name, &text)
 }
 
-/// A CSV file as the readers take it: a header, then rows of as many
-/// fields, split on commas (none of these traces quotes a field).
-struct Csv<'a> {
-    name: &'a str,
-    columns: Vec<&'a str>,
-    lines: std::iter::Enumerate<std::str::Lines<'a>>,
-}
-
-impl<'a> Csv<'a> {
-    fn new(name: &'a str, text: &'a str) -> anyhow::Result<Csv<'a>> {
-        let mut lines = text.lines().enumerate();
-        let (_, header) = lines
-            .next()
-            .ok_or_else(|| anyhow!("{name}: empty file, expected a CSV header"))?;
-        let columns = header.split(',').map(str::trim).collect();
-        Ok(Csv { name, columns, lines })
-    }
-
-    fn find(&self, col: &str) -> Option<usize> {
-        self.columns.iter().position(|c| c.eq_ignore_ascii_case(col))
-    }
-
-    fn need(&self, col: &str) -> anyhow::Result<usize> {
-        self.find(col).ok_or_else(|| {
-            anyhow!(
-                "{}:1: the header has no `{col}` column (it has: {})",
-                self.name,
-                shown(&self.columns.join(", "))
-            )
-        })
-    }
-
-    /// The next non-blank row: its line number and fields.
-    fn row(&mut self) -> anyhow::Result<Option<(usize, Vec<&'a str>)>> {
-        for (i, line) in self.lines.by_ref() {
-            let n = i + 1;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-            if fields.len() != self.columns.len() {
-                bail!(
-                    "{}:{n}: {} fields, the header has {}",
-                    self.name,
-                    fields.len(),
-                    self.columns.len()
-                );
-            }
-            return Ok(Some((n, fields)));
-        }
-        Ok(None)
-    }
-}
-
-/// A tenant name from a trace field (empty is none).
-fn tenant(name: &str, n: usize, column: &str, value: &str) -> anyhow::Result<String> {
+/// The tenant of row `n` (`fields`), from column `who` of `csv` (none: empty).
+fn tenant(name: &str, csv: &Csv, n: usize, who: Option<usize>, fields: &[&str]) -> anyhow::Result<String> {
+    let Some(t) = who else { return Ok(String::new()) };
+    let value = fields[t];
     if value.len() > MAX_TENANT || value.chars().any(char::is_control) {
         bail!(
-            "{name}:{n}: column `{column}`: {} is not a name (at most {MAX_TENANT} bytes, no control characters)",
+            "{name}:{n}: column `{}`: {} is not a name (at most {MAX_TENANT} bytes, no control characters)",
+            csv.columns[t],
             shown(value)
         );
     }
@@ -256,10 +206,7 @@ impl TraceFormat for PhillyCsv {
                     bounds::MAX_GPUS_PER_JOB
                 )
             })?;
-            let tenant = match who {
-                Some(t) => tenant(name, n, csv.columns[t], fields[t])?,
-                None => String::new(),
-            };
+            let tenant = tenant(name, &csv, n, who, &fields)?;
             parsed.jobs.push(TraceJob {
                 line: n,
                 submit,
@@ -294,10 +241,7 @@ impl TraceFormat for HeliosCsv {
                 *parsed.skipped.entry("without GPUs").or_default() += 1;
                 continue;
             }
-            let tenant = match who {
-                Some(t) => tenant(name, n, csv.columns[t], fields[t])?,
-                None => String::new(),
-            };
+            let tenant = tenant(name, &csv, n, who, &fields)?;
             parsed.jobs.push(TraceJob {
                 line: n,
                 submit: time(name, n, "submit_time", fields[ts])?,
