@@ -63,6 +63,47 @@ fn sim_on_the_bundled_trace_writes_table_json_csv_and_plot() {
 }
 
 #[test]
+fn a_gavel_trace_replays_its_steps_timed_through_gavels_table() {
+    let out = tempfile::tempdir().unwrap();
+    let trace = root().join("examples/traces/gavel-sample.trace");
+    let o = wsched(&[
+        "sim",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--gpus",
+        "8",
+        "--policy",
+        "builtin-fifo",
+        "--out",
+        out.path().to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["completed"], 40);
+    assert!(
+        summary["speed_model"].as_str().unwrap().contains("40 jobs typed"),
+        "{summary}"
+    );
+    // The first job: 13,407,515 steps of Transformer (batch size 128) on one
+    // V100, at Gavel's measured steps per second, starting at 0.
+    let csv = std::fs::read_to_string(out.path().join("jobs.csv")).unwrap();
+    let first: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+    let table = wsched::speed::ThroughputTable::from_gavel_json(wsched::speed::GAVEL).unwrap();
+    let t = table
+        .types()
+        .iter()
+        .position(|n| n == "Transformer (batch size 128)")
+        .unwrap() as u16;
+    let rate = table.throughput("v100", t, 1).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let column = |name: &str| first[header.iter().position(|h| *h == name).unwrap()];
+    let duration: f64 = column("duration").parse().unwrap();
+    assert!((duration - 13_407_515.0 / rate).abs() < 1e-3 * duration, "{duration}");
+}
+
+#[test]
 fn bad_input_gets_one_clear_line_and_a_failing_exit() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = plugin_path("fifo");
@@ -72,7 +113,25 @@ fn bad_input_gets_one_clear_line_and_a_failing_exit() {
     let core = write_temp(dir.path(), "core.wasm", b"\0asm\x01\0\0\0");
     let other_world = write_temp(dir.path(), "other.wasm", b"(component)");
     let text = write_temp(dir.path(), "notes.txt", b"not a plugin");
+    let bad_gavel = write_temp(
+        dir.path(),
+        "bad.trace",
+        b"A3C\tcmd\tdir\t-n\t1\t100\t1\t1\t-1\t0\nA3C\tcmd\tdir\t-n\t1\t100\t0\t1\t-1\t5\n",
+    );
+    let unknown_type = write_temp(
+        dir.path(),
+        "unknown.trace",
+        b"BERT\tcmd\tdir\t-n\t1\t100\t1\t1\t-1\t0\n",
+    );
     let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["--trace", &bad_gavel, "--policy", fifo],
+            format!("{bad_gavel}:2: column `scale_factor`"),
+        ),
+        (
+            vec!["--trace", &unknown_type, "--policy", fifo],
+            format!("{unknown_type}:1: column `job_type`: \"BERT\" is not a type of the throughput table"),
+        ),
         (
             vec!["--trace", &bad_row, "--policy", fifo],
             format!("{bad_row}:3: column `duration`: \"ten\" is not a number"),
@@ -107,11 +166,32 @@ fn bad_input_gets_one_clear_line_and_a_failing_exit() {
         ),
         (
             vec!["--trace", &good_trace, "--policy", fifo, "--restart-cost", "-1"],
-            "--restart-cost: must be seconds from 0 to 1e9, got -1".into(),
+            "--restart-cost: must be `checkpoint`, `host-memory` or seconds from 0 to 1e9, got \"-1\"".into(),
         ),
         (
             vec!["--trace", &good_trace, "--policy", fifo, "--restart-cost", "NaN"],
-            "--restart-cost: must be seconds from 0 to 1e9, got NaN".into(),
+            "--restart-cost: must be `checkpoint`, `host-memory` or seconds from 0 to 1e9, got \"NaN\"".into(),
+        ),
+        (
+            vec!["--trace", &good_trace, "--policy", fifo, "--interference", "5e-324"],
+            "--interference: must be in [0.01, 1], got 5e-324".into(),
+        ),
+        (
+            vec!["--trace", &good_trace, "--policy", fifo, "--colocation", "packed"],
+            "--colocation: must be `time-slice` or `measured`, got \"packed\"".into(),
+        ),
+        (
+            vec![
+                "--trace",
+                &good_trace,
+                "--policy",
+                fifo,
+                "--colocation",
+                "time-slice",
+                "--interference",
+                "0.5",
+            ],
+            "--interference: only with --colocation measured".into(),
         ),
     ];
     for (args, expected) in cases {

@@ -228,6 +228,7 @@ fn job(line: usize, submit: f64, duration: f64, gpus: u32) -> TraceJob {
         gpus,
         tenant: format!("t{}", line % 3),
         share: None,
+        job_type: None,
     }
 }
 

@@ -137,6 +137,10 @@ pub struct SubmitArgs {
     /// Share of one GPU that is enough, in (0, 1].
     #[arg(long)]
     pub gpu_fraction: Option<f64>,
+    /// Its type in the server's throughput table (`serve --throughputs`),
+    /// e.g. "ResNet-50 (batch size 64)".
+    #[arg(long)]
+    pub job_type: Option<String>,
     /// Initial priority weight.
     #[arg(long)]
     pub priority: Option<f64>,
@@ -341,6 +345,7 @@ pub fn job_json(job: &proto::Job) -> Value {
         "user": spec.user,
         "gpus": spec.gpus,
         "gpu_fraction": spec.gpu_fraction,
+        "job_type": spec.job_type,
         "expected_duration_seconds": spec.expected_duration_seconds,
         "iterations": spec.iterations,
         "memory_per_gpu_bytes": spec.memory_per_gpu_bytes,
@@ -612,6 +617,7 @@ fn submit_specs(args: &SubmitArgs) -> anyhow::Result<Vec<proto::JobSpec>> {
             None => 0,
         },
         work: Some(work),
+        job_type: args.job_type.clone(),
     }])
 }
 

@@ -116,6 +116,13 @@ pub struct Job {
     /// reference (see [`crate::speed::ThroughputTable::relative_speed`]);
     /// 1 without a throughput table. Set when it is placed.
     pub speed: f32,
+    /// The part of `speed` due to its gang spreading over nodes (1 on one
+    /// node): kept to report what spreading cost.
+    pub spread_factor: f32,
+    /// While it shares its GPUs with other jobs and sharing is modelled as
+    /// measured ([`Colocation::Measured`]): its speed there relative to
+    /// alone, which replaces its share of the GPUs. None otherwise.
+    pub co_located: Option<f32>,
     /// When it first started.
     pub first_start: Option<f64>,
     /// When it finished or failed.
@@ -142,12 +149,45 @@ impl Job {
         if self.state != JobState::Running || self.spec.gpus == 0 {
             return 0.0;
         }
-        let share = match self.spec.share_requested {
+        // Times 1.0 (no table, or the reference) leaves it exact.
+        self.placement.len() as f64 * self.share() / self.spec.gpus as f64 * f64::from(self.speed)
+    }
+
+    /// What its share of its GPUs gives it: its fraction (up to the share
+    /// it said is enough), or its measured speed beside the jobs it shares
+    /// them with.
+    fn share(&self) -> f64 {
+        if let Some(factor) = self.co_located {
+            return f64::from(factor);
+        }
+        match self.spec.share_requested {
             Some(enough) if enough > 0.0 => (self.fraction / enough).min(1.0),
             _ => self.fraction,
+        }
+    }
+
+    /// Work (seconds on its full gang at its reference) that spreading
+    /// over nodes and sharing GPUs cost it in its `progressing` seconds at
+    /// its current rate: what it would have done on one node, and alone
+    /// on its GPUs, minus what it did.
+    fn model_losses(&self, progressing: f64) -> ModelLosses {
+        if progressing <= 0.0 || self.state != JobState::Running || self.spec.gpus == 0 {
+            return ModelLosses::default();
+        }
+        let per_second = self.placement.len() as f64 / self.spec.gpus as f64 * f64::from(self.speed);
+        let spread = f64::from(self.spread_factor);
+        let spread_work = if spread > 0.0 && spread != 1.0 {
+            progressing * per_second * self.share() * (1.0 / spread - 1.0)
+        } else {
+            0.0
         };
-        // Times 1.0 (no table, or the reference) leaves it exact.
-        self.placement.len() as f64 * share / self.spec.gpus as f64 * f64::from(self.speed)
+        let interference_work = self
+            .co_located
+            .map_or(0.0, |factor| progressing * per_second * (1.0 - f64::from(factor)));
+        ModelLosses {
+            spread_work,
+            interference_work,
+        }
     }
 
     /// Seconds of full-gang work left as of `accounted_at`, when the
@@ -211,19 +251,100 @@ impl Job {
         }
     }
 
-    /// Bring `progress` and the attained service up to `now`.
-    fn settle(&mut self, now: f64) {
+    /// Bring `progress` and the attained service up to `now`; returns
+    /// what the performance model cost it since the last settlement.
+    fn settle(&mut self, now: f64) -> ModelLosses {
+        let dt = self.unaccounted(now);
+        let losses = self.model_losses(dt - self.stalled(now));
         self.progress = self.progress_at(now);
         self.restart_seconds = self.restart_seconds_at(now);
         self.attained_gpu_seconds = self.attained_gpu_seconds_at(now);
         self.attained_seconds = self.attained_seconds_at(now);
         self.accounted_at = now;
+        losses
     }
 
     /// Whether the job has ended (finished or failed).
     pub fn is_done(&self) -> bool {
         matches!(self.state, JobState::Finished | JobState::Failed)
     }
+}
+
+/// Work the performance model cost, in seconds of work on a job's full
+/// gang at its reference, summed over jobs: what running spread over
+/// nodes, and sharing GPUs, took compared with one node and GPUs alone.
+/// (A restart's cost is time, kept per job as `restart_seconds`.)
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ModelLosses {
+    /// Lost to gangs spread over several nodes.
+    pub spread_work: f64,
+    /// Lost to interference between jobs sharing GPUs (against each
+    /// running alone there).
+    pub interference_work: f64,
+}
+
+impl std::ops::AddAssign for ModelLosses {
+    fn add_assign(&mut self, other: ModelLosses) {
+        self.spread_work += other.spread_work;
+        self.interference_work += other.interference_work;
+    }
+}
+
+/// What a restart costs: a job that takes GPUs again after a preemption,
+/// or moves to others (a migration, a resize), holds them this long
+/// restoring its state before it progresses again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RestartCost {
+    /// The same seconds for every restart: 0 makes restarts free (the
+    /// default); [`RestartCost::CHECKPOINT`] is a restore from a
+    /// checkpoint as Pollux measured it.
+    Fixed(f64),
+    /// Seconds per GiB of the job's device memory on one GPU (all of the
+    /// GPU's memory when the job's is not known), each GPU's state moving
+    /// over its own link: suspending through host memory, as
+    /// [`RestartCost::HOST_MEMORY`] measured.
+    PerGib(f64),
+}
+
+impl RestartCost {
+    /// A restore from a checkpoint: 30 s, Pollux's measurement (Qiao et
+    /// al., OSDI'21, section 5; the simulator in its repository).
+    pub const CHECKPOINT: RestartCost = RestartCost::Fixed(30.0);
+    /// Suspend and resume through pinned host memory: 44 ms per GiB, the
+    /// CUDA backend's figure on an H200 (BENCHMARKS.md).
+    pub const HOST_MEMORY: RestartCost = RestartCost::PerGib(0.044);
+}
+
+impl Default for RestartCost {
+    fn default() -> Self {
+        RestartCost::Fixed(0.0)
+    }
+}
+
+/// The least interference factor: a job beside others runs at least at
+/// 1% of its speed alone (a smaller one would all but stop it).
+pub const MIN_INTERFERENCE: f64 = 0.01;
+
+/// How jobs sharing a GPU progress.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum Colocation {
+    /// By time-slicing: each at its share of the GPU (the share it said is
+    /// enough counting as all of it), with no packing gain and no
+    /// interference. The default, and what a model without measurements
+    /// can say.
+    #[default]
+    TimeSlice,
+    /// Together, each at its measured speed beside the other: the
+    /// throughput table's pair figure for two typed jobs on the same GPUs,
+    /// else `interference` times its speed alone (shared by more than two,
+    /// each gets `interference * 2 / residents`: the pair's total split
+    /// evenly). `interference` None: the mean of the table's measured
+    /// single-GPU pairs on the GPU's kind, else 0.5 (no gain over
+    /// time-slicing).
+    Measured {
+        /// Speed beside one other job relative to alone, in (0, 1].
+        interference: Option<f64>,
+    },
 }
 
 /// Relative slack under which a job's remaining work counts as done:
@@ -632,11 +753,17 @@ pub struct Cluster {
     /// Sum over GPUs of min(1, allocated share), in fixed point.
     allocated_units: u128,
     next_id: JobId,
-    /// Seconds a job restores its state after a restart (see
-    /// [`Cluster::set_restart_cost`]).
-    restart_cost: f64,
+    /// What a restart costs (see [`Cluster::set_restart_cost`]).
+    restart_cost: RestartCost,
     /// Measured throughputs (see [`Cluster::set_speed_model`]).
     speed_model: Option<SpeedModel>,
+    /// How jobs sharing a GPU progress (see [`Cluster::set_colocation`]).
+    colocation: Colocation,
+    /// Each GPU's interference factor, resolved by `set_colocation` (empty
+    /// when sharing is time-sliced).
+    interference: Vec<f32>,
+    /// What the performance model cost, settled so far.
+    losses: ModelLosses,
 }
 
 /// A throughput table with the cluster's kinds resolved in it once.
@@ -695,11 +822,40 @@ impl Cluster {
     /// restarts free. Refused (false, nothing changed) unless finite and
     /// from 0 to [`crate::bounds::MAX_JOB_SECONDS`].
     pub fn set_restart_cost(&mut self, seconds: f64) -> bool {
-        if !(seconds.is_finite() && (0.0..=bounds::MAX_JOB_SECONDS).contains(&seconds)) {
+        self.set_restart_model(RestartCost::Fixed(seconds))
+    }
+
+    /// Make restarts cost what `cost` says (see [`RestartCost`]). Refused
+    /// (false, nothing changed) unless its number is finite and from 0 to
+    /// [`crate::bounds::MAX_JOB_SECONDS`].
+    pub fn set_restart_model(&mut self, cost: RestartCost) -> bool {
+        let (RestartCost::Fixed(n) | RestartCost::PerGib(n)) = cost;
+        if !(n.is_finite() && (0.0..=bounds::MAX_JOB_SECONDS).contains(&n)) {
             return false;
         }
-        self.restart_cost = seconds;
+        self.restart_cost = cost;
         true
+    }
+
+    /// Seconds a restart of job `spec` onto `gpus` costs.
+    fn restart_seconds_for(&self, spec: &JobSpec, gpus: &[GpuId]) -> f64 {
+        match self.restart_cost {
+            RestartCost::Fixed(seconds) => seconds,
+            RestartCost::PerGib(per_gib) => {
+                // Each GPU's state moves over its own link, in parallel: the
+                // job's memory on one GPU, or all of it when not known.
+                let bytes = if spec.memory_per_gpu > 0 {
+                    spec.memory_per_gpu
+                } else {
+                    gpus.iter()
+                        .filter_map(|&g| self.gpus.get(g as usize))
+                        .map(|g| g.spec.memory_total)
+                        .max()
+                        .unwrap_or(0)
+                };
+                (bytes as f64 / f64::from(1u32 << 30) * per_gib).min(bounds::MAX_JOB_SECONDS)
+            }
+        }
     }
 
     /// Make jobs with a type run at the speed `table` gives for their type,
@@ -734,33 +890,242 @@ impl Cluster {
         true
     }
 
+    /// Model how jobs sharing a GPU progress. Call after
+    /// [`Cluster::set_speed_model`] (the default interference factor comes
+    /// from its table) and before any job runs. Refused (false, nothing
+    /// changed) unless a given interference factor is in [0.01, 1].
+    pub fn set_colocation(&mut self, colocation: Colocation) -> bool {
+        let factor_of = |g: &Gpu| -> f64 {
+            match colocation {
+                Colocation::TimeSlice => 1.0,
+                Colocation::Measured { interference: Some(f) } => f,
+                Colocation::Measured { interference: None } => self
+                    .speed_model
+                    .as_ref()
+                    .and_then(|m| m.table.mean_pair_factor(m.table.kind_index(&g.spec.kind)?))
+                    .unwrap_or(0.5),
+            }
+        };
+        if let Colocation::Measured { interference: Some(f) } = colocation
+            && !(f.is_finite() && (MIN_INTERFERENCE..=1.0).contains(&f))
+        {
+            return false;
+        }
+        self.interference = match colocation {
+            Colocation::TimeSlice => Vec::new(),
+            Colocation::Measured { .. } => self.gpus.iter().map(|g| factor_of(g) as f32).collect(),
+        };
+        self.colocation = colocation;
+        true
+    }
+
+    /// How jobs sharing a GPU progress.
+    pub fn colocation(&self) -> Colocation {
+        self.colocation
+    }
+
+    /// What the performance model has cost so far, running jobs' unsettled
+    /// time included.
+    pub fn model_losses(&self) -> ModelLosses {
+        let mut losses = self.losses;
+        for id in &self.running {
+            if let Some(job) = self.jobs.get(id) {
+                losses += job.model_losses(job.unaccounted(self.now) - job.stalled(self.now));
+            }
+        }
+        losses
+    }
+
+    /// Job `id`'s rate alone on `gpus` GPUs of kind `kind` (on one node, or
+    /// over several when `spread`) relative to its reference, from the
+    /// throughput table: what `cluster-view.throughput` answers. None
+    /// without a model, a type or a figure.
+    pub fn expected_rate(&self, id: JobId, kind: &str, gpus: u32, spread: bool) -> Option<f64> {
+        let model = self.speed_model.as_ref()?;
+        let job = self.jobs.get(&id)?;
+        let job_type = job.spec.job_type?;
+        // Kind names are at most 64 bytes: a longer one (from a plugin)
+        // is unknown without copying it.
+        if kind.len() > 64 {
+            return None;
+        }
+        let alone = model.table.kind_index(kind)?;
+        let kind = if spread {
+            model
+                .table
+                .kind_index(&format!("{kind}_unconsolidated"))
+                .unwrap_or(alone)
+        } else {
+            alone
+        };
+        model.table.rate(model.reference, job_type, job.spec.gpus, kind, gpus)
+    }
+
+    /// The rates of jobs `a` and `b` sharing the same `gpus` GPUs of kind
+    /// `kind`, each relative to its reference, when the table measured
+    /// the pair: what `cluster-view.co-located` answers.
+    pub fn co_located_rates(&self, a: JobId, b: JobId, kind: &str, gpus: u32) -> Option<(f64, f64)> {
+        let model = self.speed_model.as_ref()?;
+        if kind.len() > 64 {
+            return None;
+        }
+        let k = model.table.kind_index(kind)?;
+        let (ja, jb) = (self.jobs.get(&a)?, self.jobs.get(&b)?);
+        let (ta, tb) = (ja.spec.job_type?, jb.spec.job_type?);
+        let (sa, sb) = model.table.pair(k, ta, tb, gpus)?;
+        let base_a = model.table.throughput_index(model.reference, ta, ja.spec.gpus)?;
+        let base_b = model.table.throughput_index(model.reference, tb, jb.spec.gpus)?;
+        let (ra, rb) = (sa / base_a, sb / base_b);
+        (ra.is_finite() && rb.is_finite()).then_some((ra, rb))
+    }
+
+    /// The index of job type `name` in the throughput table, for a job's
+    /// [`JobSpec::job_type`]; None without a table or such a type.
+    pub fn job_type_index(&self, name: &str) -> Option<u16> {
+        let types = self.speed_model.as_ref()?.table.types();
+        types.binary_search_by(|t| t.as_str().cmp(name)).ok().map(|i| i as u16)
+    }
+
+    /// Whether jobs with a type run at their measured speed (see
+    /// [`Cluster::set_speed_model`]).
+    pub fn has_speed_model(&self) -> bool {
+        self.speed_model.is_some()
+    }
+
+    /// Job `id`'s type as the throughput table names it.
+    pub fn job_type_name(&self, id: JobId) -> Option<&str> {
+        let model = self.speed_model.as_ref()?;
+        let t = self.jobs.get(&id)?.spec.job_type?;
+        model.table.types().get(usize::from(t)).map(String::as_str)
+    }
+
+    /// Seconds of reference work job `id` is expected to have left now: its
+    /// expected duration less its progress, when policies are told it
+    /// (what `cluster-view.remaining-work` answers; never the true work
+    /// when durations are withheld).
+    pub fn remaining_work_now(&self, id: JobId) -> Option<f64> {
+        let job = self.jobs.get(&id)?;
+        let expected = job.spec.expected_duration?;
+        Some((expected - job.progress_at(self.now)).max(0.0))
+    }
+
+    /// Job `id`'s speed beside the other jobs on `gpus` when sharing is
+    /// modelled as measured (None: time-sliced, or alone on them).
+    fn co_location_on(&self, id: JobId, gpus: &[GpuId]) -> Option<f32> {
+        if self.colocation == Colocation::TimeSlice {
+            return None;
+        }
+        let mut others: Vec<JobId> = Vec::new();
+        let mut most = 1usize;
+        for &g in gpus {
+            let Some(gpu) = self.gpus.get(g as usize) else { continue };
+            most = most.max(gpu.residents.len());
+            for r in gpu.residents.iter().filter(|r| r.job != id) {
+                if !others.contains(&r.job) {
+                    others.push(r.job);
+                }
+            }
+        }
+        if others.is_empty() {
+            return None;
+        }
+        // Two jobs on exactly the same GPUs of one kind: their measured pair.
+        if let ([other], 2, Some(model)) = (others.as_slice(), most, &self.speed_model) {
+            let kinds = || gpus.iter().map(|&g| model.kinds.get(g as usize).copied().flatten());
+            let kind = kinds().next().flatten();
+            let same_gpus = self.jobs.get(other).is_some_and(|o| same_set(&o.placement, gpus));
+            if let (Some(Some((kind, _))), true, true) = (kinds().next(), kinds().all(|k| k == kind), same_gpus)
+                && let (Some(a), Some(b)) = (
+                    self.jobs.get(&id).and_then(|j| j.spec.job_type),
+                    self.jobs.get(other).and_then(|j| j.spec.job_type),
+                )
+                && let Some(f) = model
+                    .table
+                    .pair_factor(kind, a, b, u32::try_from(gpus.len()).unwrap_or(u32::MAX))
+            {
+                // Bounded, as every speed, so that no job stops for good.
+                return Some(f.clamp(MIN_INTERFERENCE, 1.0 / MIN_INTERFERENCE) as f32);
+            }
+        }
+        let factor = gpus
+            .iter()
+            .filter_map(|&g| self.interference.get(g as usize).copied())
+            .fold(1.0f32, f32::min);
+        Some(factor * 2.0 / most as f32)
+    }
+
+    /// Re-rate the running jobs that share any of `gpus` (but `except`)
+    /// after a job came or went: their speed beside others changed. Only
+    /// when sharing is modelled as measured; time-sliced shares do not
+    /// depend on the neighbours.
+    fn rerate_neighbours(&mut self, gpus: &[GpuId], except: JobId) {
+        if self.colocation == Colocation::TimeSlice {
+            return;
+        }
+        let mut neighbours: Vec<JobId> = Vec::new();
+        for &g in gpus {
+            if let Some(gpu) = self.gpus.get(g as usize) {
+                for r in gpu.residents.iter().filter(|r| r.job != except) {
+                    if !neighbours.contains(&r.job) {
+                        neighbours.push(r.job);
+                    }
+                }
+            }
+        }
+        let now = self.now;
+        for n in neighbours {
+            let Some(job) = self.jobs.get(&n) else { continue };
+            if job.state != JobState::Running {
+                continue;
+            }
+            let placement = job.placement.clone();
+            let factor = self.co_location_on(n, &placement);
+            if let Some(job) = self.jobs.get_mut(&n) {
+                if job.co_located == factor {
+                    continue;
+                }
+                self.losses += job.settle(now);
+                job.co_located = factor;
+            }
+            self.rekey(n);
+        }
+    }
+
     /// The speed a job of `spec` has on `gpus` (1 without a speed model
-    /// or a type).
-    fn speed_on(&self, spec: &JobSpec, gpus: &[GpuId]) -> f32 {
+    /// or a type), and the part of it due to spreading over nodes.
+    fn speed_on(&self, spec: &JobSpec, gpus: &[GpuId]) -> (f32, f32) {
         let (Some(model), Some(job_type)) = (&self.speed_model, spec.job_type) else {
-            return 1.0;
+            return (1.0, 1.0);
         };
         let held = u32::try_from(gpus.len()).unwrap_or(u32::MAX);
         let node = |g: GpuId| self.gpus.get(g as usize).map(|g| g.spec.node);
         // A gang over several nodes runs at the table's "unconsolidated"
         // throughput for its kind, where the table has one.
         let spread = gpus.windows(2).any(|w| node(w[0]) != node(w[1]));
-        gpus.iter()
-            .map(|&g| match model.kinds.get(g as usize).copied().flatten() {
-                Some((alone, spread_kind)) => {
-                    let kind = if spread { spread_kind } else { alone };
-                    model
-                        .table
-                        .relative_speed(model.reference, job_type, spec.gpus, kind, held)
-                }
-                None => 1.0, // a kind the table lacks: as the reference
-            })
-            .min_by(f64::total_cmp)
-            .map_or(1.0, |s| s as f32)
+        let slowest = |spread: bool| {
+            gpus.iter()
+                .map(|&g| match model.kinds.get(g as usize).copied().flatten() {
+                    Some((alone, spread_kind)) => {
+                        let kind = if spread { spread_kind } else { alone };
+                        model
+                            .table
+                            .relative_speed(model.reference, job_type, spec.gpus, kind, held)
+                    }
+                    None => 1.0, // a kind the table lacks: as the reference
+                })
+                .min_by(f64::total_cmp)
+                .map_or(1.0, |s| s as f32)
+        };
+        // Bounded so that a hostile table cannot stop a job (a speed of
+        // 1e-300 is 0 in f32) or make its finish time overflow.
+        let speed = slowest(spread).clamp(1e-6, 1e6);
+        let on_one_node = if spread { slowest(false).clamp(1e-6, 1e6) } else { speed };
+        let factor = if on_one_node > 0.0 { speed / on_one_node } else { 1.0 };
+        (speed, factor)
     }
 
-    /// What a restart costs, in seconds (see [`Cluster::set_restart_cost`]).
-    pub fn restart_cost(&self) -> f64 {
+    /// What a restart costs (see [`Cluster::set_restart_model`]).
+    pub fn restart_cost(&self) -> RestartCost {
         self.restart_cost
     }
 
@@ -1090,6 +1455,8 @@ impl Cluster {
                 stalled_until: 0.0,
                 restart_seconds: 0.0,
                 speed: 1.0,
+                spread_factor: 1.0,
+                co_located: None,
                 first_start: None,
                 end_time: None,
                 priority,
@@ -1432,7 +1799,7 @@ impl Cluster {
         // A restart: a job that ran before takes GPUs again (a resume), or
         // a running one moves to others (a migration or a resize). It then
         // restores its state before it progresses.
-        let restart = self.restart_cost > 0.0
+        let restart = self.restart_cost != RestartCost::Fixed(0.0)
             && self.jobs.get(&id).is_some_and(|j| match j.state {
                 JobState::Running => !same_set(&j.placement, gpus),
                 _ => j.first_start.is_some(),
@@ -1447,9 +1814,16 @@ impl Cluster {
         }
         let now = self.now;
         let was_running = self.jobs.get(&id).is_some_and(|j| j.state == JobState::Running);
-        let speed = self.jobs.get(&id).map_or(1.0, |j| self.speed_on(&j.spec, gpus));
+        let (speed, spread_factor) = self.jobs.get(&id).map_or((1.0, 1.0), |j| self.speed_on(&j.spec, gpus));
+        let co_located = self.co_location_on(id, gpus);
+        let restart_seconds = match self.jobs.get(&id) {
+            Some(j) if restart => self.restart_seconds_for(&j.spec, gpus),
+            _ => 0.0,
+        };
         if let Some(j) = self.jobs.get_mut(&id) {
             j.speed = speed;
+            j.spread_factor = spread_factor;
+            j.co_located = co_located;
             j.placement = gpus.to_vec();
             j.fraction = fraction;
             if !was_running {
@@ -1457,7 +1831,7 @@ impl Cluster {
             }
             j.first_start.get_or_insert(now);
             if restart {
-                j.stalled_until = now + self.restart_cost;
+                j.stalled_until = now + restart_seconds;
             }
         }
         self.set_state(id, JobState::Running);
@@ -1466,6 +1840,7 @@ impl Cluster {
             // without a change of state.
             self.rekey(id);
         }
+        self.rerate_neighbours(gpus, id);
     }
 
     /// Take a job off all its GPUs (state unchanged), its accounts
@@ -1473,15 +1848,18 @@ impl Cluster {
     fn release(&mut self, id: JobId) {
         let now = self.now;
         let Some(job) = self.jobs.get_mut(&id) else { return };
-        job.settle(now);
+        self.losses += job.settle(now);
+        job.co_located = None;
         let memory = job.spec.memory_per_gpu;
-        for gpu in std::mem::take(&mut job.placement) {
+        let held = std::mem::take(&mut job.placement);
+        for &gpu in &held {
             if let Some(g) = self.gpus.get_mut(gpu as usize) {
                 g.residents.retain(|r| r.job != id);
                 g.memory_used = g.memory_used.saturating_sub(memory);
                 self.note_free(gpu);
             }
         }
+        self.rerate_neighbours(&held, id);
     }
 
     fn set_state(&mut self, id: JobId, state: JobState) {
@@ -1697,7 +2075,7 @@ mod tests {
         for bad in [f64::NAN, f64::INFINITY, -1.0, 1e300] {
             assert!(!c.set_restart_cost(bad), "{bad}");
         }
-        assert_eq!(c.restart_cost(), 30.0);
+        assert_eq!(c.restart_cost(), RestartCost::Fixed(30.0));
         let a = c.submit(JobSpec::new("u", 1, 100.0)).unwrap();
         c.apply(&start(a, &[0])).unwrap();
         assert_eq!(c.next_completion(), Some(100.0), "a first start costs nothing");
@@ -1745,6 +2123,123 @@ mod tests {
         assert!(c.finish(a));
         let j = c.job(a).unwrap();
         assert_eq!(j.restart_seconds_at(250.0), 15.0 + 30.0 + 30.0);
+    }
+
+    #[test]
+    fn restarts_through_host_memory_cost_by_the_memory_moved() {
+        let mut c = Cluster::homogeneous(2, 2, "V100", 16 << 30);
+        assert!(c.set_restart_model(RestartCost::HOST_MEMORY));
+        assert!(!c.set_restart_model(RestartCost::PerGib(f64::NAN)));
+        let mut spec = JobSpec::new("u", 1, 100.0);
+        spec.memory_per_gpu = 4 << 30;
+        let small = c.submit(spec).unwrap();
+        let unknown = c.submit(JobSpec::new("u", 1, 100.0)).unwrap();
+        for (job, gpu) in [(small, 0), (unknown, 1)] {
+            c.apply(&start(job, &[gpu])).unwrap();
+            c.apply(&Action::Preempt(job)).unwrap();
+            c.apply(&Action::Resume(Placement { job, gpus: vec![gpu] })).unwrap();
+        }
+        let stalled = |job| c.job(job).unwrap().stalled_until;
+        assert!(
+            (stalled(small) - 4.0 * 0.044).abs() < 1e-12,
+            "4 GiB: {}",
+            stalled(small)
+        );
+        assert!(
+            (stalled(unknown) - 16.0 * 0.044).abs() < 1e-12,
+            "unknown: the whole 16 GiB GPU: {}",
+            stalled(unknown)
+        );
+    }
+
+    #[test]
+    fn jobs_sharing_a_gpu_run_at_their_measured_pair_speed() {
+        let table = crate::speed::ThroughputTable::from_gavel_json(
+            r#"{"v100": {"('A', 1)": {"null": 10.0, "('B', 1)": [6.0, 4.0]},
+                         "('B', 1)": {"null": 8.0},
+                         "('C', 1)": {"null": 5.0}}}"#,
+        )
+        .unwrap();
+        let mut c = Cluster::homogeneous(2, 2, "V100", 16 << 30);
+        assert!(c.set_speed_model(std::sync::Arc::new(table), "V100"));
+        for bad in [0.0, -0.5, 1.5, f64::NAN, f64::INFINITY, 5e-324, 1e-3] {
+            assert!(
+                !c.set_colocation(Colocation::Measured {
+                    interference: Some(bad)
+                }),
+                "{bad}"
+            );
+        }
+        assert!(c.set_colocation(Colocation::Measured {
+            interference: Some(0.7)
+        }));
+        let typed = |c: &mut Cluster, t: u16| {
+            let mut spec = JobSpec::new("u", 1, 100.0);
+            spec.job_type = Some(t);
+            c.submit(spec).unwrap()
+        };
+        let (a, b, cc) = (typed(&mut c, 0), typed(&mut c, 1), typed(&mut c, 2));
+        let share = |job, fraction| {
+            Action::Share(SharedPlacement {
+                job,
+                gpus: vec![0],
+                fraction,
+            })
+        };
+        // Alone on half a GPU: its share, as time-sliced.
+        c.apply(&share(a, 0.5)).unwrap();
+        assert_eq!(c.next_completion(), Some(200.0));
+        // Beside B: the measured pair, 6/10 and 4/8 of alone, whatever the shares.
+        c.apply(&share(b, 0.5)).unwrap();
+        assert_eq!(c.job(a).unwrap().co_located, Some(0.6));
+        assert_eq!(c.job(b).unwrap().co_located, Some(0.5));
+        let finish = |c: &Cluster, job| c.completion_keys.get(&job).unwrap().finish.0;
+        assert!((finish(&c, a) - 100.0 / 0.6).abs() < 1e-4);
+        assert!((finish(&c, b) - 200.0).abs() < 1e-4);
+        c.advance(50.0);
+        // B leaves: A is alone again, at its half share, its progress kept.
+        c.apply(&Action::Preempt(b)).unwrap();
+        assert_eq!(c.job(a).unwrap().co_located, None);
+        assert!((c.job(a).unwrap().progress - 30.0).abs() < 1e-4);
+        assert!((finish(&c, a) - (50.0 + 70.0 / 0.5)).abs() < 1e-4);
+        // No pair figure for A and C: the interference factor.
+        c.apply(&share(cc, 0.5)).unwrap();
+        assert_eq!(c.job(a).unwrap().co_located, Some(0.7));
+        assert_eq!(c.job(cc).unwrap().co_located, Some(0.7));
+        // What sharing cost: A 50 s at 0.6 of alone, B 50 s at 0.5.
+        let losses = c.model_losses();
+        assert!(
+            (losses.interference_work - (50.0 * 0.4 + 50.0 * 0.5)).abs() < 1e-3,
+            "{losses:?}"
+        );
+        assert_eq!(losses.spread_work, 0.0);
+        c.advance(60.0);
+        let losses = c.model_losses();
+        assert!(
+            (losses.interference_work - (45.0 + 2.0 * 10.0 * 0.3)).abs() < 1e-3,
+            "running jobs' unsettled time counts: {losses:?}"
+        );
+    }
+
+    #[test]
+    fn time_sliced_sharing_is_the_default_and_neighbours_do_not_matter() {
+        let mut c = Cluster::homogeneous(1, 1, "V100", 16 << 30);
+        assert_eq!(c.colocation(), Colocation::TimeSlice);
+        let (a, b) = (
+            c.submit(JobSpec::new("u", 1, 100.0)).unwrap(),
+            c.submit(JobSpec::new("u", 1, 100.0)).unwrap(),
+        );
+        for job in [a, b] {
+            c.apply(&Action::Share(SharedPlacement {
+                job,
+                gpus: vec![0],
+                fraction: 0.5,
+            }))
+            .unwrap();
+        }
+        assert_eq!((c.job(a).unwrap().co_located, c.job(a).unwrap().rate()), (None, 0.5));
+        assert_eq!(c.next_completion(), Some(200.0));
+        assert_eq!(c.model_losses(), ModelLosses::default());
     }
 
     #[test]

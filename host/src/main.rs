@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use wsched::backend::synthetic::SuspendMemory;
+use wsched::cluster::{Colocation, RestartCost};
 use wsched::engine::{CompileCache, Engine, Limits};
 use wsched::service;
 
@@ -117,6 +118,10 @@ struct ServeArgs {
     /// built-in FIFO decides.
     #[arg(long)]
     policy: Option<PathBuf>,
+    /// The performance model of emulated GPUs (with a table, jobs
+    /// submitted with a --job-type run at their measured speed).
+    #[command(flatten)]
+    model: ModelArgs,
     /// Config string for --policy.
     #[arg(long, default_value = "")]
     config: String,
@@ -213,6 +218,108 @@ enum TraceFormatArg {
     Acme,
     /// Alibaba GPU trace v2023 pod lists: creation/scheduled/deletion_time, num_gpu, gpu_milli.
     AlibabaPai,
+    /// Gavel's .trace files: job type, steps, scale factor, arrival time (tab-separated).
+    Gavel,
+}
+
+/// The performance model's switches, shared by `sim` and `serve`.
+#[derive(Debug, clap::Args)]
+struct ModelArgs {
+    /// Measured throughputs per job type, GPU kind and gang (Gavel's
+    /// format): `gavel` for Gavel's table (built in), or a file. Typed jobs
+    /// run at their measured speed where they run.
+    #[arg(long, value_name = "gavel|FILE.json")]
+    throughputs: Option<String>,
+    /// The GPU kind trace durations were measured on (with throughputs;
+    /// for a Gavel trace, the kind its steps are timed on).
+    #[arg(long, default_value = "V100")]
+    reference_gpu: String,
+    /// What each restart (a resume after a preemption, a migration, a
+    /// resize) costs a job, holding its GPUs without progress: SECONDS,
+    /// `checkpoint` (30 s: a restore from a checkpoint as Pollux measured
+    /// it) or `host-memory` (44 ms per GiB of its device memory: suspend
+    /// and resume through host memory, as measured on an H200). Default:
+    /// `checkpoint` with a throughput table, else 0 (free).
+    #[arg(long, value_name = "SECONDS|checkpoint|host-memory", allow_hyphen_values = true)]
+    restart_cost: Option<String>,
+    /// How jobs sharing a GPU progress: `time-slice` (each at its share,
+    /// no gain, no interference) or `measured` (together, at the table's
+    /// measured pair throughput, else at --interference). Default:
+    /// `measured` with a throughput table, else `time-slice`.
+    #[arg(long, value_name = "time-slice|measured")]
+    colocation: Option<String>,
+    /// With --colocation measured: each job's speed beside one other on a
+    /// GPU, relative to alone, where the table has no figure for the pair,
+    /// in [0.01, 1]. Default: the mean of the table's measured pairs on the
+    /// GPU's kind, else 0.5.
+    #[arg(long, value_name = "FACTOR", allow_negative_numbers = true)]
+    interference: Option<f64>,
+}
+
+/// What [`ModelArgs`] say, resolved.
+struct Model {
+    table: Option<wsched::speed::ThroughputTable>,
+    restart_cost: RestartCost,
+    colocation: Colocation,
+}
+
+impl ModelArgs {
+    /// The table, restart cost and co-location the flags ask for; the
+    /// built-in Gavel table when none is named but `need_table` (a trace
+    /// counted in steps).
+    fn resolve(&self, need_table: bool, quiet: bool) -> anyhow::Result<Model> {
+        let gavel =
+            || wsched::speed::ThroughputTable::from_gavel_json(wsched::speed::GAVEL).map_err(|e| anyhow::anyhow!(e));
+        let table = match self.throughputs.as_deref() {
+            None if need_table => {
+                if !quiet {
+                    eprintln!("note: the trace counts steps: timing them with Gavel's throughput table");
+                }
+                Some(gavel()?)
+            }
+            None => None,
+            Some("gavel") => Some(gavel()?),
+            Some(source) => Some(
+                wsched::speed::ThroughputTable::read(std::path::Path::new(source)).map_err(|e| anyhow::anyhow!(e))?,
+            ),
+        };
+        let restart_cost = match self.restart_cost.as_deref() {
+            None if table.is_some() => RestartCost::CHECKPOINT,
+            None => RestartCost::default(),
+            Some("checkpoint") => RestartCost::CHECKPOINT,
+            Some("host-memory") => RestartCost::HOST_MEMORY,
+            Some(seconds) => match seconds.trim().parse::<f64>() {
+                Ok(s) if s.is_finite() && (0.0..=wsched::bounds::MAX_JOB_SECONDS).contains(&s) => RestartCost::Fixed(s),
+                _ => bail!(
+                    "--restart-cost: must be `checkpoint`, `host-memory` or seconds from 0 to {:e}, got {}",
+                    wsched::bounds::MAX_JOB_SECONDS,
+                    wsched::bounds::shown(seconds)
+                ),
+            },
+        };
+        if let Some(f) = self.interference
+            && !(f.is_finite() && (wsched::cluster::MIN_INTERFERENCE..=1.0).contains(&f))
+        {
+            bail!("--interference: must be in [0.01, 1], got {f:e}");
+        }
+        let colocation = match self.colocation.as_deref() {
+            None if table.is_none() && self.interference.is_none() => Colocation::TimeSlice,
+            None | Some("measured") => Colocation::Measured {
+                interference: self.interference,
+            },
+            Some("time-slice") if self.interference.is_none() => Colocation::TimeSlice,
+            Some("time-slice") => bail!("--interference: only with --colocation measured"),
+            Some(other) => bail!(
+                "--colocation: must be `time-slice` or `measured`, got {}",
+                wsched::bounds::shown(other)
+            ),
+        };
+        Ok(Model {
+            table,
+            restart_cost,
+            colocation,
+        })
+    }
 }
 
 /// `serve --backend`: which backend runs the work (the library's
@@ -328,22 +435,10 @@ struct SimArgs {
     /// Do not tell policies each job's duration (no oracle for SJF).
     #[arg(long)]
     hide_durations: bool,
-    /// Seconds a job spends restoring its state after each restart (a
-    /// resume after a preemption, a migration, a resize), holding its GPUs
-    /// without progress: 30 models a checkpoint restore as Pollux measured
-    /// it. 0 (the default) makes restarts free.
-    #[arg(long, default_value_t = 0.0, value_name = "SECONDS", allow_negative_numbers = true)]
-    restart_cost: f64,
-    /// Measured throughputs per job type, GPU kind and gang (Gavel's
-    /// format): `gavel` for Gavel's table (built in), or a file. Each job
-    /// gets a type and runs at its speed where it runs.
-    #[arg(long, value_name = "gavel|FILE.json")]
-    throughputs: Option<String>,
-    /// The GPU kind trace durations were measured on (with throughputs).
-    #[arg(long, default_value = "V100", requires = "throughputs")]
-    reference_gpu: String,
-    /// Seed of the job types given to trace jobs (with throughputs).
-    #[arg(long, default_value_t = 0, requires = "throughputs")]
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Seed of the job types given to trace jobs (with a throughput table).
+    #[arg(long, default_value_t = 0)]
     job_type_seed: u64,
     #[command(flatten)]
     limits: LimitArgs,
@@ -472,6 +567,18 @@ fn run_serve(args: ServeArgs, connect: &client::ConnectArgs, cache: Option<Compi
             )?
         }
     };
+    let model = args.model.resolve(false, true)?;
+    if let Some(table) = model.table {
+        if !table.has_kind(&args.model.reference_gpu) {
+            bail!(
+                "--reference-gpu: the throughput table has no GPU kind {}",
+                wsched::bounds::shown(&args.model.reference_gpu)
+            );
+        }
+        config.performance.table = Some((std::sync::Arc::new(table), args.model.reference_gpu.clone()));
+    }
+    config.performance.restart_cost = model.restart_cost;
+    config.performance.colocation = model.colocation;
     config.initial_policy = args.policy.map(|p| (p, args.config));
     config.checkpoint_every = seconds_flag("--checkpoint-every", args.checkpoint_every, 1e-3)?;
     config.shutdown_grace = seconds_flag("--shutdown-grace", args.shutdown_grace, 0.0)?;
@@ -612,8 +719,17 @@ fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
         TraceFormatArg::Philly => TraceFormatName::Philly,
         TraceFormatArg::Helios | TraceFormatArg::Acme => TraceFormatName::Helios,
         TraceFormatArg::AlibabaPai => TraceFormatName::AlibabaPai,
+        TraceFormatArg::Gavel => TraceFormatName::Gavel,
     });
-    let parsed = wsched::trace::read_as(&args.trace, format)?;
+    let mut parsed = wsched::trace::read_as(&args.trace, format)?;
+    let Model {
+        table,
+        restart_cost,
+        colocation,
+    } = args.model.resolve(parsed.in_steps, args.quiet)?;
+    if let Some(table) = &table {
+        parsed.resolve_steps(&args.trace.display().to_string(), table, &args.model.reference_gpu)?;
+    }
     if !args.quiet {
         for (why, count) in &parsed.skipped {
             eprintln!("note: {count} rows of {} skipped ({why})", args.trace.display());
@@ -662,31 +778,15 @@ fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
             }
         }
     }
-    if !(args.restart_cost.is_finite() && (0.0..=wsched::bounds::MAX_JOB_SECONDS).contains(&args.restart_cost)) {
-        bail!(
-            "--restart-cost: must be seconds from 0 to {:e}, got {}",
-            wsched::bounds::MAX_JOB_SECONDS,
-            args.restart_cost
-        );
-    }
-    let speed = match args.throughputs.as_deref() {
-        None => None,
-        Some(source) => {
-            let table = if source == "gavel" {
-                wsched::speed::ThroughputTable::from_gavel_json(wsched::speed::GAVEL).map_err(|e| anyhow::anyhow!(e))?
-            } else {
-                wsched::speed::ThroughputTable::read(std::path::Path::new(source)).map_err(|e| anyhow::anyhow!(e))?
-            };
-            Some(sim::SpeedModel {
-                table: std::sync::Arc::new(table),
-                reference: args.reference_gpu.clone(),
-                seed: args.job_type_seed,
-            })
-        }
-    };
+    let speed = table.map(|table| sim::SpeedModel {
+        table: std::sync::Arc::new(table),
+        reference: args.model.reference_gpu.clone(),
+        seed: args.job_type_seed,
+    });
     let config = SimConfig {
         cluster: clusters[0].clone(),
-        restart_cost: args.restart_cost,
+        restart_cost,
+        colocation,
         speed,
         reveal_durations: !args.hide_durations,
         // One bar for one replay; several would fight over the terminal.

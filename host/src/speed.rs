@@ -17,8 +17,11 @@
 //!
 //! GPU kind (matched to a cluster's kinds without regard to case), then
 //! `(job type, GPUs)`, then `null`: steps per second of that job alone on
-//! that many GPUs of that kind. (The other entries, throughputs of pairs
-//! sharing a GPU, are not read yet.)
+//! that many GPUs of that kind. Each other entry, keyed by a second job
+//! type on as many GPUs, is the pair measured sharing those GPUs: the
+//! steps per second of the first job and of the second (read when sharing
+//! is modelled as measured, see [`crate::cluster::Colocation`]). A pair
+//! naming a type that has no figure of its own is ignored.
 //!
 //! A job's speed is read relative to its reference: the kind its trace
 //! duration was measured on, with the GPUs it asked for, on one node. There
@@ -48,6 +51,14 @@ pub struct ThroughputTable {
     kinds: Vec<String>,
     /// (kind, type, GPUs) -> steps per second alone.
     alone: BTreeMap<(u16, u16, u32), f64>,
+    /// (kind, type, GPUs, other type) -> steps per second of each of the
+    /// two sharing those GPUs.
+    pairs: BTreeMap<(u16, u16, u32, u16), (f64, f64)>,
+}
+
+/// A throughput read from a table: finite and in [0, 1e12].
+fn steps_per_second(value: Option<f64>) -> Option<f64> {
+    value.filter(|t| t.is_finite() && (0.0..=1e12).contains(t))
 }
 
 /// `('ResNet-50 (batch size 64)', 2)` -> the name and the GPU count.
@@ -73,6 +84,9 @@ impl ThroughputTable {
             return Err(format!("{} GPU kinds, the most is {MAX_NAMES}", raw.len()));
         }
         let mut entries: Vec<(String, String, u32, f64)> = Vec::new();
+        // (kind, type, GPUs, other type, both throughputs)
+        type PairEntry = (String, String, u32, String, (f64, f64));
+        let mut pairs: Vec<PairEntry> = Vec::new();
         for (kind, jobs) in &raw {
             let kind_lc = kind.trim().to_ascii_lowercase();
             if kind_lc.is_empty() || kind_lc.len() > 64 || kind_lc.chars().any(char::is_control) {
@@ -90,6 +104,24 @@ impl ThroughputTable {
                         "{kind}: {}: throughput {alone} is not in [0, 1e12]",
                         crate::bounds::shown(key)
                     ));
+                }
+                if let Some(shared) = value.as_object() {
+                    for (other, both) in shared.iter().filter(|(k, _)| k.as_str() != "null") {
+                        let measured = both
+                            .as_array()
+                            .filter(|a| a.len() == 2)
+                            .and_then(|a| Some((steps_per_second(a[0].as_f64())?, steps_per_second(a[1].as_f64())?)));
+                        let (Some((other, other_gpus)), Some(both)) = (parse_key(other), measured) else {
+                            return Err(format!(
+                                "{kind}: {}: {}: not a pair of throughputs in [0, 1e12]",
+                                crate::bounds::shown(key),
+                                crate::bounds::shown(other)
+                            ));
+                        };
+                        if other_gpus == gpus {
+                            pairs.push((kind_lc.clone(), name.clone(), gpus, other, both));
+                        }
+                    }
                 }
                 entries.push((kind_lc.clone(), name, gpus, alone));
             }
@@ -111,7 +143,23 @@ impl ThroughputTable {
             .iter()
             .map(|(kind, name, gpus, t)| ((index(&kinds, kind), index(&types, name), *gpus), *t))
             .collect();
-        Ok(ThroughputTable { types, kinds, alone })
+        let known = |name: &str| types.binary_search_by(|n| n.as_str().cmp(name)).is_ok();
+        let pairs = pairs
+            .iter()
+            .filter(|p| known(&p.3))
+            .map(|(kind, name, gpus, other, both)| {
+                (
+                    (index(&kinds, kind), index(&types, name), *gpus, index(&types, other)),
+                    *both,
+                )
+            })
+            .collect();
+        Ok(ThroughputTable {
+            types,
+            kinds,
+            alone,
+            pairs,
+        })
     }
 
     /// Read a table file (a regular file, at most [`MAX_FILE_BYTES`]).
@@ -164,6 +212,12 @@ impl ThroughputTable {
         self.throughput_at(self.kind_index(kind)?, job_type, gpus)
     }
 
+    /// Steps per second of a job of type `job_type` alone on `gpus` GPUs
+    /// of the kind with index `kind` (see [`ThroughputTable::kind_index`]).
+    pub fn throughput_index(&self, kind: u16, job_type: u16, gpus: u32) -> Option<f64> {
+        self.throughput_at(kind, job_type, gpus)
+    }
+
     fn throughput_at(&self, kind: u16, job_type: u16, gpus: u32) -> Option<f64> {
         self.alone.get(&(kind, job_type, gpus)).copied().filter(|&t| t > 0.0)
     }
@@ -176,6 +230,59 @@ impl ThroughputTable {
         (0..self.types.len() as u16)
             .filter(|&t| self.throughput_at(k, t, gpus).is_some())
             .collect()
+    }
+
+    /// A job's rate of progress alone on `held` GPUs of kind `kind`
+    /// relative to its reference (`asked` GPUs of kind `reference`), kinds
+    /// given by [`ThroughputTable::kind_index`]: what a policy reads
+    /// through `cluster-view.throughput`. None where either figure is
+    /// missing.
+    pub fn rate(&self, reference: u16, job_type: u16, asked: u32, kind: u16, held: u32) -> Option<f64> {
+        let base = self.throughput_at(reference, job_type, asked)?;
+        let here = self.throughput_at(kind, job_type, held)?;
+        Some(here / base).filter(|r| r.is_finite())
+    }
+
+    /// Steps per second of jobs of types `a` and `b` sharing the same
+    /// `gpus` GPUs of kind `kind` (an index), each, when measured: the
+    /// table keeps each pair under one of its two types, so both orders
+    /// are looked up.
+    pub fn pair(&self, kind: u16, a: u16, b: u16, gpus: u32) -> Option<(f64, f64)> {
+        self.pairs
+            .get(&(kind, a, gpus, b))
+            .copied()
+            .or_else(|| self.pairs.get(&(kind, b, gpus, a)).map(|&(tb, ta)| (ta, tb)))
+    }
+
+    /// How fast a job of type `a` runs sharing `gpus` GPUs of kind `kind`
+    /// with one of type `b`, relative to the same job alone on them; None
+    /// unless both figures are measured and positive (Gavel writes 0 for a
+    /// pair that could not share, e.g. for want of memory: a model without
+    /// placement constraints reads that as unmeasured).
+    pub fn pair_factor(&self, kind: u16, a: u16, b: u16, gpus: u32) -> Option<f64> {
+        let (shared, _) = self.pair(kind, a, b, gpus)?;
+        let alone = self.throughput_at(kind, a, gpus)?;
+        Some(shared / alone).filter(|f| f.is_finite() && *f > 0.0)
+    }
+
+    /// The mean over every measured single-GPU pair on kind `kind` of each
+    /// job's speed sharing relative to alone: the interference factor the
+    /// table implies where it has no figure for a pair. None without pairs.
+    pub fn mean_pair_factor(&self, kind: u16) -> Option<f64> {
+        let (mut sum, mut n) = (0.0, 0u32);
+        for (&(k, a, gpus, b), _) in self.pairs.range((kind, 0, 0, 0)..=(kind, u16::MAX, u32::MAX, u16::MAX)) {
+            if k != kind || gpus != 1 {
+                continue;
+            }
+            for f in [self.pair_factor(k, a, b, 1), self.pair_factor(k, b, a, 1)]
+                .into_iter()
+                .flatten()
+            {
+                sum += f;
+                n += 1;
+            }
+        }
+        (n > 0).then(|| sum / f64::from(n))
     }
 
     /// How fast a job of type `job_type` that asked for `asked` GPUs runs

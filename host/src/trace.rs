@@ -9,7 +9,11 @@
 //!   traces (`submit_time`, `duration`, `gpu_num`, `node_num`, `user`);
 //! - [`AlibabaPaiCsv`]: the pod lists of Alibaba's GPU trace v2023
 //!   (`creation_time`, `scheduled_time`, `deletion_time`, `num_gpu` and a
-//!   fractional `gpu_milli`).
+//!   fractional `gpu_milli`);
+//! - [`GavelTrace`]: the `.trace` files of Gavel's simulator (tab-separated
+//!   job type, command, steps, scale factor, arrival time), whose work is
+//!   counted in steps of a named job type: [`Parsed::resolve_steps`] turns
+//!   steps into seconds through a throughput table.
 //!
 //! [`read_as`] picks the format from the header when not told. Rows a
 //! replay has no use for (CPU-only jobs, pods never scheduled) are skipped
@@ -45,6 +49,10 @@ pub struct TraceJob {
     /// Share of one GPU the job asked for, when less than a whole one
     /// (single-GPU jobs of GPU-sharing traces).
     pub share: Option<f64>,
+    /// Its type, when the trace names one: an index into
+    /// [`Parsed::job_types`] as read, into the throughput table's types
+    /// once [`Parsed::resolve_steps`] has run.
+    pub job_type: Option<u16>,
 }
 
 /// What a trace file held: its jobs, and the rows skipped, by why.
@@ -54,6 +62,68 @@ pub struct Parsed {
     pub jobs: Vec<TraceJob>,
     /// Rows left out on purpose (`"without GPUs"`, `"never scheduled"`), counted.
     pub skipped: BTreeMap<&'static str, usize>,
+    /// The job types the trace names (Gavel traces), in order of first use.
+    pub job_types: Vec<String>,
+    /// Whether the jobs' `duration` counts steps of their type, not
+    /// seconds, until [`Parsed::resolve_steps`] converts it.
+    pub in_steps: bool,
+}
+
+impl Parsed {
+    /// Turn a trace's steps into seconds on its reference: each job's
+    /// steps over its type's throughput (steps per second) on `reference`
+    /// GPUs of its gang, as Gavel's simulator times a job; and its type
+    /// into the table's. An error names the line of a job whose type or
+    /// gang the table has no figure for. Nothing to do for traces in
+    /// seconds.
+    pub fn resolve_steps(
+        &mut self,
+        name: &str,
+        table: &crate::speed::ThroughputTable,
+        reference: &str,
+    ) -> anyhow::Result<()> {
+        if !self.in_steps {
+            return Ok(());
+        }
+        let kind = table
+            .kind_index(reference)
+            .ok_or_else(|| anyhow!("the throughput table has no GPU kind {}", shown(reference)))?;
+        let in_table: Vec<Option<u16>> = self
+            .job_types
+            .iter()
+            .map(|t| table.types().iter().position(|n| n == t).map(|i| i as u16))
+            .collect();
+        for job in &mut self.jobs {
+            let Some(named) = job.job_type else { continue };
+            let typed = in_table.get(usize::from(named)).copied().flatten().ok_or_else(|| {
+                anyhow!(
+                    "{name}:{}: column `job_type`: {} is not a type of the throughput table",
+                    job.line,
+                    shown(&self.job_types[usize::from(named)])
+                )
+            })?;
+            let rate = table.throughput_index(kind, typed, job.gpus).ok_or_else(|| {
+                anyhow!(
+                    "{name}:{}: the throughput table has no figure for {} on {} {reference} GPUs",
+                    job.line,
+                    shown(&self.job_types[usize::from(named)]),
+                    job.gpus
+                )
+            })?;
+            let seconds = job.duration / rate;
+            bounds::check_job_seconds(seconds).map_err(|why| {
+                anyhow!(
+                    "{name}:{}: column `total_steps`: {} steps at {rate} per second: {why}",
+                    job.line,
+                    job.duration
+                )
+            })?;
+            job.duration = seconds;
+            job.job_type = Some(typed);
+        }
+        self.in_steps = false;
+        Ok(())
+    }
 }
 
 /// A trace file format.
@@ -71,6 +141,8 @@ pub enum TraceFormatName {
     Helios,
     /// [`AlibabaPaiCsv`].
     AlibabaPai,
+    /// [`GavelTrace`].
+    Gavel,
 }
 
 impl TraceFormatName {
@@ -84,6 +156,9 @@ impl TraceFormatName {
             Some(TraceFormatName::Helios)
         } else if has("creation_time") && has("num_gpu") {
             Some(TraceFormatName::AlibabaPai)
+        } else if matches!(header.split('\t').count(), GavelTrace::FIELDS | GavelTrace::OLD_FIELDS) {
+            // No header: a first row of 7 or 10 tab-separated fields.
+            Some(TraceFormatName::Gavel)
         } else {
             None
         }
@@ -95,6 +170,7 @@ impl TraceFormatName {
             TraceFormatName::Philly => &PhillyCsv,
             TraceFormatName::Helios => &HeliosCsv,
             TraceFormatName::AlibabaPai => &AlibabaPaiCsv,
+            TraceFormatName::Gavel => &GavelTrace,
         }
     }
 }
@@ -112,15 +188,18 @@ pub fn read_as(path: &Path, format: Option<TraceFormatName>) -> anyhow::Result<P
     let text =
         String::from_utf8(bytes).with_context(|| format!("cannot read trace {}: not UTF-8 text", path.display()))?;
     let name = path.display().to_string();
+    let gavel = path.extension().is_some_and(|x| x == "trace");
     let format = match format {
         Some(f) => f,
+        None if gavel => TraceFormatName::Gavel,
         None => {
             let header = text.lines().next().unwrap_or_default();
             TraceFormatName::detect(header).ok_or_else(|| {
                 anyhow!(
                     "{name}:1: the header names no known format (Philly: timestamp, duration, num_gpus; \
                      Helios/Acme: submit_time, duration, gpu_num; Alibaba PAI: creation_time, scheduled_time, \
-                     deletion_time, num_gpu); say which with --trace-format"
+                     deletion_time, num_gpu; Gavel: 7 or 10 tab-separated fields); say which with \
+                     --trace-format"
                 )
             })?
         }
@@ -214,6 +293,7 @@ impl TraceFormat for PhillyCsv {
                 gpus: gpu_count,
                 tenant,
                 share: None,
+                job_type: None,
             });
         }
         finish(name, parsed)
@@ -249,6 +329,7 @@ impl TraceFormat for HeliosCsv {
                 gpus: gpu_count,
                 tenant,
                 share: None,
+                job_type: None,
             });
         }
         finish(name, parsed)
@@ -314,6 +395,127 @@ impl TraceFormat for AlibabaPaiCsv {
                 gpus: gpu_count,
                 tenant: String::new(),
                 share,
+                job_type: None,
+            });
+        }
+        finish(name, parsed)
+    }
+}
+
+/// The `.trace` files of Gavel's simulator (stanford-futuredata/gavel,
+/// `scheduler/utils.py: parse_trace`): no header, one job per line, tab
+/// separated, either the 10 fields Gavel reads today
+///
+/// `job_type, command, working_directory, num_steps_arg, needs_data_dir,
+/// total_steps, scale_factor, priority_weight, SLO, arrival_time`
+///
+/// or the 7 of the older files in its `traces/msr/` (commit 4e459d6)
+///
+/// `job_type, command, num_steps_arg, needs_data_dir, total_steps,
+/// arrival_time, scale_factor`.
+///
+/// `job_type` names a row of the throughput table, e.g. `ResNet-50 (batch
+/// size 64)`; `scale_factor` is the gang size; `total_steps` the work, in
+/// steps, made seconds by [`Parsed::resolve_steps`]; `arrival_time` seconds.
+/// The command, directories, priority weight and SLO are not used. Jobs
+/// have no tenant.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GavelTrace;
+
+impl GavelTrace {
+    /// Fields of a line today.
+    pub const FIELDS: usize = 10;
+    /// Fields of a line in the older files.
+    pub const OLD_FIELDS: usize = 7;
+}
+
+impl TraceFormat for GavelTrace {
+    fn parse(&self, name: &str, text: &str) -> anyhow::Result<Parsed> {
+        let mut parsed = Parsed {
+            in_steps: true,
+            ..Parsed::default()
+        };
+        let mut type_ids: BTreeMap<&str, u16> = BTreeMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let n = i + 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let fields: Vec<&str> = line.split('\t').map(str::trim).collect();
+            let (job_type, steps, gang, arrival) = match fields.len() {
+                GavelTrace::FIELDS => (fields[0], fields[5], fields[6], fields[9]),
+                GavelTrace::OLD_FIELDS => (fields[0], fields[4], fields[6], fields[5]),
+                k => bail!(
+                    "{name}:{n}: {k} tab-separated fields; a Gavel trace line has {} or {}",
+                    GavelTrace::FIELDS,
+                    GavelTrace::OLD_FIELDS
+                ),
+            };
+            if job_type.is_empty() || job_type.len() > 256 || job_type.chars().any(char::is_control) {
+                bail!(
+                    "{name}:{n}: column `job_type`: {} is not a name (1 to 256 bytes)",
+                    shown(job_type)
+                );
+            }
+            let total: f64 = steps
+                .parse::<u64>()
+                .ok()
+                .filter(|s| (1..=1 << 53).contains(s))
+                .map(|s| s as f64)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{name}:{n}: column `total_steps`: {} is not a whole number from 1 to 2^53",
+                        shown(steps)
+                    )
+                })?;
+            let gpus = gang
+                .parse::<u32>()
+                .ok()
+                .filter(|g| (1..=bounds::MAX_GPUS_PER_JOB).contains(g))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{name}:{n}: column `scale_factor`: {} is not a whole number from 1 to {}",
+                        shown(gang),
+                        bounds::MAX_GPUS_PER_JOB
+                    )
+                })?;
+            let submit = arrival
+                .parse::<f64>()
+                .ok()
+                .filter(|t| t.is_finite() && (0.0..=bounds::MAX_TIME).contains(t))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{name}:{n}: column `arrival_time`: {} is not seconds from 0 to {:e}",
+                        shown(arrival),
+                        bounds::MAX_TIME
+                    )
+                })?;
+            let next = parsed.job_types.len();
+            let type_id = match type_ids.get(job_type) {
+                Some(&id) => id,
+                None => {
+                    let id = u16::try_from(next)
+                        .ok()
+                        .filter(|&id| usize::from(id) < crate::speed::MAX_NAMES)
+                        .ok_or_else(|| {
+                            anyhow!(
+                                "{name}:{n}: column `job_type`: more than {} job types",
+                                crate::speed::MAX_NAMES
+                            )
+                        })?;
+                    type_ids.insert(job_type, id);
+                    parsed.job_types.push(job_type.to_string());
+                    id
+                }
+            };
+            parsed.jobs.push(TraceJob {
+                line: n,
+                submit,
+                duration: total,
+                gpus,
+                tenant: String::new(),
+                share: None,
+                job_type: Some(type_id),
             });
         }
         finish(name, parsed)
@@ -562,6 +764,94 @@ mod tests {
         assert!(pai("1,1000,inf,20,10\n").starts_with("p.csv:2: column `creation_time`"));
         assert!(pai("1,1000,10,20,soon\n").starts_with("p.csv:2: column `scheduled_time`"));
         assert!(pai("0,0,10,20,10\n1,1000,10,20,\n").contains("2 rows skipped"));
+    }
+
+    #[test]
+    fn gavel_traces_count_steps_timed_through_the_table() {
+        let row10 = |t: &str, steps: &str, gang: &str, at: &str| {
+            format!("{t}\tpython3 train.py\tdir\t-step\t1\t{steps}\t{gang}\t1\t-1.000000\t{at}\n")
+        };
+        let row7 = |t: &str, steps: &str, at: &str, gang: &str| {
+            format!("{t}\tcd x && python3 m.py\t-n\t1\t{steps}\t{at}\t{gang}\n")
+        };
+        let text = row10("A3C", "1000", "1", "0")
+            + &row7("ResNet (batch size 8)", "600", "30.5", "2")
+            + &row10("A3C", "50", "1", "40");
+        assert_eq!(
+            TraceFormatName::detect(text.lines().next().unwrap()),
+            Some(TraceFormatName::Gavel)
+        );
+        let mut parsed = GavelTrace.parse("g.trace", &text).unwrap();
+        assert!(parsed.in_steps);
+        assert_eq!(parsed.job_types, ["A3C", "ResNet (batch size 8)"]);
+        let j = &parsed.jobs[1];
+        assert_eq!(
+            (j.line, j.submit, j.duration, j.gpus, j.job_type),
+            (2, 30.5, 600.0, 2, Some(1))
+        );
+        let table = crate::speed::ThroughputTable::from_gavel_json(
+            r#"{"v100": {"('A3C', 1)": {"null": 10.0}, "('ResNet (batch size 8)', 2)": {"null": 4.0}},
+                "k80": {"('A3C', 1)": {"null": 1.0}}}"#,
+        )
+        .unwrap();
+        // Not measured on K80 with 2 GPUs: the line is named.
+        let mut on_k80 = parsed.clone();
+        let e = on_k80.resolve_steps("g.trace", &table, "K80").unwrap_err().to_string();
+        assert!(e.starts_with("g.trace:2: the throughput table has no figure"), "{e}");
+        parsed.resolve_steps("g.trace", &table, "V100").unwrap();
+        assert!(!parsed.in_steps);
+        let seconds: Vec<f64> = parsed.jobs.iter().map(|j| j.duration).collect();
+        assert_eq!(seconds, [100.0, 150.0, 5.0]);
+        let types: Vec<Option<u16>> = parsed.jobs.iter().map(|j| j.job_type).collect();
+        assert_eq!(types, [Some(0), Some(1), Some(0)], "the table's indices");
+        // A type the table lacks.
+        let mut unknown = GavelTrace.parse("g.trace", &row10("BERT", "5", "1", "0")).unwrap();
+        let e = unknown
+            .resolve_steps("g.trace", &table, "V100")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("g.trace:1: column `job_type`: \"BERT\""), "{e}");
+    }
+
+    #[test]
+    fn broken_gavel_rows_name_file_line_and_column() {
+        let err = |text: &str| GavelTrace.parse("g.trace", text).unwrap_err().to_string();
+        let ok = "A3C\tcmd\tdir\t-n\t1\t100\t1\t1\t-1\t0\n";
+        let row =
+            |steps: &str, gang: &str, at: &str| format!("{ok}A3C\tcmd\tdir\t-n\t1\t{steps}\t{gang}\t1\t-1\t{at}\n");
+        for bad in ["0", "-5", "1.5", "NaN", "1e300", "99999999999999999999"] {
+            assert!(
+                err(&row(bad, "1", "0")).starts_with("g.trace:2: column `total_steps`"),
+                "{bad}"
+            );
+        }
+        for bad in ["0", "-1", "2.5", "70000", "inf"] {
+            assert!(
+                err(&row("10", bad, "0")).starts_with("g.trace:2: column `scale_factor`"),
+                "{bad}"
+            );
+        }
+        for bad in ["NaN", "-1", "1e300", "inf", "soon", "5e-324x"] {
+            assert!(
+                err(&row("10", "1", bad)).starts_with("g.trace:2: column `arrival_time`"),
+                "{bad}"
+            );
+        }
+        assert!(err(&format!("{ok}A3C\t1\t2\n")).starts_with("g.trace:2: 3 tab-separated fields"));
+        assert!(err(&format!("{ok}\tcmd\tdir\t-n\t1\t100\t1\t1\t-1\t0\n")).starts_with("g.trace:2: column `job_type`"));
+        let long = "x".repeat(10 << 20);
+        let e = err(&format!("{long}\tcmd\tdir\t-n\t1\t100\t1\t1\t-1\t0\n"));
+        assert!(
+            e.starts_with("g.trace:1: column `job_type`") && e.len() < 300,
+            "{} bytes",
+            e.len()
+        );
+        assert!(err("\n\n").contains("no jobs"));
+        // Many distinct types are bounded.
+        let many: String = (0..=crate::speed::MAX_NAMES)
+            .map(|i| format!("T{i}\tcmd\tdir\t-n\t1\t1\t1\t1\t-1\t0\n"))
+            .collect();
+        assert!(err(&many).contains("more than 4096 job types"));
     }
 
     #[test]

@@ -259,6 +259,25 @@ impl wit::wsched::policy::host::HostClusterView for PluginState {
     fn measured(&mut self, _: Resource<ViewToken>, id: GpuId) -> Option<GpuMeasurement> {
         self.cluster.gpus().get(id as usize).and_then(|g| g.measured)
     }
+    fn throughput(&mut self, _: Resource<ViewToken>, id: JobId, kind: String, gpus: u32, spread: bool) -> Option<f64> {
+        self.cluster.expected_rate(id, &kind, gpus, spread)
+    }
+    fn co_located(
+        &mut self,
+        _: Resource<ViewToken>,
+        a: JobId,
+        b: JobId,
+        kind: String,
+        gpus: u32,
+    ) -> Option<(f64, f64)> {
+        self.cluster.co_located_rates(a, b, &kind, gpus)
+    }
+    fn job_type(&mut self, _: Resource<ViewToken>, id: JobId) -> Option<String> {
+        self.cluster.job_type_name(id).map(str::to_string)
+    }
+    fn remaining_work(&mut self, _: Resource<ViewToken>, id: JobId) -> Option<f64> {
+        self.cluster.remaining_work_now(id)
+    }
     fn drop(&mut self, _: Resource<ViewToken>) -> wasmtime::Result<()> {
         // The view is host-owned and only ever lent; nothing to free.
         Ok(())

@@ -642,6 +642,21 @@ impl Core {
             )
         };
         cluster.advance(unix_now() - origin);
+        if config.devices.is_empty() {
+            // Emulated GPUs run jobs as the simulator does.
+            let model = &config.performance;
+            if let Some((table, reference)) = &model.table
+                && !cluster.set_speed_model(table.clone(), reference)
+            {
+                anyhow::bail!(
+                    "the throughput table has no GPU kind {}",
+                    crate::bounds::shown(reference)
+                );
+            }
+            if !cluster.set_restart_model(model.restart_cost) || !cluster.set_colocation(model.colocation) {
+                anyhow::bail!("performance model out of bounds: {model:?}");
+            }
+        }
         let host = PolicyHost::new(engine.clone(), cluster);
         let jobs_dir = config.state_dir.join("jobs");
         let backend = if config.devices.is_empty() {
@@ -793,6 +808,16 @@ impl Core {
         let finite = |x: f64| if x.is_finite() { x } else { 0.0 };
         let time = |t: f64| finite(t - origin);
         let mut model = model_spec(&spec);
+        if let Some(name) = &spec.job_type {
+            model.job_type = self.decisions.host().cluster().job_type_index(name);
+            if model.job_type.is_none() {
+                tracing::warn!(
+                    job = id,
+                    job_type = %crate::bounds::shown(name),
+                    "the job's type is not in this server's throughput table: it runs as untyped"
+                );
+            }
+        }
         if refusal.is_some() {
             // Out of bounds values must not reach the model, even for a
             // job that only sits there failed.
@@ -822,6 +847,8 @@ impl Core {
             stalled_until: 0.0,
             restart_seconds: 0.0,
             speed: 1.0,
+            spread_factor: 1.0,
+            co_located: None,
             first_start: job.start_time.map(time),
             end_time: job.end_time.map(time),
             priority: if crate::bounds::check_priority(job.priority, true).is_ok() {
@@ -1220,7 +1247,25 @@ impl Core {
     }
 
     fn submit(&mut self, spec: proto::JobSpec, reply: Reply<u64>) {
-        let model = model_spec(&spec);
+        let mut model = model_spec(&spec);
+        if let Some(name) = &spec.job_type {
+            let cluster = self.decisions.host().cluster();
+            match cluster.job_type_index(name) {
+                Some(t) => model.job_type = Some(t),
+                None => {
+                    let why = if cluster.has_speed_model() {
+                        "not a type of this server's throughput table"
+                    } else {
+                        "this server has no throughput table (serve --throughputs)"
+                    };
+                    let _ = reply.send(Err(Status::invalid_argument(format!(
+                        "spec.job_type: {}: {why}",
+                        crate::bounds::shown(name)
+                    ))));
+                    return;
+                }
+            }
+        }
         match self.accept(spec, model) {
             Ok(id) => self.defer(reply, id),
             Err(why) => {

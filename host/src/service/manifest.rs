@@ -67,6 +67,7 @@ struct Spec {
     env: Vec<EnvVar>,
     working_dir: Option<String>,
     synthetic: Option<SyntheticSpec>,
+    job_type: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,13 +139,15 @@ fn to_spec(m: Manifest, default_user: &str) -> Result<proto::JobSpec, String> {
             .transpose()?
             .unwrap_or(0),
         work: Some(work),
+        job_type: s.job_type,
     })
 }
 
 /// The name a manifest gives the spec field `field` (`spec.gpu_fraction`
 /// is `spec.gpuFraction`, `spec.user` is `metadata.user`).
 fn yaml_field(field: &str) -> String {
-    const NAMES: [(&str, &str); 10] = [
+    const NAMES: [(&str, &str); 11] = [
+        ("spec.job_type", "spec.jobType"),
         ("spec.name", "metadata.name"),
         ("spec.user", "metadata.user"),
         ("spec.gpu_fraction", "spec.gpuFraction"),

@@ -119,6 +119,23 @@ pub struct ServeConfig {
     /// How long the cluster may sit idle with work that fits before the
     /// active plugin is called stalled and ejected.
     pub stall_timeout: Duration,
+    /// The performance model of emulated GPUs (ignored on real ones).
+    pub performance: Performance,
+}
+
+/// How emulated GPUs run jobs: the simulator's performance model (see
+/// `crate::cluster`), so that a policy sees in `serve` what it sees in
+/// `sim`.
+#[derive(Debug, Clone, Default)]
+pub struct Performance {
+    /// A measured throughput table and the GPU kind job durations are
+    /// measured on: typed jobs (`JobSpec.job_type`) run at their speed
+    /// where they run. None: every job at the same speed.
+    pub table: Option<(Arc<crate::speed::ThroughputTable>, String)>,
+    /// What a restart costs a job.
+    pub restart_cost: crate::cluster::RestartCost,
+    /// How jobs sharing a GPU progress.
+    pub colocation: crate::cluster::Colocation,
 }
 
 /// How long ended jobs are kept by default: a week, long enough to look at
@@ -154,6 +171,7 @@ impl ServeConfig {
             auth_reads: false,
             shutdown_grace: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(10),
+            performance: Performance::default(),
         }
     }
 }

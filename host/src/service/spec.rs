@@ -98,6 +98,9 @@ pub fn validate(spec: &proto::JobSpec, field: &str) -> Result<(), FieldError> {
     if let Some(p) = spec.priority {
         bounds::check_priority(p, true).map_err(|why| bad("priority", why))?;
     }
+    if let Some(t) = &spec.job_type {
+        check_name(t, true).map_err(|why| bad("job_type", why))?;
+    }
     if let Some(d) = spec.expected_duration_seconds {
         bounds::check_job_seconds(d).map_err(|why| bad("expected_duration_seconds", why))?;
     }

@@ -103,6 +103,22 @@ pub struct Summary {
     /// Seconds jobs held GPUs restoring their state after restarts
     /// (`--restart-cost`), over all jobs.
     pub restart_seconds: f64,
+    /// What a restart costs (`--restart-cost`).
+    pub restart_cost: String,
+    /// How jobs sharing a GPU progress (`--colocation`).
+    pub colocation: String,
+    /// Seconds of work (on each job's full gang, at its reference) lost to
+    /// gangs spread over nodes, over all jobs.
+    pub spread_seconds: f64,
+    /// Seconds of work lost to interference between jobs sharing GPUs
+    /// (against each alone there), over all jobs.
+    pub interference_seconds: f64,
+    /// Work done per GPU-second held: reference GPU-seconds of the jobs'
+    /// progress over the GPU-seconds (times share) they held. 1 with a
+    /// linear model and no restarts; above 1 when packing or faster GPUs
+    /// gain, below when slower kinds, spread gangs, interference or
+    /// restarts cost.
+    pub effective_throughput: f64,
     /// Finish-time fairness.
     pub fairness: Fairness,
     /// Policy calls made.
@@ -214,9 +230,13 @@ pub(super) fn collect(input: Inputs<'_>) -> SimResult {
         })
         .collect();
     let mut restart_seconds = 0.0;
+    let (mut work_done, mut gpu_seconds_held) = (0.0, 0.0);
     for (id, &i) in input.trace_of.iter().enumerate() {
         if let Some(job) = cluster.job(id as u64) {
-            restart_seconds += job.restart_seconds_at(job.end_time.unwrap_or(cluster.now()));
+            let at = job.end_time.unwrap_or(cluster.now());
+            restart_seconds += job.restart_seconds_at(at);
+            work_done += job.progress_at(at) * f64::from(job.spec.gpus);
+            gpu_seconds_held += job.attained_gpu_seconds_at(at);
             let r = &mut jobs[i];
             r.id = Some(id as u64);
             r.start = job.first_start;
@@ -235,6 +255,7 @@ pub(super) fn collect(input: Inputs<'_>) -> SimResult {
         .collect();
     let makespan = finished.iter().filter_map(|j| j.finish).fold(0.0, f64::max);
     let stats = input.host.stats();
+    let losses = cluster.model_losses();
 
     let allocated: f64 = input
         .utilisation
@@ -273,6 +294,27 @@ pub(super) fn collect(input: Inputs<'_>) -> SimResult {
         utilisation: if capacity > 0.0 { allocated / capacity } else { 0.0 },
         preemptions: jobs.iter().map(|j| j.preemptions as u64).sum(),
         restart_seconds,
+        restart_cost: match cluster.restart_cost() {
+            crate::cluster::RestartCost::Fixed(0.0) => "free".to_string(),
+            crate::cluster::RestartCost::Fixed(s) => format!("{s} s"),
+            crate::cluster::RestartCost::PerGib(s) => format!("{} ms per GiB of device memory", s * 1e3),
+        },
+        colocation: match cluster.colocation() {
+            crate::cluster::Colocation::TimeSlice => "time-sliced".to_string(),
+            crate::cluster::Colocation::Measured { interference: None } => {
+                "measured pairs, else the table's mean interference".to_string()
+            }
+            crate::cluster::Colocation::Measured { interference: Some(f) } => {
+                format!("measured pairs, else interference {f}")
+            }
+        },
+        spread_seconds: losses.spread_work,
+        interference_seconds: losses.interference_work,
+        effective_throughput: if gpu_seconds_held > 0.0 {
+            work_done / gpu_seconds_held
+        } else {
+            0.0
+        },
         migrations: jobs.iter().map(|j| j.migrations as u64).sum(),
         fairness: fairness(&rhos),
         policy_calls: stats.calls,

@@ -60,10 +60,13 @@ pub struct SimConfig {
     pub progress: Option<ProgressHook>,
     /// GPUs that go offline during the replay (failures, maintenance).
     pub outages: Vec<GpuOutage>,
-    /// Seconds a job restores its state after a restart (a resume, a
-    /// migration, a resize) before it progresses; 0 makes restarts free
-    /// (see [`crate::cluster::Cluster::set_restart_cost`]).
-    pub restart_cost: f64,
+    /// What a restart (a resume, a migration, a resize) costs a job before
+    /// it progresses again; free by default (see
+    /// [`crate::cluster::RestartCost`]).
+    pub restart_cost: crate::cluster::RestartCost,
+    /// How jobs sharing a GPU progress (see
+    /// [`crate::cluster::Colocation`]): time-sliced by default.
+    pub colocation: crate::cluster::Colocation,
     /// Measured throughputs: each job gets a type (see
     /// [`crate::speed::ThroughputTable::pick_type`]) and runs at its type's
     /// speed on the GPUs it holds. None: every job runs at the same speed
@@ -133,7 +136,8 @@ impl Default for SimConfig {
             reveal_durations: true,
             progress: None,
             outages: Vec::new(),
-            restart_cost: 0.0,
+            restart_cost: crate::cluster::RestartCost::default(),
+            colocation: crate::cluster::Colocation::default(),
             speed: None,
         }
     }
@@ -201,12 +205,15 @@ pub fn simulate_observed(
             crate::bounds::shown(&model.reference)
         );
     }
-    if !cluster.set_restart_cost(config.restart_cost) {
+    if !cluster.set_restart_model(config.restart_cost) {
         anyhow::bail!(
-            "restart cost: must be seconds from 0 to {:e}, got {}",
+            "restart cost: must be a number from 0 to {:e}, got {:?}",
             crate::bounds::MAX_JOB_SECONDS,
             config.restart_cost
         );
+    }
+    if !cluster.set_colocation(config.colocation) {
+        anyhow::bail!("interference: must be in [0.01, 1], got {:?}", config.colocation);
     }
     let mut host = match policy {
         Some(p) => {
@@ -299,11 +306,16 @@ pub fn simulate_observed(
             next_arrival += 1;
             let mut spec = JobSpec::new(job.tenant.clone(), job.gpus, job.duration);
             spec.share_requested = job.share;
-            if let Some(model) = &config.speed {
+            if let Some(model) = &config.speed
+                && job.job_type.is_none()
+            {
                 let candidates = type_candidates
                     .entry(job.gpus)
                     .or_insert_with(|| model.table.types_on(&model.reference, job.gpus));
                 spec.job_type = crate::speed::ThroughputTable::pick_type(candidates, model.seed, job.line);
+            } else {
+                // A trace that names its types (Gavel's), resolved in the table.
+                spec.job_type = job.job_type;
             }
             if !config.reveal_durations {
                 spec.expected_duration = None;

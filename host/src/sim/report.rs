@@ -39,7 +39,16 @@ impl std::fmt::Display for Table<'_> {
                 "preemptions / migrations",
                 format!("{} / {}", s.preemptions, s.migrations),
             ),
-            ("time lost to restarts", secs(s.restart_seconds)),
+            (
+                "time lost to restarts",
+                format!("{} ({})", secs(s.restart_seconds), s.restart_cost),
+            ),
+            ("work lost to spread gangs", secs(s.spread_seconds)),
+            (
+                "work lost to interference",
+                format!("{} ({})", secs(s.interference_seconds), s.colocation),
+            ),
+            ("effective throughput", format!("{:.3}", s.effective_throughput)),
             (
                 "fairness rho max / mean",
                 format!("{:.2} / {:.2}", s.fairness.rho_max, s.fairness.rho_mean),
@@ -91,7 +100,7 @@ impl std::fmt::Display for Comparison<'_> {
             }
         };
         type Row = (&'static str, fn(&SimResult) -> String);
-        let rows: [Row; 15] = [
+        let rows: [Row; 18] = [
             ("jobs completed", |r| r.summary.completed.to_string()),
             ("JCT mean (s)", |r| format!("{:.1}", r.summary.jct.mean)),
             ("JCT median (s)", |r| format!("{:.1}", r.summary.jct.median)),
@@ -103,6 +112,13 @@ impl std::fmt::Display for Comparison<'_> {
             ("preemptions", |r| r.summary.preemptions.to_string()),
             ("migrations", |r| r.summary.migrations.to_string()),
             ("lost to restarts (s)", |r| format!("{:.0}", r.summary.restart_seconds)),
+            ("lost to spread (s)", |r| format!("{:.0}", r.summary.spread_seconds)),
+            ("lost to interference (s)", |r| {
+                format!("{:.0}", r.summary.interference_seconds)
+            }),
+            ("effective throughput", |r| {
+                format!("{:.3}", r.summary.effective_throughput)
+            }),
             ("rho max / mean", |r| {
                 format!("{:.1} / {:.2}", r.summary.fairness.rho_max, r.summary.fairness.rho_mean)
             }),

@@ -322,6 +322,7 @@ mod tests {
             gpus: 1,
             tenant: "t".into(),
             share: None,
+            job_type: None,
         };
         let trace = vec![job(100.0), job(110.0), job(130.0)];
         let twice = scale_load(&trace, 2.0).unwrap();

@@ -88,6 +88,30 @@ pub trait View {
     fn measured(&self, _id: GpuId) -> Option<GpuMeasurement> {
         None
     }
+    /// Job `id`'s rate alone on `gpus` GPUs of kind `kind` (on one node,
+    /// or over several when `spread`), relative to its reference (1.0 on
+    /// the gang it asked for on the kind its duration was measured on),
+    /// from the host's throughput table; `None` when the host has no
+    /// performance model or no figure.
+    fn throughput(&self, _id: JobId, _kind: &str, _gpus: u32, _spread: bool) -> Option<f64> {
+        None
+    }
+    /// The rates of jobs `a` and `b` sharing the same `gpus` GPUs of kind
+    /// `kind`, each relative to its reference; `None` without a measured
+    /// figure for the pair.
+    fn co_located(&self, _a: JobId, _b: JobId, _kind: &str, _gpus: u32) -> Option<(f64, f64)> {
+        None
+    }
+    /// The job's type (model and batch size) as the throughput table names it.
+    fn job_type(&self, _id: JobId) -> Option<String> {
+        None
+    }
+    /// Seconds of work job `id` has left on its reference; divide by
+    /// [`View::throughput`] for the time left elsewhere. `None` when its
+    /// duration is not known.
+    fn remaining_work(&self, _id: JobId) -> Option<f64> {
+        None
+    }
 }
 
 impl View for bindings::wsched::policy::host::ClusterView {
@@ -117,6 +141,18 @@ impl View for bindings::wsched::policy::host::ClusterView {
     }
     fn measured(&self, id: GpuId) -> Option<GpuMeasurement> {
         ClusterView::measured(self, id)
+    }
+    fn throughput(&self, id: JobId, kind: &str, gpus: u32, spread: bool) -> Option<f64> {
+        ClusterView::throughput(self, id, kind, gpus, spread)
+    }
+    fn co_located(&self, a: JobId, b: JobId, kind: &str, gpus: u32) -> Option<(f64, f64)> {
+        ClusterView::co_located(self, a, b, kind, gpus)
+    }
+    fn job_type(&self, id: JobId) -> Option<String> {
+        ClusterView::job_type(self, id)
+    }
+    fn remaining_work(&self, id: JobId) -> Option<f64> {
+        ClusterView::remaining_work(self, id)
     }
 }
 

@@ -67,6 +67,23 @@ pub struct FakeView {
     pub gpus: Vec<GpuInfo>,
     /// Every job, in submission (id) order.
     pub jobs: Vec<JobInfo>,
+    /// The performance model the view answers from ([`View::throughput`]
+    /// and the rest); empty: no model, as a host without a throughput table.
+    pub model: FakeModel,
+}
+
+/// What [`FakeView`]'s performance accessors answer, as plain data.
+#[derive(Debug, Clone, Default)]
+pub struct FakeModel {
+    /// (job, GPU kind, GPUs, spread over nodes) -> rate relative to the
+    /// job's reference ([`View::throughput`]).
+    pub throughputs: std::collections::BTreeMap<(JobId, String, u32, bool), f64>,
+    /// (job a, job b, GPU kind, GPUs) -> their rates sharing those GPUs.
+    pub pairs: std::collections::BTreeMap<(JobId, JobId, String, u32), (f64, f64)>,
+    /// Job types by job.
+    pub job_types: std::collections::BTreeMap<JobId, String>,
+    /// Seconds of reference work left, by job.
+    pub remaining: std::collections::BTreeMap<JobId, f64>,
 }
 
 impl FakeView {
@@ -89,6 +106,7 @@ impl FakeView {
             now: 0.0,
             gpus,
             jobs: Vec::new(),
+            model: FakeModel::default(),
         }
     }
 
@@ -117,6 +135,23 @@ impl FakeView {
         };
         self.jobs.push(job.clone());
         job
+    }
+
+    /// Say that job `job` runs at `rate` (relative to its reference) on
+    /// `gpus` GPUs of kind `kind`, on one node and spread alike.
+    pub fn set_throughput(&mut self, job: JobId, kind: &str, gpus: u32, rate: f64) {
+        for spread in [false, true] {
+            self.model.throughputs.insert((job, kind.into(), gpus, spread), rate);
+        }
+    }
+
+    /// Make GPUs `gpus` of kind `kind`.
+    pub fn set_kind(&mut self, gpus: std::ops::Range<GpuId>, kind: &str) {
+        for g in gpus {
+            if let Some(gpu) = self.gpus.get_mut(g as usize) {
+                gpu.kind = kind.into();
+            }
+        }
     }
 
     /// A job's record, to change it in place (attained service, duration...).
@@ -248,5 +283,25 @@ impl View for FakeView {
             .filter(|g| g.online && g.residents.is_empty())
             .map(|g| g.id)
             .collect()
+    }
+    fn throughput(&self, id: JobId, kind: &str, gpus: u32, spread: bool) -> Option<f64> {
+        self.model
+            .throughputs
+            .get(&(id, kind.to_string(), gpus, spread))
+            .copied()
+    }
+    fn co_located(&self, a: JobId, b: JobId, kind: &str, gpus: u32) -> Option<(f64, f64)> {
+        let pairs = &self.model.pairs;
+        pairs.get(&(a, b, kind.to_string(), gpus)).copied().or_else(|| {
+            pairs
+                .get(&(b, a, kind.to_string(), gpus))
+                .map(|&(rate_b, rate_a)| (rate_a, rate_b))
+        })
+    }
+    fn job_type(&self, id: JobId) -> Option<String> {
+        self.model.job_types.get(&id).cloned()
+    }
+    fn remaining_work(&self, id: JobId) -> Option<f64> {
+        self.model.remaining.get(&id).copied()
     }
 }
