@@ -21,9 +21,11 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2 || { echo "error: cannot install the wasm32-wasip2 Rust target" >&2; exit 1; }
 fi
 
-plugins=(fifo sjf tiresias gandiva gavel hostile las themis)
+# Crate names use dashes (plugins/gandiva_fair is wsched-gandiva-fair); the
+# component file, like the Rust library, uses underscores.
+plugins=(fifo sjf tiresias gandiva gavel hostile las themis gandiva_fair)
 args=()
-for p in "${plugins[@]}"; do args+=(-p "wsched-$p"); done
+for p in "${plugins[@]}"; do args+=(-p "wsched-${p//_/-}"); done
 cargo build --profile plugin --target wasm32-wasip2 "${args[@]}"
 
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')

@@ -78,10 +78,19 @@ fn javascript_ports_match_rust() {
 #[test]
 fn every_example_plugin_passes_policy_check() {
     let engine = engine();
-    let mut examples: Vec<String> = ["fifo", "sjf", "tiresias", "gandiva", "gavel", "las", "themis"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut examples: Vec<String> = [
+        "fifo",
+        "sjf",
+        "tiresias",
+        "gandiva",
+        "gavel",
+        "las",
+        "themis",
+        "gandiva_fair",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     for prefix in ["c", "py", "js"] {
         examples.extend(POLICIES.iter().map(|p| format!("{prefix}-{p}")));
     }

@@ -4,7 +4,9 @@
 
 mod common;
 use common::*;
+use wsched::cluster::RestartCost;
 use wsched::sim::SimConfig;
+use wsched::trace::TraceFormat;
 
 #[test]
 fn fifo_head_of_line_blocks_a_job_that_would_fit() {
@@ -154,6 +156,52 @@ fn themis_gives_each_lease_to_the_job_furthest_behind_its_fair_finish() {
 }
 
 #[test]
+fn gandiva_fair_shares_gpus_between_tenants_not_jobs() {
+    // Two GPUs. Alice submits four 1-GPU jobs of 3,600 s, Bob one, all at
+    // once. FIFO runs Alice's first two, then her other two, and Bob last
+    // (7,200 to 10,800). Per tenant, Bob's share is one GPU: he gets it at
+    // once and keeps it to the end (0 to 3,600), while Alice's four jobs
+    // take turns on the other, round by round, then share both. The work
+    // is the same: Alice's last job ends at 9,000 (14,400 + 3,600 GPU-s on
+    // 2 GPUs), no GPU idling while work waits.
+    let jobs = wsched::trace::PhillyCsv
+        .parse(
+            "inline",
+            "timestamp,duration,num_gpus,user\n0,3600,1,alice\n0,3600,1,alice\n0,3600,1,alice\n\
+             0,3600,1,alice\n0,3600,1,bob\n",
+        )
+        .expect("trace")
+        .jobs;
+    let engine = engine();
+    let fifo = run(&engine, Some(&choice(&engine, "fifo", "")), &jobs, &cluster(2, 2));
+    assert_eq!(times(&fifo, 6), (7200.0, 10_800.0));
+    let r = run(
+        &engine,
+        Some(&choice(&engine, "gandiva_fair", "quantum=600")),
+        &jobs,
+        &cluster(2, 2),
+    );
+    assert_eq!(times(&r, 6), (0.0, 3600.0), "Bob runs on his share from the start");
+    assert_eq!(r.jobs.iter().find(|j| j.line == 6).unwrap().preemptions, 0);
+    for line in 2..=5 {
+        assert!(times(&r, line).1 <= 9000.0, "line {line}: {:?}", times(&r, line));
+        assert!(r.jobs.iter().find(|j| j.line == line).unwrap().preemptions >= 1);
+    }
+    assert_eq!(r.summary.actions_rejected, 0);
+    // Three tickets to Alice's one (Bob's default): her share is 1.5 GPUs,
+    // his 0.5, so Bob runs only every other round and ends much later.
+    let r = run(
+        &engine,
+        Some(&choice(&engine, "gandiva_fair", "tickets=alice:3")),
+        &jobs,
+        &cluster(2, 2),
+    );
+    assert!(times(&r, 6).1 >= 6000.0, "{:?}", times(&r, 6));
+    assert_eq!(r.summary.completed, 5);
+    assert_eq!(r.summary.actions_rejected, 0);
+}
+
+#[test]
 fn a_preempted_job_pays_the_restart_cost_when_it_resumes() {
     // One GPU, tiresias with a 5 GPU-second threshold. A (100 s) runs from
     // 0; B (10 s) arrives at 10, ranks higher and takes the GPU; at 15 B
@@ -168,21 +216,24 @@ fn a_preempted_job_pays_the_restart_cost_when_it_resumes() {
     assert_eq!((times(&free, 2).1, times(&free, 3).1), (105.0, 110.0));
     assert_eq!((free.summary.preemptions, free.summary.restart_seconds), (2, 0.0));
     let config = SimConfig {
-        restart_cost: 30.0,
+        restart_cost: RestartCost::CHECKPOINT,
         ..cluster(1, 1)
     };
     let costly = run(&engine, Some(&policy), &jobs, &config);
     assert_eq!((times(&costly, 2).1, times(&costly, 3).1), (135.0, 170.0));
     assert_eq!((costly.summary.preemptions, costly.summary.restart_seconds), (2, 60.0));
     // Not a cost the model can be given.
-    for bad in [f64::NAN, -1.0, f64::INFINITY, 1e300] {
+    for bad in [f64::NAN, -1.0, f64::INFINITY, 1e300]
+        .into_iter()
+        .flat_map(|n| [RestartCost::Fixed(n), RestartCost::PerGib(n)])
+    {
         let config = SimConfig {
             restart_cost: bad,
             ..cluster(1, 1)
         };
         assert!(
             wsched::sim::simulate(&engine, Some(&policy), &[], &jobs, &config).is_err(),
-            "{bad}"
+            "{bad:?}"
         );
     }
 }
@@ -198,6 +249,7 @@ fn every_example_policy_replays_the_bundled_trace_cleanly() {
         ("gandiva", ""),
         ("gavel", ""),
         ("themis", ""),
+        ("gandiva_fair", ""),
     ] {
         let r = run(&engine, Some(&choice(&engine, name, config)), &jobs, &cluster(64, 8));
         let s = &r.summary;
@@ -210,4 +262,77 @@ fn every_example_policy_replays_the_bundled_trace_cleanly() {
         );
         assert_eq!(s.final_policy, name);
     }
+}
+
+/// A one-GPU cluster of `kind`.
+fn one_gpu(kind: &str) -> SimConfig {
+    SimConfig {
+        cluster: wsched::topology::Topology::homogeneous(1, 1, kind, 16 << 30).expect("a cluster"),
+        ..SimConfig::default()
+    }
+}
+
+#[test]
+fn sjf_orders_by_the_time_a_job_takes_on_the_gpus_it_would_get() {
+    // Durations were measured on K80s; the cluster is one V100, where
+    // `Fast` runs 10x faster and `Flat` 2x. After `Long` (100 s), `Fast`
+    // (1000 s of K80 work, 100 s here) goes before `Flat` (500 s, 250 s
+    // here): plain durations would have put `Flat` first.
+    let table = wsched::speed::ThroughputTable::from_gavel_json(
+        r#"{"v100": {"('Fast', 1)": {"null": 10}, "('Flat', 1)": {"null": 2}, "('Long', 1)": {"null": 1}},
+            "k80": {"('Fast', 1)": {"null": 1}, "('Flat', 1)": {"null": 1}, "('Long', 1)": {"null": 1}}}"#,
+    )
+    .expect("table");
+    let mut jobs = trace("0,100,1\n1,1000,1\n2,500,1\n");
+    for (job, t) in jobs.iter_mut().zip([2, 0, 1]) {
+        job.job_type = Some(t);
+    }
+    let config = SimConfig {
+        speed: Some(wsched::sim::SpeedModel {
+            table: std::sync::Arc::new(table),
+            reference: "K80".into(),
+            seed: 0,
+        }),
+        ..one_gpu("V100")
+    };
+    let engine = engine();
+    let r = run(&engine, Some(&choice(&engine, "sjf", "")), &jobs, &config);
+    assert_eq!(times(&r, 2), (0.0, 100.0));
+    assert_eq!(times(&r, 3), (100.0, 200.0), "Fast: 100 s on a V100");
+    assert_eq!(times(&r, 4), (200.0, 450.0), "Flat: 250 s on a V100");
+    // Without the model the same jobs run as plain durations say.
+    let plain = run(&engine, Some(&choice(&engine, "sjf", "")), &jobs, &one_gpu("V100"));
+    assert_eq!(times(&plain, 4), (100.0, 600.0));
+}
+
+#[test]
+fn gandiva_packing_gains_what_measured_sharing_says() {
+    // One GPU: B arrives while A runs and is packed beside it. Time-sliced,
+    // each runs at half speed; measured, each at the interference factor.
+    let jobs = trace("0,100,1\n0,100,1\n");
+    let engine = engine();
+    let gandiva = choice(&engine, "gandiva", "");
+    let sliced = run(&engine, Some(&gandiva), &jobs, &one_gpu("V100"));
+    let measured = run(
+        &engine,
+        Some(&gandiva),
+        &jobs,
+        &SimConfig {
+            colocation: wsched::cluster::Colocation::Measured {
+                interference: Some(0.8),
+            },
+            ..one_gpu("V100")
+        },
+    );
+    let ends = |r: &wsched::sim::SimResult| (times(r, 2).1, times(r, 3).1);
+    assert_eq!(ends(&sliced), (200.0, 200.0), "two halves: no gain");
+    // (Speeds are kept in f32: 0.8 is 0.800000012.)
+    let (a, b) = ends(&measured);
+    assert!(
+        (a - 125.0).abs() < 1e-4 && (b - 125.0).abs() < 1e-4,
+        "0.8 each: 1.6x together: {a}, {b}"
+    );
+    assert_eq!(sliced.summary.interference_seconds, 0.0);
+    assert!((measured.summary.interference_seconds - 2.0 * 125.0 * 0.2).abs() < 1e-3);
+    assert!((measured.summary.effective_throughput - 1.6).abs() < 1e-6);
 }
