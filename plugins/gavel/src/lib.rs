@@ -1,112 +1,243 @@
-//! Gavel-style max-min fairness over scheduling rounds.
+//! Gavel: heterogeneity-aware max-min fairness over scheduling rounds.
 //!
 //! From Narayanan et al., "Heterogeneity-Aware Cluster Scheduling Policies
-//! for Deep Learning Workloads" (OSDI'20). Gavel computes an ideal share of
-//! time for every job and then, round by round, gives GPUs to the jobs
-//! furthest behind their share. Here (on one GPU type) the share is the
-//! max-min fair one: water-filling over gang sizes, every active job gets
-//! the same time share `s`, capped at 1, with `sum(s * gpus) <= GPUs`.
-//! A job's priority is `s / (rounds received / rounds active)`, so a job
-//! that got fewer rounds than its share rises until it is picked. That
-//! round-based rotation, driven by policy-private counters the host does
-//! not know, is what defines the policy; `snapshot`/`restore` carry the
-//! counters over a hot swap so fairness survives an upgrade.
+//! for Deep Learning Workloads" (OSDI'20), as its code does it
+//! (github.com/stanford-futuredata/gavel, commit c4fa400; paths below are
+//! under `scheduler/`). Gavel computes, from every job's throughput on
+//! every GPU kind, the fraction of time each job should run on each kind,
+//! by a linear program solved here, inside the plugin, with the pure-Rust
+//! `microlp`; then, round by round, it gives each kind's GPUs to the jobs
+//! furthest behind their share of that kind.
 //!
-//! On each tick (one per round) jobs are picked in descending priority
-//! (ties: lower id) while their gang fits; running jobs not picked are
-//! preempted. Between ticks, arrivals and completions only fill free GPUs
-//! in priority order, without preempting.
+//! # The program (`mode=aware`, the default)
 //!
-//! Config: `round=360` (seconds per round, > 0).
+//! `policies/max_min_fairness.py:35-81` (`MaxMinFairnessPolicyWithPerf`),
+//! with `policies/policy.py:19-24,56-63` and `policies/proportional.py:13-40`.
+//! For the live jobs `j` (pending, running, suspended) and the kinds `k`:
+//!
+//! ```text
+//! maximise   min_j  (1 / w_j) * s_j * sum_k T[j][k] x[j][k] / P_j
+//! subject to x[j][k] >= 0
+//!            sum_k x[j][k]        <= 1      for every job j
+//!            sum_j s_j x[j][k]    <= N_k    for every kind k
+//! where      s_j = the job's gang size (Gavel's scale factor),
+//!            w_j = 1 (Gavel's priority weight; jobs here have none),
+//!            T[j][k] = view.throughput(j, kind k, s_j, spread): the job's
+//!                      rate on s_j GPUs of kind k (spread over nodes when
+//!                      s_j exceeds the most GPUs of kind k on one node),
+//!            N_k = online GPUs of kind k, N = sum_k N_k,
+//!            P_j = sum_k T[j][k] N_k / N, its throughput under Gavel's
+//!                  equal share (proportional.py gives every job x[k] =
+//!                  N_k / m, then scales each row to sum 1: N_k / N).
+//! ```
+//!
+//! `x[j][k]` is the fraction of time job `j` should run on kind `k`. The
+//! program is solved over classes of identical jobs (same gang, same
+//! throughputs): it is symmetric in them, so an optimum gives them equal
+//! shares and one set of variables stands for all of them, which keeps it
+//! small (a trace has a few dozen job types, not thousands).
+//!
+//! Gavel takes whatever optimum its solver returns, and the optimum is
+//! seldom unique: where a job's share is capped at 1 the minimum stops
+//! rising and other jobs' shares are free within a range (a 4-GPU and a
+//! 1-GPU job on 4 GPUs: any `x_4 in [1/4, 3/4]` with `x_1 = 1`; ECOS, an
+//! interior-point solver, returns the middle, 0.4995). Here a
+//! second stage chooses: every job keeps at least the optimum `t*`
+//! (within 1e-6 of it) and the sum over jobs of the same objective terms is
+//! maximised, so no capacity that some job could use is left out of the
+//! allocation (`x_4 = 3/4` above).
+//!
+//! `mode=agnostic` is Gavel's `MaxMinFairnessPolicy`
+//! (`max_min_fairness.py:10-32`): the same program with every throughput
+//! set to 1.0, so time is shared equally, weighted by gang size. A job the
+//! view has no figure for (`None` on every kind: no performance model, no
+//! job type) has throughput 1.0 everywhere, so with no model at all the
+//! aware mode is the agnostic one, decision for decision.
+//!
+//! Where the optimum is known without a solver it is not called: on one
+//! kind (there `T / P_j = 1` for every job) and whenever every throughput
+//! is 1.0 and every job fits every kind, the program reduces to sharing one
+//! pool of `N` GPUs and water-filling gives an optimum of both stages:
+//! `x_j = min(1, L / s_j)` with `sum_j min(s_j, L) = N`, spread over kinds
+//! as `x[j][k] = x_j N_k / N`.
+//!
+//! # What bounds the solve
+//!
+//! The host gives a call 100 ms of CPU. The program has one variable per
+//! class and kind a job fits, plus `t`; at most [`lp::MAX_LP_VARS`] (384).
+//! Beyond that, throughputs are rounded to a log grid of 1%, 5%, 25%, then
+//! 100% steps, which merges classes, and past the coarsest the solve is
+//! skipped for equal shares (water-filling over the whole cluster, each
+//! job's share spread over the kinds it fits), as it is if the solver
+//! fails. Measured for one allocation (both stages; release build, one
+//! core of the development machine), natively and in Wasm (wasmtime 50,
+//! Cranelift):
+//!
+//! | live jobs on 36 + 36 + 36 GPUs                  | native | Wasm  |
+//! | ----------------------------------------------- | ------ | ----- |
+//! | 200 of Gavel's kind: 26 types x gangs 1-8, 81 classes | 5 ms | 8 ms |
+//! | 200 all different, coarsened to 107 classes     | 7 ms   | 11 ms |
+//! | 127 all different (the bound: 382 variables)    | 14 ms  | 22 ms |
+//!
+//! Over more kinds the bound leaves fewer classes (8 kinds x 47: 2.5 ms);
+//! 2,000 all-different jobs fall back in 3-6 ms. The tests `solve_time_*`
+//! print the native times (`--nocapture`) and fail past the host's 100 ms.
+//!
+//! Throughputs from the view are sanitised before use: a figure that is
+//! missing, not finite or not positive counts as 1.0, the job's speed on
+//! its reference (the host runs a job at that speed where its table has no
+//! figure: it answers none for Gavel's zeros, the pairs that do not fit in
+//! memory); a job's figures are then divided by its best one and raised to
+//! at least [`lp::MIN_RATIO`] (1e-3). The program only uses ratios across
+//! kinds, so dividing by the best changes nothing else. On inputs without
+//! missing figures (Gavel's `simulation_throughputs.json`, job types
+//! without zeros, 5 to 150 jobs on 8 to 36 GPUs of 3 kinds) the optimum
+//! `t*` agrees with Gavel's own code solved by ECOS to 6 digits (see the
+//! test `lp::tests::agrees_with_gavels_own_solver`).
+//!
+//! # Rounds (`scheduler.py`)
+//!
+//! A tick every `round` seconds (Gavel's `time_per_iteration`, 360 s):
+//!
+//! 1. The round that ended is closed: each running job's time on the kind
+//!    it holds grows by the seconds it ran in it (Gavel's
+//!    `_job_time_so_far`, `scheduler.py:3070-3077`), and so does the kind's
+//!    total (`_worker_time_so_far`).
+//! 2. When the set of live jobs or the GPUs changed since the allocation
+//!    was computed, the program is solved again (as Gavel's allocation
+//!    thread does on a real cluster, `scheduler.py:2157-2195`). When the
+//!    allocation changed and `reset` seconds (1920, Gavel's
+//!    `minimum_time_between_allocation_resets`) have passed since the last
+//!    reset, the time counters are reset (`_reset_time_run_so_far`,
+//!    `scheduler.py:2265-2311`, called from `scheduler.py:2358-2390`): each
+//!    job's deficit on each kind grows by the time it should have had
+//!    (its share under the allocation now in force times the time since
+//!    the last reset) less the time it had, and every job's time restarts
+//!    at `round / 2`, as a new job's does (`scheduler.py:501`).
+//! 3. Priorities (`_update_priorities`, `scheduler.py:2358-2463`): on each
+//!    kind, `x[j][k] / (time[j][k] / time[k])`, the share the job should
+//!    have over the share it had; 0 where `x[j][k]` is 0.
+//! 4. The kinds are walked in order, each kind's jobs in descending
+//!    priority, then deficit, then allocation, then ascending id
+//!    (`_schedule_jobs_on_workers_helper`, `scheduler.py:766-856`); a job
+//!    is picked for that kind if it was not picked for another and its
+//!    gang fits in what is left of the kind's GPUs, whatever its priority
+//!    (a job with no share of a kind still uses GPUs nobody with a share
+//!    wants).
+//! 5. Picked jobs already running on their kind keep their GPUs; running
+//!    jobs not picked, or picked for another kind, are preempted; the
+//!    others start or resume on free GPUs of their kind, larger gangs
+//!    first, each gang on one node where one fits it
+//!    (`FreeGpus::choose_gang`: best fit, else fewest nodes)
+//!    (`_schedule_jobs_on_workers`, `scheduler.py:858-957`).
+//!
+//! Between ticks, arrivals and completions only fill free GPUs, walking
+//! the kinds in the same order, each kind's waiting jobs in the order of
+//! the last tick (new arrivals after them, oldest first); nothing is
+//! preempted.
+//!
+//! # Differences from Gavel
+//!
+//! - Admission between rounds: Gavel starts nothing until the next round
+//!   (and, in its simulator, a new job waits for the next reset, at most
+//!   every 1920 s, to have an allocation at all: `scheduler.py:2358-2390`);
+//!   here free GPUs are filled at once, and the allocation is solved again
+//!   at the first tick after any arrival or completion, as Gavel's
+//!   allocation thread does on a real cluster.
+//! - A gang larger than every kind (but not than the cluster), which Gavel
+//!   never meets, would wait for ever on one kind: it gets no share in the
+//!   program and spreads over kinds (most free first) instead, claiming
+//!   GPUs before the others in a round after one it did not run in, and
+//!   taking what the others leave otherwise; between ticks it starts when
+//!   enough GPUs are free in all.
+//! - Time is counted per round from the view (`running-job.since`), not
+//!   from per-iteration callbacks; a job started between ticks counts the
+//!   part of the round it ran.
+//! - Kind order: Gavel walks "v100", "p100", "k80" (fastest first) in the
+//!   heterogeneity-aware policies and shuffles them in the others
+//!   (`scheduler.py:871-881`). Kinds here have arbitrary names: they are
+//!   walked fastest first by the sum of the live jobs' relative
+//!   throughputs; kinds of equal speed (all of them in the agnostic mode)
+//!   take turns being first, one round each, instead of a random shuffle.
+//! - The stage-2 choice among optima, the sanitised throughputs and the
+//!   bounds above; priority weights are all 1; no space sharing (Gavel's
+//!   `_packing` variants), so `co-located` is not read.
+//! - Priority is computed as `x * time[k] / time[j][k]`, the same number
+//!   as Gavel's `x / (time[j][k] / time[k])` (and `x * 1e9` where no time
+//!   is counted on the kind yet), without dividing by a fraction.
+//!
+//! `snapshot`/`restore` carry the allocation, the time counters and the
+//! deficits over a hot swap (format version 2; a version-1 snapshot, from
+//! the earlier round-counting Gavel, is refused: the host then keeps this
+//! policy, which rebuilds from the jobs it is told about).
+//!
+//! Config: `round=360;mode=aware;reset=1920`: seconds per round (> 0),
+//! `aware` or `agnostic`, and the least seconds between resets of the time
+//! counters (>= 0; 0 resets them whenever the allocation changes).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use wsched_sdk::*;
 
-#[cfg(test)]
-mod reference;
+pub mod lp;
+mod pools;
+mod queue;
+
+use pools::{Kinds, Pools};
+use queue::Queue;
 
 /// Snapshot header: "GAVEL" and a format version.
 const MAGIC: u64 = u64::from_le_bytes(*b"GAVELsnp");
-const VERSION: u64 = 1;
+const VERSION: u64 = 2;
 
-/// Rounds a job has been active (live) and has held GPUs in.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Counters {
-    received: u64,
-    active: u64,
+/// Queue keys of jobs that arrived since the last tick start here, past
+/// every rank, in order of arrival.
+const ARRIVAL_KEYS: u64 = 1 << 62;
+
+/// Which of Gavel's max-min fairness policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `max_min_fairness_perf`: over effective throughputs.
+    Aware,
+    /// `max_min_fairness`: every throughput taken as 1.
+    Agnostic,
 }
 
-/// Waiting (pending or suspended) jobs by gang size, each set in priority
-/// order, so that a decision between ticks finds the next job to place in
-/// time proportional to the gang sizes waiting, not to the live jobs.
-///
-/// Between ticks a job's priority `share / ratio` changes only through
-/// `share`, which is the same for every job, so the order is that of
-/// `ratio` alone (ascending; ties: lower id): distinct ratios of round
-/// counts are far further apart than the rounding of one division, so the
-/// division by `share` never merges or swaps them. Counters change only at
-/// ticks and on restore, where the queue is built again.
-#[derive(Debug, Default)]
-struct Queue {
-    /// Each queued job's gang size and key.
-    of: HashMap<JobId, (u32, u64)>,
-    by_gang: BTreeMap<u32, BTreeSet<(u64, JobId)>>,
+/// What the policy keeps about one live job.
+#[derive(Debug, Clone, PartialEq)]
+struct Job {
+    gang: u32,
+    state: JobState,
+    /// Throughput on each kind relative to its best kind; read from the
+    /// view when the allocation is next computed.
+    tput: Option<Vec<f64>>,
+    /// Whether the allocation in force was computed with this job live.
+    in_alloc: bool,
+    /// Its share of time on each kind (`x[j][k]`).
+    x: Vec<f64>,
+    /// Seconds on each kind since the last reset, from `round / 2`.
+    time: Vec<f64>,
+    /// Seconds it fell behind its share on each kind at past resets.
+    deficit: Vec<f64>,
+    /// Its queue key on each kind.
+    keys: Vec<u64>,
 }
 
-impl Queue {
-    fn insert(&mut self, id: JobId, gpus: u32, key: u64) {
-        self.remove(id);
-        self.of.insert(id, (gpus, key));
-        self.by_gang.entry(gpus).or_default().insert((key, id));
-    }
-
-    fn remove(&mut self, id: JobId) {
-        if let Some((gpus, key)) = self.of.remove(&id)
-            && let Some(set) = self.by_gang.get_mut(&gpus)
-        {
-            set.remove(&(key, id));
-            if set.is_empty() {
-                self.by_gang.remove(&gpus);
-            }
+impl Job {
+    fn new(gang: u32, kinds: usize, half: f64, key: u64) -> Job {
+        Job {
+            gang,
+            state: JobState::Pending,
+            tput: None,
+            in_alloc: false,
+            x: vec![0.0; kinds],
+            time: vec![half; kinds],
+            deficit: vec![0.0; kinds],
+            keys: vec![key; kinds],
         }
     }
 
-    fn clear(&mut self) {
-        self.of.clear();
-        self.by_gang.clear();
-    }
-
-    fn is_empty(&self) -> bool {
-        self.of.is_empty()
-    }
-
-    /// The first job in priority order whose gang is 1 to `most` GPUs, and
-    /// its gang size.
-    fn first_fitting(&self, most: usize) -> Option<(JobId, u32)> {
-        let most = u32::try_from(most).unwrap_or(u32::MAX);
-        if most == 0 {
-            return None;
-        }
-        self.by_gang
-            .range(1..=most)
-            .filter_map(|(&gpus, set)| set.first().map(|&(key, id)| (key, id, gpus)))
-            .min()
-            .map(|(_, id, gpus)| (id, gpus))
-    }
-}
-
-/// A job's place in the queue between ticks: its ratio of rounds received
-/// to rounds active, floored as the priority floors it. Positive and
-/// finite, so its bits order as the number does.
-fn queue_key(c: Counters) -> u64 {
-    ratio(c).max(1e-3).to_bits()
-}
-
-fn ratio(c: Counters) -> f64 {
-    if c.active == 0 {
-        0.0
-    } else {
-        c.received as f64 / c.active as f64
+    fn waiting(&self) -> bool {
+        matches!(self.state, JobState::Pending | JobState::Suspended)
     }
 }
 
@@ -114,43 +245,131 @@ fn ratio(c: Counters) -> f64 {
 #[derive(Debug)]
 pub struct Gavel {
     round: f64,
-    /// Live jobs: gang size and state as last known.
-    jobs: BTreeMap<JobId, (u32, JobState)>,
-    /// Per-job round counters (policy-private; snapshotted).
-    counters: BTreeMap<JobId, Counters>,
-    /// The live jobs waiting for GPUs, in priority order.
-    queue: Queue,
-    /// Free GPUs kept from events and this policy's own actions.
-    free: FreeGpus,
-    /// Whether `capacity` is known (false until read, and after a GPU changed).
-    capacity_known: bool,
-    capacity: u32,
+    mode: Mode,
+    jobs: BTreeMap<JobId, Job>,
+    /// Kinds and free GPUs per kind.
+    pools: Pools,
+    /// Each kind's waiting jobs, in priority order.
+    queues: Vec<Queue>,
+    /// Live jobs whose gang is larger than every kind but not than the
+    /// cluster: they can only run spread over kinds.
+    wide: BTreeSet<JobId>,
+    /// Seconds between resets of the time counters, at least.
+    reset_every: f64,
+    /// Kinds in the order rounds walk them.
+    order: Vec<usize>,
+    /// Each kind's speed for that order: the sum of the live jobs'
+    /// relative throughputs on it when the allocation was computed.
+    speed: Vec<f64>,
+    /// Ticks so far (rotates the order of kinds of equal speed).
+    ticks: u64,
+    /// Whether the allocation must be computed again: a job it was
+    /// computed with left, or the GPUs changed.
+    dirty: bool,
+    /// Whether the allocation was computed since the counters were reset.
+    changed: bool,
+    /// Seconds of all jobs on each kind since the last reset (Gavel's
+    /// `_worker_time_so_far`).
+    worker_time: Vec<f64>,
+    last_reset: Option<f64>,
+    last_tick: Option<f64>,
+    arrivals: u64,
+    /// Jobs from a snapshot, taken over as the host announces them again;
+    /// dropped after the first decision.
+    saved: Option<BTreeMap<JobId, Job>>,
+    /// How the last allocation was found, and its objective.
+    last: Option<(lp::Method, f64)>,
 }
 
-fn parse_config(config: &str) -> Result<f64, String> {
-    let mut round = 360.0;
+/// The policy's settings, from its config string.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Config {
+    round: f64,
+    mode: Mode,
+    reset: f64,
+}
+
+fn parse_config(config: &str) -> Result<Config, String> {
+    let (mut round, mut mode, mut reset) = (360.0, Mode::Aware, 1920.0);
     for pair in config.split(';').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((key, value)) = pair.split_once('=') else {
             return Err(format!("gavel: `{pair}` is not key=value"));
         };
+        let value = value.trim();
         match key.trim() {
             "round" => {
-                let value = value.trim();
                 round = value
                     .parse()
                     .ok()
                     .filter(|r: &f64| r.is_finite() && *r > 0.0)
                     .ok_or_else(|| format!("gavel: round: `{value}` is not a number of seconds > 0"))?;
             }
+            "reset" => {
+                reset = value
+                    .parse()
+                    .ok()
+                    .filter(|r: &f64| r.is_finite() && *r >= 0.0)
+                    .ok_or_else(|| format!("gavel: reset: `{value}` is not a number of seconds >= 0"))?;
+            }
+            "mode" => {
+                mode = match value {
+                    "aware" => Mode::Aware,
+                    "agnostic" => Mode::Agnostic,
+                    _ => return Err(format!("gavel: mode: `{value}` is not `aware` or `agnostic`")),
+                };
+            }
             other => {
-                return Err(format!("gavel: unknown config key `{other}` (known: round)"));
+                return Err(format!(
+                    "gavel: unknown config key `{other}` (known: round, mode, reset)"
+                ));
             }
         }
     }
-    Ok(round)
+    Ok(Config { round, mode, reset })
+}
+
+/// Job `id`'s throughputs on each kind, relative to its best kind (see the
+/// crate documentation): a missing or unusable figure counts as 1.0, the
+/// job's reference speed, as the host runs a job where its table has no
+/// figure; all 1.0 when the view has none.
+fn read_throughputs(view: &impl View, id: JobId, gang: u32, kinds: &Kinds) -> Vec<f64> {
+    let n = kinds.len();
+    if gang == 0 {
+        return vec![1.0; n];
+    }
+    let raw: Vec<f64> = (0..n)
+        .map(|k| {
+            view.throughput(id, &kinds.names[k], gang, gang > kinds.per_node[k])
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .unwrap_or(1.0)
+        })
+        .collect();
+    let best = raw.iter().copied().fold(0.0, f64::max);
+    raw.iter().map(|v| (v / best).clamp(lp::MIN_RATIO, 1.0)).collect()
+}
+
+/// `v`, indexed by the kinds `from`, re-indexed by the kinds `to` (by
+/// name), with `fill` for kinds that are new.
+fn remap<T: Clone>(v: &[T], from: &[String], to: &[String], fill: T) -> Vec<T> {
+    to.iter()
+        .map(|name| {
+            from.iter()
+                .position(|n| n == name)
+                .and_then(|i| v.get(i).cloned())
+                .unwrap_or_else(|| fill.clone())
+        })
+        .collect()
 }
 
 impl Gavel {
+    fn half(&self) -> f64 {
+        self.round / 2.0
+    }
+
+    fn kinds(&self) -> &Kinds {
+        &self.pools.kinds
+    }
+
     fn note(&mut self, job: &JobInfo) {
         match job.state {
             JobState::Pending | JobState::Running | JobState::Suspended => {
@@ -161,171 +380,430 @@ impl Gavel {
     }
 
     /// Record a live job's gang size and state, queueing it if it waits.
-    fn set(&mut self, id: JobId, gpus: u32, state: JobState) {
-        self.jobs.insert(id, (gpus, state));
-        if matches!(state, JobState::Pending | JobState::Suspended) {
-            let key = queue_key(self.counters.get(&id).copied().unwrap_or_default());
-            self.queue.insert(id, gpus, key);
-        } else {
-            self.queue.remove(id);
+    fn set(&mut self, id: JobId, gang: u32, state: JobState) {
+        if !self.jobs.contains_key(&id) {
+            let saved = self.saved.as_mut().and_then(|s| s.remove(&id));
+            let job = match saved {
+                Some(job) if job.gang == gang => job,
+                _ => {
+                    self.arrivals += 1;
+                    Job::new(gang, self.kinds().len(), self.half(), ARRIVAL_KEYS + self.arrivals)
+                }
+            };
+            self.jobs.insert(id, job);
         }
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        if job.gang != gang {
+            job.gang = gang;
+            job.tput = None;
+            job.in_alloc = false;
+        }
+        job.state = state;
+        self.requeue(id);
     }
 
     fn forget(&mut self, id: JobId) {
-        self.jobs.remove(&id);
-        self.counters.remove(&id);
-        self.queue.remove(id);
+        if let Some(job) = self.jobs.remove(&id)
+            && job.in_alloc
+        {
+            self.dirty = true;
+        }
+        for q in &mut self.queues {
+            q.remove(id);
+        }
+        self.wide.remove(&id);
     }
 
-    /// Queue every waiting job again (after its counters changed).
-    fn requeue(&mut self) {
-        self.queue.clear();
-        for (&id, &(gpus, state)) in &self.jobs {
-            if matches!(state, JobState::Pending | JobState::Suspended) {
-                let key = queue_key(self.counters.get(&id).copied().unwrap_or_default());
-                self.queue.insert(id, gpus, key);
+    /// Put a job in the queues of the kinds its gang fits if it waits, take
+    /// it out of them if not.
+    fn requeue(&mut self, id: JobId) {
+        let Some(job) = self.jobs.get(&id) else { return };
+        let caps = &self.pools.kinds.caps;
+        let widest = caps.iter().copied().max().unwrap_or(0);
+        let total: u64 = caps.iter().map(|&c| u64::from(c)).sum();
+        if job.gang > widest && u64::from(job.gang) <= total {
+            self.wide.insert(id);
+        } else {
+            self.wide.remove(&id);
+        }
+        for (k, q) in self.queues.iter_mut().enumerate() {
+            let fits = job.gang >= 1 && job.gang <= self.pools.kinds.caps.get(k).copied().unwrap_or(0);
+            if job.waiting() && fits {
+                q.insert(id, job.gang, job.keys.get(k).copied().unwrap_or(ARRIVAL_KEYS));
+            } else {
+                q.remove(id);
             }
         }
     }
 
-    /// The max-min fair time share of every job that can ever fit.
-    fn fair_share(&self) -> f64 {
-        let demand: u64 = self
+    fn requeue_all(&mut self) {
+        self.queues = (0..self.kinds().len()).map(|_| Queue::default()).collect();
+        self.wide.clear();
+        let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        for id in ids {
+            self.requeue(id);
+        }
+    }
+
+    /// Read the GPUs if need be, and follow a change of the kinds.
+    fn sync(&mut self, view: &impl View) {
+        let Some(old) = self.pools.sync(view) else { return };
+        let new = self.pools.kinds.clone();
+        if old.names != new.names {
+            let half = self.half();
+            for job in self.jobs.values_mut() {
+                job.x = remap(&job.x, &old.names, &new.names, 0.0);
+                job.time = remap(&job.time, &old.names, &new.names, half);
+                job.deficit = remap(&job.deficit, &old.names, &new.names, 0.0);
+                job.keys = remap(&job.keys, &old.names, &new.names, ARRIVAL_KEYS);
+            }
+            self.worker_time = remap(&self.worker_time, &old.names, &new.names, 0.0);
+            self.speed = remap(&self.speed, &old.names, &new.names, 0.0);
+        }
+        if old.names != new.names || old.per_node != new.per_node {
+            for job in self.jobs.values_mut() {
+                job.tput = None;
+            }
+        }
+        self.order_kinds();
+        self.dirty = true;
+        self.requeue_all();
+    }
+
+    /// Order the kinds: fastest first; among kinds of equal speed (every
+    /// kind, without throughputs), a different one first each round, as
+    /// Gavel shuffles them in its throughput-agnostic policies.
+    fn order_kinds(&mut self) {
+        let n = self.kinds().len();
+        self.speed.resize(n, 0.0);
+        let turn = (self.ticks % n.max(1) as u64) as usize;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| {
+            self.speed[b]
+                .total_cmp(&self.speed[a])
+                .then(((a + n - turn) % n).cmp(&((b + n - turn) % n)))
+        });
+        self.order = order;
+    }
+
+    /// Gavel's `_reset_time_run_so_far`: fold the time counters into the
+    /// deficits under the allocation in force, and restart them.
+    fn reset(&mut self, now: f64) {
+        let elapsed = self
+            .last_reset
+            .map(|t| now - t)
+            .filter(|e| e.is_finite() && *e > 0.0)
+            .unwrap_or(0.0);
+        let half = self.half();
+        for job in self.jobs.values_mut() {
+            for k in 0..job.time.len() {
+                let d = job.deficit[k] + job.x[k] * elapsed - (job.time[k] - half);
+                job.deficit[k] = if d.is_finite() { d } else { 0.0 };
+                job.time[k] = half;
+            }
+        }
+        self.worker_time = vec![half * self.jobs.len() as f64; self.kinds().len()];
+        if now.is_finite() {
+            self.last_reset = Some(now);
+        }
+    }
+
+    /// Solve the program for the live jobs, and rate the kinds' speeds.
+    fn recompute(&mut self, view: &impl View) {
+        let kinds = self.pools.kinds.clone();
+        let n = kinds.len();
+        if self.mode == Mode::Aware {
+            for (&id, job) in &mut self.jobs {
+                if job.tput.as_ref().is_none_or(|t| t.len() != n) {
+                    job.tput = Some(read_throughputs(view, id, job.gang, &kinds));
+                }
+            }
+        }
+        let rows: Vec<lp::Row> = self
             .jobs
             .values()
-            .filter(|(g, _)| *g > 0 && *g <= self.capacity)
-            .map(|(g, _)| *g as u64)
-            .sum();
-        if demand == 0 {
-            1.0
-        } else {
-            (self.capacity as f64 / demand as f64).min(1.0)
-        }
-    }
-
-    /// Jobs in descending priority (ties: lower id).
-    fn by_priority(&self) -> Vec<JobId> {
-        let share = self.fair_share();
-        let mut order: Vec<(f64, JobId)> = self
-            .jobs
-            .keys()
-            .map(|&id| {
-                let c = self.counters.get(&id).copied().unwrap_or_default();
-                (share / ratio(c).max(1e-3), id)
+            .map(|job| lp::Row {
+                gang: job.gang,
+                tput: match (&job.tput, self.mode) {
+                    (Some(t), Mode::Aware) => t.clone(),
+                    _ => vec![1.0; n],
+                },
             })
             .collect();
-        order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        order.into_iter().map(|(_, id)| id).collect()
+        let alloc = lp::allocate(&kinds.caps, &rows);
+        let mut speed = vec![0.0; n];
+        for row in &rows {
+            for (s, t) in speed.iter_mut().zip(&row.tput) {
+                *s += t;
+            }
+        }
+        for (job, x) in self.jobs.values_mut().zip(alloc.x) {
+            job.x = x;
+            job.in_alloc = true;
+        }
+        self.speed = speed;
+        self.dirty = false;
+        self.changed = true;
+        self.last = Some((alloc.method, alloc.objective));
+        log(
+            Level::Debug,
+            &format!(
+                "gavel: allocation for {} jobs on {} kinds: {:?}, min normalised throughput {:.4}",
+                rows.len(),
+                n,
+                alloc.method,
+                alloc.objective
+            ),
+        );
     }
 
-    /// Rounds received and active of a job (for tests and tools).
-    pub fn counters(&self, id: JobId) -> Option<(u64, u64)> {
-        self.counters.get(&id).map(|c| (c.received, c.active))
+    /// Each kind's live jobs that fit it, in Gavel's order: descending
+    /// priority, deficit and allocation, then ascending id.
+    fn ranked(&self) -> Vec<Vec<JobId>> {
+        let caps = &self.kinds().caps;
+        (0..caps.len())
+            .map(|k| {
+                let mut entries: Vec<(f64, f64, f64, JobId)> = self
+                    .jobs
+                    .iter()
+                    .filter(|(_, j)| j.gang >= 1 && j.gang <= caps[k])
+                    .map(|(&id, j)| {
+                        let x = j.x[k];
+                        let priority = if x <= 0.0 {
+                            0.0
+                        } else if self.worker_time[k] <= 0.0 || j.time[k] <= 0.0 {
+                            x * 1e9
+                        } else {
+                            x * self.worker_time[k] / j.time[k]
+                        };
+                        let clean = |v: f64| if v.is_finite() { v } else { 0.0 };
+                        (clean(priority), clean(j.deficit[k]), x, id)
+                    })
+                    .collect();
+                entries.sort_by(|a, b| {
+                    b.0.total_cmp(&a.0)
+                        .then(b.1.total_cmp(&a.1))
+                        .then(b.2.total_cmp(&a.2))
+                        .then(a.3.cmp(&b.3))
+                });
+                entries.into_iter().map(|e| e.3).collect()
+            })
+            .collect()
     }
 
-    /// A tick: close the round that ended, pick the next round's jobs in
-    /// priority order, preempt the others and place the picked ones. A
-    /// round touches every live job, so this reads every running job and
-    /// orders every live job.
-    fn round(&mut self, view: &impl View, actions: &mut Vec<Action>) {
-        // The true states: who runs now.
+    /// Each job's share of time on each kind, by kind name (for tests and
+    /// tools); `None` for a job not in the allocation in force.
+    pub fn allocation(&self, id: JobId) -> Option<Vec<(String, f64)>> {
+        let job = self.jobs.get(&id).filter(|j| j.in_alloc)?;
+        Some(self.kinds().names.iter().cloned().zip(job.x.iter().copied()).collect())
+    }
+
+    /// How the last allocation was found and its objective (the least
+    /// normalised effective throughput).
+    pub fn last_solve(&self) -> Option<(lp::Method, f64)> {
+        self.last
+    }
+
+    /// A tick: close the round that ended, compute the allocation again if
+    /// the jobs or GPUs changed, pick the next round's jobs kind by kind,
+    /// preempt the others and place the picked ones.
+    fn tick(&mut self, view: &impl View, actions: &mut Vec<Action>) {
+        let now = view.now();
         let running = view.running();
-        for state in self.jobs.values_mut() {
-            if state.1 == JobState::Running {
-                state.1 = JobState::Suspended;
+        for job in self.jobs.values_mut() {
+            if job.state == JobState::Running {
+                job.state = JobState::Suspended;
             }
         }
-        let mut running_gpus: BTreeMap<JobId, (u32, f64)> = BTreeMap::new();
+        // Who runs, and on which kind (None: not known).
+        let mut on: BTreeMap<JobId, Option<usize>> = BTreeMap::new();
+        let mut unsure = false;
         for r in &running {
-            running_gpus.insert(r.id, (r.gpus, r.fraction));
-            self.jobs.entry(r.id).or_insert((r.gpus, JobState::Running)).1 = JobState::Running;
-        }
-        // Close the round that just ended before choosing the next one:
-        // every live job was active in it, and the jobs holding GPUs at
-        // its end ran in it (however they got their GPUs: at a tick or
-        // between ticks), so no job's service goes uncounted.
-        for &id in self.jobs.keys() {
-            self.counters.entry(id).or_default().active += 1;
-        }
-        for id in running_gpus.keys() {
-            self.counters.entry(*id).or_default().received += 1;
-        }
-
-        let order = self.by_priority();
-        self.free.sync(view);
-        // Pick the round's jobs, then preempt the others to make room.
-        let mut cap = self.capacity;
-        let mut chosen = BTreeSet::new();
-        for &id in &order {
-            let gpus = match running_gpus.get(&id) {
-                Some(&(held, _)) => held,
-                None => self.jobs.get(&id).map_or(0, |j| j.0),
-            };
-            if gpus > 0 && gpus <= cap {
-                cap -= gpus;
-                chosen.insert(id);
-            }
-        }
-        // Preempted jobs whose GPUs may not all be free now (shared ones,
-        // or unknown to the view): the pool reads the view again after
-        // this decision.
-        let mut unsure = Vec::new();
-        for r in &running {
-            if !chosen.contains(&r.id) {
-                actions.push(Action::Preempt(r.id));
+            if !self.jobs.contains_key(&r.id) {
                 match view.job(r.id) {
-                    Some(job) if r.fraction >= 1.0 - 1e-9 => self.free.vacate(r.id, &job.placement),
-                    _ => unsure.push(r.id),
-                }
-                if let Some(j) = self.jobs.get_mut(&r.id) {
-                    j.1 = JobState::Suspended;
+                    Some(info) => self.note(&info),
+                    None => continue,
                 }
             }
+            let Some(job) = self.jobs.get_mut(&r.id) else { continue };
+            job.state = JobState::Running;
+            let kind = match self.pools.kind_of_job(r.id) {
+                Some(k) => Some(k),
+                None => view.job(r.id).and_then(|info| {
+                    self.pools.note_held(r.id, &info.placement, info.fraction);
+                    info.placement.first().and_then(|&g| self.pools.kind_of(g))
+                }),
+            };
+            unsure |= r.fraction < 1.0;
+            on.insert(r.id, kind);
         }
-        for id in order.into_iter().filter(|id| chosen.contains(id)) {
-            if self.free.is_empty() {
-                break;
-            }
-            let Some(&(gpus, state)) = self.jobs.get(&id) else {
+        // Close the round: time on the kind each running job holds.
+        let start = self.last_tick.unwrap_or(now - self.round);
+        for r in &running {
+            let (Some(&Some(k)), Some(job)) = (on.get(&r.id), self.jobs.get_mut(&r.id)) else {
                 continue;
             };
-            if !matches!(state, JobState::Pending | JobState::Suspended) {
-                continue;
+            let since = if r.since.is_finite() { r.since.max(start) } else { start };
+            let ran = now - since;
+            if ran.is_finite() && ran > 0.0 {
+                job.time[k] += ran;
+                self.worker_time[k] += ran;
             }
-            let Some(gpus) = self.free.take_gang(id, gpus) else {
+        }
+        // As Gavel on a real cluster: the allocation follows every change
+        // of the jobs, the counters are reset (into the deficits) when it
+        // changed and `reset` seconds have passed since the last reset.
+        if self.dirty || self.jobs.values().any(|j| !j.in_alloc) {
+            self.recompute(view);
+        }
+        let due = self.last_reset.is_none_or(|t| now - t >= self.reset_every);
+        if self.changed && due {
+            self.reset(now);
+            self.changed = false;
+        }
+        self.ticks += 1;
+        self.order_kinds();
+
+        // Pick the round's jobs, kind by kind. A gang larger than every
+        // kind (but not than the cluster) spreads over kinds: it claims
+        // GPUs before the others in a round after one it did not run in,
+        // and takes what is left after them otherwise.
+        let ranked = self.ranked();
+        let mut left = self.kinds().caps.clone();
+        let mut picked: BTreeMap<JobId, usize> = BTreeMap::new();
+        let spanning = self.spanning();
+        let mut plans: BTreeMap<JobId, Vec<(usize, u32)>> = BTreeMap::new();
+        for &id in spanning.iter().filter(|id| !on.contains_key(id)) {
+            if let Some(plan) = Pools::spread(&mut left, self.jobs[&id].gang) {
+                plans.insert(id, plan);
+            }
+        }
+        for &k in &self.order {
+            for &id in &ranked[k] {
+                if left[k] == 0 {
+                    break;
+                }
+                let gang = self.jobs[&id].gang;
+                if picked.contains_key(&id) || gang > left[k] {
+                    continue;
+                }
+                left[k] -= gang;
+                picked.insert(id, k);
+            }
+        }
+        for &id in spanning.iter().filter(|id| on.contains_key(id)) {
+            // Running: it keeps what it holds if that is left.
+            let holds = self.pools.held_counts(id);
+            let kept = match holds {
+                Some(holds) if holds.iter().zip(&left).all(|(h, l)| h <= l) => {
+                    left.iter_mut().zip(&holds).for_each(|(l, h)| *l -= h);
+                    true
+                }
+                _ => false,
+            };
+            if kept {
+                plans.insert(id, Vec::new());
+            }
+        }
+        // Preempt the running jobs not picked, or picked for another kind.
+        for (&id, &kind) in &on {
+            let keep = match (picked.get(&id), plans.get(&id)) {
+                (Some(&k), _) => kind.is_none_or(|held| held == k),
+                (None, Some(plan)) => plan.is_empty(),
+                (None, None) => false,
+            };
+            match keep {
+                true => {}
+                false => {
+                    actions.push(Action::Preempt(id));
+                    unsure |= !self.pools.vacate(id);
+                    if let Some(job) = self.jobs.get_mut(&id) {
+                        job.state = JobState::Suspended;
+                    }
+                }
+            }
+        }
+        // Place the others: each kind's, larger gangs first, then by rank.
+        for &k in &self.order {
+            let mut new: Vec<(u32, usize, JobId)> = ranked[k]
+                .iter()
+                .enumerate()
+                .filter(|&(_, id)| picked.get(id) == Some(&k) && self.jobs[id].waiting())
+                .map(|(rank, &id)| (self.jobs[&id].gang, rank, id))
+                .collect();
+            new.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            for (gang, _, id) in new {
+                let Some(gpus) = self.pools.take(k, id, gang) else {
+                    continue;
+                };
+                let job = self.jobs.get_mut(&id).expect("picked jobs are live");
+                actions.push(start_or_resume(id, job.state, gpus));
+                job.state = JobState::Running;
+            }
+        }
+        for (id, plan) in plans.into_iter().filter(|(_, plan)| !plan.is_empty()) {
+            let Some(gpus) = self.pools.take_spread(id, &plan) else {
                 continue;
             };
-            actions.push(start_or_resume(id, state, gpus));
-            if let Some(j) = self.jobs.get_mut(&id) {
-                j.1 = JobState::Running;
+            let job = self.jobs.get_mut(&id).expect("picked jobs are live");
+            actions.push(start_or_resume(id, job.state, gpus));
+            job.state = JobState::Running;
+        }
+        // Between ticks, waiting jobs queue in this round's order.
+        for (k, ids) in ranked.iter().enumerate() {
+            for (rank, id) in ids.iter().enumerate() {
+                if let Some(job) = self.jobs.get_mut(id) {
+                    job.keys[k] = rank as u64;
+                }
             }
         }
-        for id in unsure {
-            self.free.release(id);
-            self.free.invalidate();
+        self.requeue_all();
+        if unsure {
+            self.pools.invalidate();
         }
-        self.requeue();
+        if now.is_finite() {
+            self.last_tick = Some(now);
+        }
     }
 
-    /// Between ticks: fill free GPUs in priority order, preempting nothing.
-    /// A job whose gang does not fit is skipped; the walk ends when no
-    /// waiting gang fits in what is left.
-    fn fill(&mut self, view: &impl View, actions: &mut Vec<Action>) {
-        if self.queue.is_empty() {
-            return;
+    /// Between ticks: fill free GPUs, kind by kind in the round's order,
+    /// with each kind's waiting jobs in queue order, preempting nothing. A
+    /// job whose gang does not fit is skipped; a kind is done when no
+    /// waiting gang fits in what is left of it.
+    fn fill(&mut self, actions: &mut Vec<Action>) {
+        for i in 0..self.order.len() {
+            let k = self.order[i];
+            while self.pools.free(k) > 0 {
+                let Some((id, gang)) = self.queues.get(k).and_then(|q| q.first_fitting(self.pools.free(k))) else {
+                    break;
+                };
+                let Some(gpus) = self.pools.take(k, id, gang) else {
+                    break;
+                };
+                let state = self.jobs.get(&id).map_or(JobState::Pending, |j| j.state);
+                actions.push(start_or_resume(id, state, gpus));
+                self.set(id, gang, JobState::Running);
+            }
         }
-        self.free.sync(view);
-        while !self.free.is_empty() {
-            let Some((id, gpus)) = self.queue.first_fitting(self.free.len()) else {
-                break;
+        for id in self.spanning() {
+            let Some(job) = self.jobs.get(&id).filter(|j| j.waiting()) else {
+                continue;
             };
-            let state = self.jobs.get(&id).map_or(JobState::Pending, |j| j.1);
-            let Some(placement) = self.free.take_gang(id, gpus) else {
-                break;
+            let (gang, state) = (job.gang, job.state);
+            let Some(plan) = Pools::spread(&mut self.pools.free_counts(), gang) else {
+                continue;
             };
-            actions.push(start_or_resume(id, state, placement));
-            self.set(id, gpus, JobState::Running);
+            if let Some(gpus) = self.pools.take_spread(id, &plan) {
+                actions.push(start_or_resume(id, state, gpus));
+                self.set(id, gang, JobState::Running);
+            }
         }
+    }
+
+    /// Live jobs whose gang is larger than every kind but not than the
+    /// cluster, oldest first: they can only run spread over kinds.
+    fn spanning(&self) -> Vec<JobId> {
+        self.wide.iter().copied().collect()
     }
 }
 
@@ -340,15 +818,26 @@ fn start_or_resume(job: JobId, state: JobState, gpus: Vec<GpuId>) -> Action {
 
 impl Policy for Gavel {
     fn init(config: &str) -> Result<(Self, PolicyInfo), String> {
-        let round = parse_config(config)?;
+        let Config { round, mode, reset } = parse_config(config)?;
         let policy = Gavel {
             round,
+            mode,
+            reset_every: reset,
             jobs: BTreeMap::new(),
-            counters: BTreeMap::new(),
-            queue: Queue::default(),
-            free: FreeGpus::new(),
-            capacity_known: false,
-            capacity: 0,
+            pools: Pools::default(),
+            queues: Vec::new(),
+            wide: BTreeSet::new(),
+            order: Vec::new(),
+            speed: Vec::new(),
+            ticks: 0,
+            dirty: true,
+            changed: false,
+            worker_time: Vec::new(),
+            last_reset: None,
+            last_tick: None,
+            arrivals: 0,
+            saved: None,
+            last: None,
         };
         Ok((
             policy,
@@ -361,7 +850,7 @@ impl Policy for Gavel {
 
     fn decide(&mut self, view: &impl View, events: Vec<Event>) -> Decision {
         for event in &events {
-            self.free.observe(event);
+            self.pools.observe(event);
         }
         let mut tick = false;
         for event in events {
@@ -369,12 +858,11 @@ impl Policy for Gavel {
                 Event::JobArrived(job) => self.note(&job),
                 Event::JobFinished(id) | Event::JobFailed((id, _)) => self.forget(id),
                 Event::Tick => tick = true,
-                Event::JobPreempted(id) => {
-                    if let Some(job) = view.job(id) {
-                        self.note(&job);
-                    }
-                }
-                Event::GpuChanged(_) => self.capacity_known = false,
+                Event::JobPreempted(id) => match view.job(id) {
+                    Some(job) => self.note(&job),
+                    None => self.forget(id),
+                },
+                Event::GpuChanged(_) => {}
                 Event::ActionRejected(r) => {
                     log(Level::Warn, &format!("gavel: action rejected: {}", r.reason));
                     match view.job(r.job) {
@@ -384,300 +872,180 @@ impl Policy for Gavel {
                 }
             }
         }
-        if !self.capacity_known {
-            self.capacity = view.gpus().iter().filter(|g| g.online).count() as u32;
-            self.capacity_known = true;
+        // Jobs of a snapshot that the host did not announce again are gone.
+        if let Some(saved) = self.saved.take()
+            && saved.values().any(|j| j.in_alloc)
+        {
+            self.dirty = true;
         }
+        self.sync(view);
         let mut actions = Vec::new();
         if tick {
-            self.round(view, &mut actions);
+            self.tick(view, &mut actions);
         } else {
-            self.fill(view, &mut actions);
+            self.fill(&mut actions);
         }
         Decision { actions, wakeup: None }
     }
 
     fn snapshot(&self) -> Option<Vec<u8>> {
         let mut e = Encoder::default();
+        let kinds = self.kinds();
+        let opt = |v: Option<f64>| v.unwrap_or(f64::NAN);
         e.u64(MAGIC)
             .u64(VERSION)
             .f64(self.round)
-            .u64(self.counters.len() as u64);
-        for (&id, c) in &self.counters {
-            e.u64(id).u64(c.received).u64(c.active);
+            .u64(self.mode as u64)
+            .f64(opt(self.last_reset))
+            .f64(opt(self.last_tick))
+            .u64(self.arrivals)
+            .u64(u64::from(self.dirty))
+            .u64(u64::from(self.changed))
+            .u64(self.ticks)
+            .u64(kinds.len() as u64);
+        for k in 0..kinds.len() {
+            e.bytes(kinds.names[k].as_bytes())
+                .u64(u64::from(kinds.caps[k]))
+                .u64(u64::from(kinds.per_node[k]))
+                .f64(self.worker_time.get(k).copied().unwrap_or(0.0))
+                .f64(self.speed.get(k).copied().unwrap_or(0.0));
+        }
+        let mut all: BTreeMap<JobId, &Job> = self.saved.iter().flatten().map(|(&id, j)| (id, j)).collect();
+        all.extend(self.jobs.iter().map(|(&id, j)| (id, j)));
+        e.u64(all.len() as u64);
+        for (id, job) in all {
+            e.u64(id).u64(u64::from(job.gang)).u64(u64::from(job.in_alloc));
+            for k in 0..kinds.len() {
+                e.f64(job.x[k]).f64(job.time[k]).f64(job.deficit[k]).u64(job.keys[k]);
+            }
         }
         Some(e.0)
     }
 
     fn restore(&mut self, state: &[u8]) -> Result<(), String> {
-        self.counters = decode(state).map_err(|e| format!("gavel: {e}"))?;
-        self.requeue();
+        let saved = decode(state, self.half()).map_err(|e| format!("gavel: {e}"))?;
+        // The host announces every live job again after a takeover: the
+        // saved jobs wait for that in `saved`.
+        self.jobs.clear();
+        self.queues = (0..saved.kinds.len()).map(|_| Queue::default()).collect();
+        self.pools = Pools::default();
+        self.pools.kinds = saved.kinds;
+        self.worker_time = saved.worker_time;
+        self.speed = saved.speed;
+        self.ticks = saved.ticks;
+        self.changed = saved.changed;
+        self.order_kinds();
+        self.last_reset = saved.last_reset;
+        self.last_tick = saved.last_tick;
+        self.arrivals = saved.arrivals;
+        self.dirty = saved.dirty || saved.mode != self.mode as u64;
+        self.saved = Some(saved.jobs);
         Ok(())
     }
 }
 
-/// Read the counters from a snapshot made by [`Gavel::snapshot`].
-fn decode(state: &[u8]) -> Result<BTreeMap<JobId, Counters>, String> {
-    {
-        let mut d = Decoder(state);
-        if d.u64().ok() != Some(MAGIC) {
-            return Err("not a gavel snapshot (bad magic)".into());
-        }
-        let version = d.u64()?;
-        if version != VERSION {
-            return Err(format!("snapshot version {version}, expected {VERSION}"));
-        }
-        let _round = d.f64()?;
-        let n = d.u64()?;
-        let mut counters = BTreeMap::new();
-        for _ in 0..n {
-            let id = d.u64()?;
-            let received = d.u64()?;
-            let active = d.u64()?;
-            counters.insert(id, Counters { received, active });
-        }
-        if !d.is_empty() {
-            return Err("trailing bytes after snapshot".into());
-        }
-        Ok(counters)
+/// What a snapshot holds.
+struct Saved {
+    mode: u64,
+    last_reset: Option<f64>,
+    last_tick: Option<f64>,
+    arrivals: u64,
+    dirty: bool,
+    changed: bool,
+    ticks: u64,
+    kinds: Kinds,
+    worker_time: Vec<f64>,
+    speed: Vec<f64>,
+    jobs: BTreeMap<JobId, Job>,
+}
+
+/// Read a snapshot made by [`Gavel::snapshot`], checking it whole.
+fn decode(state: &[u8], half: f64) -> Result<Saved, String> {
+    let mut d = Decoder(state);
+    if d.u64().ok() != Some(MAGIC) {
+        return Err("not a gavel snapshot (bad magic)".into());
     }
+    let version = d.u64()?;
+    if version != VERSION {
+        return Err(format!("snapshot version {version}, expected {VERSION}"));
+    }
+    let _round = d.f64()?;
+    let mode = d.u64()?;
+    let time = |v: f64| v.is_finite().then_some(v);
+    let last_reset = time(d.f64()?);
+    let last_tick = time(d.f64()?);
+    let arrivals = d.u64()?;
+    let dirty = d.u64()? != 0;
+    let changed = d.u64()? != 0;
+    let ticks = d.u64()?;
+    let n = d.u64()?;
+    // Each kind takes at least 40 bytes, each job 24 plus 32 per kind:
+    // refuse counts the bytes cannot hold before allocating for them.
+    if n > (d.0.len() / 40) as u64 {
+        return Err(format!("{n} kinds in {} bytes", d.0.len()));
+    }
+    let n = n as usize;
+    let mut kinds = Kinds::default();
+    let mut worker_time = Vec::with_capacity(n);
+    let mut speed = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = String::from_utf8(d.bytes()?.to_vec()).map_err(|_| "kind name is not UTF-8")?;
+        if kinds.names.last().is_some_and(|last| *last >= name) {
+            return Err("kind names not sorted".into());
+        }
+        kinds.names.push(name);
+        kinds.caps.push(u32::try_from(d.u64()?).map_err(|_| "bad capacity")?);
+        kinds
+            .per_node
+            .push(u32::try_from(d.u64()?).map_err(|_| "bad per-node count")?);
+        worker_time.push(d.f64()?);
+        speed.push(d.f64()?);
+    }
+    let count = d.u64()?;
+    if count > (d.0.len() / (24 + 32 * n)) as u64 {
+        return Err(format!("{count} jobs in {} bytes", d.0.len()));
+    }
+    let mut jobs = BTreeMap::new();
+    let mut ids = BTreeSet::new();
+    for _ in 0..count {
+        let id = d.u64()?;
+        let gang = u32::try_from(d.u64()?).map_err(|_| "bad gang size")?;
+        let mut job = Job::new(gang, n, half, ARRIVAL_KEYS);
+        job.in_alloc = d.u64()? != 0;
+        for k in 0..n {
+            let clean = |v: f64| if v.is_finite() { v } else { 0.0 };
+            job.x[k] = clean(d.f64()?).clamp(0.0, 1.0);
+            job.time[k] = clean(d.f64()?);
+            job.deficit[k] = clean(d.f64()?);
+            job.keys[k] = d.u64()?;
+        }
+        if !ids.insert(id) {
+            return Err(format!("job {id} twice"));
+        }
+        jobs.insert(id, job);
+    }
+    if !d.is_empty() {
+        return Err("trailing bytes after snapshot".into());
+    }
+    Ok(Saved {
+        mode,
+        last_reset,
+        last_tick,
+        arrivals,
+        dirty,
+        changed,
+        ticks,
+        kinds,
+        worker_time: worker_time
+            .into_iter()
+            .map(|v| if v.is_finite() { v } else { 0.0 })
+            .collect(),
+        speed: speed.into_iter().map(|v| if v.is_finite() { v } else { 0.0 }).collect(),
+        jobs,
+    })
 }
 
 export_policy!(Gavel);
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use wsched_sdk::testing::{FakeView, Rng};
-
-    fn gavel() -> Gavel {
-        Gavel::init("").unwrap().0
-    }
-
-    /// Apply starts/resumes/preempts to the fake view, as the host would.
-    fn apply(view: &mut FakeView, d: &Decision) {
-        for a in &d.actions {
-            match a {
-                Action::Preempt(id) => view.suspend(*id),
-                Action::Start(p) | Action::Resume(p) => view.place(p.job, &p.gpus, 1.0),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-
-    fn holders(view: &FakeView) -> Vec<JobId> {
-        view.jobs(JobState::Running)
-    }
-
-    #[test]
-    fn rotates_jobs_on_ticks() {
-        // Three 1-GPU jobs on 2 GPUs: fair share 2/3 each.
-        let mut view = FakeView::new(2, 2);
-        let events = (0..3).map(|_| Event::JobArrived(view.add_job(1))).collect();
-        let mut p = gavel();
-        let d = p.decide(&view, events);
-        apply(&mut view, &d);
-        assert_eq!(holders(&view), vec![0, 1], "arrivals fill free GPUs, oldest first");
-        let mut ran = [0u32; 3];
-        for _ in 0..6 {
-            let d = p.decide(&view, vec![Event::Tick]);
-            apply(&mut view, &d);
-            for id in holders(&view) {
-                ran[id as usize] += 1;
-            }
-        }
-        assert_eq!(ran, [4, 4, 4], "every job gets 2/3 of the rounds");
-        assert_eq!(p.counters(2), Some((4, 6)));
-    }
-
-    #[test]
-    fn non_tick_calls_do_not_preempt() {
-        let mut view = FakeView::new(1, 1);
-        let a = view.add_job(1);
-        let mut p = gavel();
-        let d = p.decide(&view, vec![Event::JobArrived(a.clone())]);
-        apply(&mut view, &d);
-        let b = view.add_job(1);
-        let d = p.decide(&view, vec![Event::JobArrived(b)]);
-        assert!(d.actions.is_empty(), "{:?}", d.actions);
-        // The first round closes: a ran in it (1 of 1), b did not (0 of 1),
-        // so b outranks a for the next one.
-        let d = p.decide(&view, vec![Event::Tick]);
-        assert!(matches!(&d.actions[..], [Action::Preempt(0), Action::Start(pl)] if pl.job == 1));
-    }
-
-    #[test]
-    fn snapshot_round_trips_and_foreign_state_is_refused() {
-        let mut view = FakeView::new(1, 1);
-        let events = (0..2).map(|_| Event::JobArrived(view.add_job(1))).collect();
-        let mut p = gavel();
-        let d = p.decide(&view, events);
-        apply(&mut view, &d);
-        for _ in 0..3 {
-            let d = p.decide(&view, vec![Event::Tick]);
-            apply(&mut view, &d);
-        }
-        let snap = p.snapshot().unwrap();
-        let mut q = gavel();
-        q.restore(&snap).unwrap();
-        assert_eq!(q.snapshot().unwrap(), snap);
-        assert_eq!(q.counters(0), p.counters(0));
-
-        // FIFO keeps no snapshot; whatever another policy or a corrupt file
-        // hands over must be refused, leaving the counters alone.
-        let mut other = Encoder::default();
-        other.u64(u64::from_le_bytes(*b"FIFOsnap")).u64(1);
-        let mut future = Encoder::default();
-        future.u64(MAGIC).u64(VERSION + 1);
-        for bad in [&b""[..], b"garbage!", &other.0, &future.0, &snap[..snap.len() - 3]] {
-            let err = q.restore(bad).unwrap_err();
-            assert!(err.starts_with("gavel:"), "{err}");
-        }
-        assert_eq!(q.snapshot().unwrap(), snap);
-    }
-
-    /// Carry out a decision on the fake view as the host would, refusing
-    /// some actions at random; returns the rejections to report.
-    fn apply_some(view: &mut FakeView, d: &Decision, rng: &mut Rng) -> Vec<Event> {
-        let mut rejected = Vec::new();
-        for (index, a) in d.actions.iter().enumerate() {
-            let job = match a {
-                Action::Preempt(id) => *id,
-                Action::Start(p) | Action::Resume(p) => p.job,
-                other => panic!("unexpected {other:?}"),
-            };
-            // The host refuses a gang on GPUs that are not free (a
-            // preemption before it in the batch may have been refused).
-            let invalid = match a {
-                Action::Start(p) | Action::Resume(p) => p.gpus.iter().any(|&g| {
-                    let gpu = &view.gpus[g as usize];
-                    !gpu.online || !gpu.residents.is_empty()
-                }),
-                _ => false,
-            };
-            if invalid || rng.below(25) == 0 {
-                rejected.push(Event::ActionRejected(Rejection {
-                    index: index as u32,
-                    job,
-                    reason: "refused by the test".into(),
-                }));
-                continue;
-            }
-            match a {
-                Action::Preempt(id) => view.suspend(*id),
-                Action::Start(p) | Action::Resume(p) => view.place(p.job, &p.gpus, 1.0),
-                _ => unreachable!(),
-            }
-        }
-        rejected
-    }
-
-    /// The incremental policy decides exactly what the old one (which read
-    /// every running job and free GPU and sorted every job at every
-    /// decision) decided, through arrivals, completions, failures, ticks,
-    /// the host's preemptions, GPUs going and coming, refused actions and
-    /// takeovers.
-    #[test]
-    fn agrees_with_the_full_recomputation() {
-        for seed in 1..=60u64 {
-            let mut rng = Rng::new(seed);
-            let gpus = 4 + rng.below(13) as u32;
-            let mut view = FakeView::new(gpus, 1 + rng.below(4) as u32);
-            let mut p = gavel();
-            let mut r = reference::Reference::init("").unwrap().0;
-            let mut events: Vec<Event> = Vec::new();
-            for step in 0..400 {
-                for _ in 0..1 + rng.below(3) {
-                    match rng.below(20) {
-                        0..=6 => {
-                            let size = [0, 1, 1, 1, 1, 2, 2, 3, 4, 5, 8, 99][rng.below(12) as usize];
-                            events.push(Event::JobArrived(view.add_job(size)));
-                        }
-                        7..=9 => {
-                            if let Some(id) = rng.pick(&view.jobs(JobState::Running)) {
-                                view.finish(id);
-                                events.push(Event::JobFinished(id));
-                            }
-                        }
-                        10 => {
-                            let mut live = view.jobs(JobState::Pending);
-                            live.extend(view.jobs(JobState::Suspended));
-                            live.extend(view.jobs(JobState::Running));
-                            if let Some(id) = rng.pick(&live) {
-                                events.push(view.fail(id, "test"));
-                            }
-                        }
-                        11..=15 => events.push(Event::Tick),
-                        16 => {
-                            if let Some(id) = rng.pick(&view.jobs(JobState::Running)) {
-                                view.suspend(id);
-                                events.push(Event::JobPreempted(id));
-                            }
-                        }
-                        17 => {
-                            let g = rng.below(gpus as u64) as GpuId;
-                            events.extend(view.toggle_gpu(g));
-                        }
-                        18 => {
-                            // A takeover: fresh instances, the counters
-                            // handed over, every live job announced.
-                            let snap = p.snapshot().unwrap();
-                            p = gavel();
-                            p.restore(&snap).unwrap();
-                            r = reference::Reference::init("").unwrap().0;
-                            r.restore_counters(&snap).unwrap();
-                            events.clear();
-                            for j in &view.jobs {
-                                if matches!(j.state, JobState::Pending | JobState::Running | JobState::Suspended) {
-                                    events.push(Event::JobArrived(j.clone()));
-                                }
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                let got = p.decide(&view, events.clone());
-                let want = r.decide(&view, std::mem::take(&mut events));
-                assert_eq!(
-                    format!("{:?}", got.actions),
-                    format!("{:?}", want.actions),
-                    "seed {seed}, step {step}"
-                );
-                events = apply_some(&mut view, &got, &mut rng);
-            }
-            for id in 0..view.jobs.len() as JobId {
-                assert_eq!(p.counters(id), r.counters(id), "seed {seed}, job {id}");
-            }
-        }
-    }
-
-    #[test]
-    fn queue_finds_the_first_gang_that_fits() {
-        let mut q = Queue::default();
-        assert_eq!(q.first_fitting(4), None);
-        q.insert(1, 4, 5);
-        q.insert(2, 1, 7);
-        q.insert(3, 2, 5);
-        assert_eq!(q.first_fitting(0), None);
-        assert_eq!(q.first_fitting(8), Some((1, 4)), "lowest key, then lowest id");
-        assert_eq!(q.first_fitting(3), Some((3, 2)));
-        assert_eq!(q.first_fitting(1), Some((2, 1)));
-        q.insert(3, 2, 9);
-        assert_eq!(q.first_fitting(3), Some((2, 1)), "re-keyed");
-        q.remove(2);
-        q.remove(1);
-        assert_eq!(q.first_fitting(1), None);
-        assert_eq!(q.first_fitting(2), Some((3, 2)));
-        q.clear();
-        assert!(q.is_empty());
-    }
-
-    #[test]
-    fn config_round_sets_the_tick() {
-        assert_eq!(Gavel::init("round=60").unwrap().1.tick_interval, Some(60.0));
-        assert_eq!(Gavel::init("").unwrap().1.tick_interval, Some(360.0));
-        for bad in ["round=0", "round=abc", "rounds=5"] {
-            assert!(Gavel::init(bad).err().unwrap().starts_with("gavel:"), "{bad}");
-        }
-    }
-}
+mod tests;
