@@ -336,3 +336,43 @@ fn gandiva_packing_gains_what_measured_sharing_says() {
     assert!((measured.summary.interference_seconds - 2.0 * 125.0 * 0.2).abs() < 1e-3);
     assert!((measured.summary.effective_throughput - 1.6).abs() < 1e-6);
 }
+
+#[test]
+fn a_plugin_built_before_the_performance_accessors_still_loads_and_decides_alike() {
+    // tests/fixtures/tiresias-before-performance-accessors.wasm is
+    // plugins/tiresias built at commit 6926ebf, from the contract before
+    // `throughput`, `co-located`, `job-type` and `remaining-work` were added
+    // to `cluster-view` in place: it imports the interface without them.
+    let engine = engine();
+    let old = engine
+        .load_file(&root().join("tests/fixtures/tiresias-before-performance-accessors.wasm"))
+        .expect("an old plugin loads");
+    assert!(
+        old.imports().iter().any(|i| i.starts_with("wsched:policy/host@0.1.0")),
+        "{:?}",
+        old.imports()
+    );
+    let jobs = trace("0,10000,1\n4000,100,1\n10,500,2\n");
+    let config = SimConfig {
+        speed: Some(wsched::sim::SpeedModel {
+            table: std::sync::Arc::new(
+                wsched::speed::ThroughputTable::from_gavel_json(wsched::speed::GAVEL).expect("Gavel's table"),
+            ),
+            reference: "V100".into(),
+            seed: 1,
+        }),
+        ..cluster(2, 2)
+    };
+    let old = run(
+        &engine,
+        Some(&wsched::sim::PolicyChoice {
+            plugin: old,
+            config: String::new(),
+        }),
+        &jobs,
+        &config,
+    );
+    let new = run(&engine, Some(&choice(&engine, "tiresias", "")), &jobs, &config);
+    assert_eq!(old.summary.completed, 3);
+    assert_eq!(old.jobs, new.jobs, "the same schedule");
+}
