@@ -764,6 +764,9 @@ pub struct Cluster {
     interference: Vec<f32>,
     /// What the performance model cost, settled so far.
     losses: ModelLosses,
+    /// Speed of a spread gang relative to one node where the table says
+    /// nothing (see [`Cluster::set_spread_penalty`]).
+    spread_penalty: Option<f32>,
 }
 
 /// A throughput table with the cluster's kinds resolved in it once.
@@ -1094,14 +1097,17 @@ impl Cluster {
     /// The speed a job of `spec` has on `gpus` (1 without a speed model
     /// or a type), and the part of it due to spreading over nodes.
     fn speed_on(&self, spec: &JobSpec, gpus: &[GpuId]) -> (f32, f32) {
+        let node = |g: GpuId| self.gpus.get(g as usize).map(|g| g.spec.node);
+        let spread = gpus.windows(2).any(|w| node(w[0]) != node(w[1]));
         let (Some(model), Some(job_type)) = (&self.speed_model, spec.job_type) else {
-            return (1.0, 1.0);
+            return match self.spread_penalty {
+                Some(p) if spread => (p, p),
+                _ => (1.0, 1.0),
+            };
         };
         let held = u32::try_from(gpus.len()).unwrap_or(u32::MAX);
-        let node = |g: GpuId| self.gpus.get(g as usize).map(|g| g.spec.node);
         // A gang over several nodes runs at the table's "unconsolidated"
         // throughput for its kind, where the table has one.
-        let spread = gpus.windows(2).any(|w| node(w[0]) != node(w[1]));
         let slowest = |spread: bool| {
             gpus.iter()
                 .map(|&g| match model.kinds.get(g as usize).copied().flatten() {
@@ -1120,8 +1126,31 @@ impl Cluster {
         // 1e-300 is 0 in f32) or make its finish time overflow.
         let speed = slowest(spread).clamp(1e-6, 1e6);
         let on_one_node = if spread { slowest(false).clamp(1e-6, 1e6) } else { speed };
+        if let (true, Some(p)) = (spread, self.spread_penalty)
+            && speed >= on_one_node
+        {
+            // The table has no slower figure for the spread gang: the
+            // configured penalty stands in.
+            return (on_one_node * p, p);
+        }
         let factor = if on_one_node > 0.0 { speed / on_one_node } else { 1.0 };
         (speed, factor)
+    }
+
+    /// Make a gang spread over several nodes run at `factor` of its speed
+    /// on one node wherever the throughput table has no slower figure for
+    /// it (untyped jobs, kinds or types without `<kind>_unconsolidated`
+    /// figures): a per-cluster stand-in for measured placement effects,
+    /// e.g. a model's slowdown over a slow network. None (the default): no
+    /// penalty beyond the table's. Refused (false) unless in [0.01, 1].
+    pub fn set_spread_penalty(&mut self, factor: Option<f64>) -> bool {
+        if let Some(f) = factor
+            && !(f.is_finite() && (MIN_INTERFERENCE..=1.0).contains(&f))
+        {
+            return false;
+        }
+        self.spread_penalty = factor.map(|f| f as f32);
+        true
     }
 
     /// What a restart costs (see [`Cluster::set_restart_model`]).
@@ -2218,6 +2247,38 @@ mod tests {
         assert!(
             (losses.interference_work - (45.0 + 2.0 * 10.0 * 0.3)).abs() < 1e-3,
             "running jobs' unsettled time counts: {losses:?}"
+        );
+    }
+
+    #[test]
+    fn a_spread_penalty_slows_gangs_over_nodes_where_the_table_says_nothing() {
+        let mut c = Cluster::homogeneous(4, 2, "V100", 16 << 30);
+        for bad in [0.0, 1.5, f64::NAN, 5e-324] {
+            assert!(!c.set_spread_penalty(Some(bad)), "{bad}");
+        }
+        assert!(c.set_spread_penalty(Some(0.5)));
+        let a = c.submit(JobSpec::new("u", 2, 100.0)).unwrap();
+        let b = c.submit(JobSpec::new("u", 2, 100.0)).unwrap();
+        c.apply(&start(a, &[0, 1])).unwrap();
+        c.apply(&start(b, &[2, 3])).unwrap();
+        assert_eq!(c.job(a).unwrap().speed, 1.0, "one node");
+        c.apply(&Action::Migrate(Placement {
+            job: b,
+            gpus: vec![1, 2],
+        }))
+        .unwrap_err();
+        c.apply(&Action::Preempt(a)).unwrap();
+        c.apply(&Action::Migrate(Placement {
+            job: b,
+            gpus: vec![1, 2],
+        }))
+        .unwrap();
+        assert_eq!((c.job(b).unwrap().speed, c.job(b).unwrap().spread_factor), (0.5, 0.5));
+        c.advance(10.0);
+        assert!(
+            (c.model_losses().spread_work - 5.0).abs() < 1e-9,
+            "{:?}",
+            c.model_losses()
         );
     }
 

@@ -254,6 +254,12 @@ struct ModelArgs {
     /// GPU's kind, else 0.5.
     #[arg(long, value_name = "FACTOR", allow_negative_numbers = true)]
     interference: Option<f64>,
+    /// Speed of a gang spread over several nodes relative to one node,
+    /// where the throughput table has no slower figure for it (untyped
+    /// jobs, kinds without `_unconsolidated` figures), in [0.01, 1].
+    /// Default: none (no penalty beyond the table's).
+    #[arg(long, value_name = "FACTOR", allow_negative_numbers = true)]
+    spread_penalty: Option<f64>,
 }
 
 /// What [`ModelArgs`] say, resolved.
@@ -261,6 +267,7 @@ struct Model {
     table: Option<wsched::speed::ThroughputTable>,
     restart_cost: RestartCost,
     colocation: Colocation,
+    spread_penalty: Option<f64>,
 }
 
 impl ModelArgs {
@@ -314,10 +321,16 @@ impl ModelArgs {
                 wsched::bounds::shown(other)
             ),
         };
+        if let Some(f) = self.spread_penalty
+            && !(f.is_finite() && (wsched::cluster::MIN_INTERFERENCE..=1.0).contains(&f))
+        {
+            bail!("--spread-penalty: must be in [0.01, 1], got {f:e}");
+        }
         Ok(Model {
             table,
             restart_cost,
             colocation,
+            spread_penalty: self.spread_penalty,
         })
     }
 }
@@ -579,6 +592,7 @@ fn run_serve(args: ServeArgs, connect: &client::ConnectArgs, cache: Option<Compi
     }
     config.performance.restart_cost = model.restart_cost;
     config.performance.colocation = model.colocation;
+    config.performance.spread_penalty = model.spread_penalty;
     config.initial_policy = args.policy.map(|p| (p, args.config));
     config.checkpoint_every = seconds_flag("--checkpoint-every", args.checkpoint_every, 1e-3)?;
     config.shutdown_grace = seconds_flag("--shutdown-grace", args.shutdown_grace, 0.0)?;
@@ -726,6 +740,7 @@ fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
         table,
         restart_cost,
         colocation,
+        spread_penalty,
     } = args.model.resolve(parsed.in_steps, args.quiet)?;
     if let Some(table) = &table {
         parsed.resolve_steps(&args.trace.display().to_string(), table, &args.model.reference_gpu)?;
@@ -787,6 +802,7 @@ fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
         cluster: clusters[0].clone(),
         restart_cost,
         colocation,
+        spread_penalty,
         speed,
         reveal_durations: !args.hide_durations,
         // One bar for one replay; several would fight over the terminal.

@@ -653,7 +653,10 @@ impl Core {
                     crate::bounds::shown(reference)
                 );
             }
-            if !cluster.set_restart_model(model.restart_cost) || !cluster.set_colocation(model.colocation) {
+            if !cluster.set_restart_model(model.restart_cost)
+                || !cluster.set_colocation(model.colocation)
+                || !cluster.set_spread_penalty(model.spread_penalty)
+            {
                 anyhow::bail!("performance model out of bounds: {model:?}");
             }
         }

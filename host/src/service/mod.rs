@@ -136,6 +136,8 @@ pub struct Performance {
     pub restart_cost: crate::cluster::RestartCost,
     /// How jobs sharing a GPU progress.
     pub colocation: crate::cluster::Colocation,
+    /// Speed of a gang spread over nodes where the table says nothing.
+    pub spread_penalty: Option<f64>,
 }
 
 /// How long ended jobs are kept by default: a week, long enough to look at

@@ -67,6 +67,9 @@ pub struct SimConfig {
     /// How jobs sharing a GPU progress (see
     /// [`crate::cluster::Colocation`]): time-sliced by default.
     pub colocation: crate::cluster::Colocation,
+    /// Speed of a gang spread over nodes where the table has no slower
+    /// figure (see [`crate::cluster::Cluster::set_spread_penalty`]).
+    pub spread_penalty: Option<f64>,
     /// Measured throughputs: each job gets a type (see
     /// [`crate::speed::ThroughputTable::pick_type`]) and runs at its type's
     /// speed on the GPUs it holds. None: every job runs at the same speed
@@ -138,6 +141,7 @@ impl Default for SimConfig {
             outages: Vec::new(),
             restart_cost: crate::cluster::RestartCost::default(),
             colocation: crate::cluster::Colocation::default(),
+            spread_penalty: None,
             speed: None,
         }
     }
@@ -211,6 +215,9 @@ pub fn simulate_observed(
             crate::bounds::MAX_JOB_SECONDS,
             config.restart_cost
         );
+    }
+    if !cluster.set_spread_penalty(config.spread_penalty) {
+        anyhow::bail!("spread penalty: must be in [0.01, 1], got {:?}", config.spread_penalty);
     }
     if !cluster.set_colocation(config.colocation) {
         anyhow::bail!("interference: must be in [0.01, 1], got {:?}", config.colocation);
