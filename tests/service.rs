@@ -1354,3 +1354,52 @@ fn without_a_driver_cuda_is_one_clear_error_and_auto_falls_back_saying_so() {
     );
     drop(server);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulated_gpus_run_typed_jobs_at_their_measured_speed() {
+    // One node of K80s; durations are measured on V100s. A typed job runs
+    // at its type's K80 throughput, an untyped one as its duration says,
+    // and a type the table lacks is refused.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = dir.path().join("k80.yaml");
+    std::fs::write(
+        &cluster,
+        "apiVersion: wsched.dev/v1\nkind: Cluster\nmetadata:\n  name: k80\nspec:\n  nodeGroups:\n    \
+         - nodes: 1\n      gpusPerNode: 2\n      gpuKind: K80\n      memoryPerGpu: 12Gi\n",
+    )
+    .expect("write the cluster");
+    let server = Server::start(
+        &dir.path().join("state"),
+        &[
+            "--cluster",
+            cluster.to_str().expect("utf-8"),
+            "--throughputs",
+            "gavel",
+            "--reference-gpu",
+            "V100",
+        ],
+    );
+    let mut jobs = server.jobs().await;
+    let job_type = "ResNet-50 (batch size 64)";
+    let table = wsched::speed::ThroughputTable::from_gavel_json(wsched::speed::GAVEL).expect("table");
+    let t = table.types().iter().position(|n| n == job_type).expect("a Gavel type") as u16;
+    let slower = table.throughput("v100", t, 1).expect("V100") / table.throughput("k80", t, 1).expect("K80");
+    assert!(slower > 2.0, "{slower}");
+    let mut typed = synthetic("alice", 1, 0.3);
+    typed.spec.as_mut().expect("spec").job_type = Some(job_type.into());
+    let typed = server.submit(&mut jobs, typed).await;
+    let plain = server.submit(&mut jobs, synthetic("bob", 1, 0.3)).await;
+    let mut unknown = synthetic("carol", 1, 0.3);
+    unknown.spec.as_mut().expect("spec").job_type = Some("BERT (batch size 1)".into());
+    let refused = jobs
+        .submit_job(server.authed(unknown))
+        .await
+        .expect_err("an unknown type is refused");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("spec.job_type"), "{}", refused.message());
+    let done = wait_ended(&mut jobs, &[typed, plain], Duration::from_secs(60)).await;
+    let ran = |job: &proto::Job| job.end_time.expect("ended") - job.start_time.expect("started");
+    assert_eq!(done[0].spec.as_ref().and_then(|s| s.job_type.as_deref()), Some(job_type));
+    assert!(ran(&done[0]) >= 0.3 * slower * 0.9, "typed: {:.3} s, {slower:.2}x slower", ran(&done[0]));
+    assert!(ran(&done[1]) < 0.3 * slower * 0.9, "untyped: {:.3} s", ran(&done[1]));
+}
