@@ -231,6 +231,11 @@ impl FreeGpus {
         gpus
     }
 
+    /// The most free GPUs on any one node (0 when none is free).
+    pub fn most_on_one_node(&self) -> usize {
+        self.by_count.last().map_or(0, |&(count, _)| count)
+    }
+
     /// Choose a gang as [`FreeGpus::take_gang`] does and take it, without
     /// recording who holds it (for a policy that tracks that itself).
     pub fn choose_gang(&mut self, k: u32) -> Option<Vec<GpuId>> {

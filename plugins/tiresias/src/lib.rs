@@ -35,6 +35,14 @@
 //! The [`Tiresias`] type is public and implements [`Policy`], so a native
 //! benchmark can drive exactly the code that runs in the component.
 //!
+//! Placement (the paper's consolidation): a gang goes on as few nodes as
+//! possible. One that the host's performance model says is sensitive to
+//! placement, running over several nodes below [`SKEW`] of its speed on
+//! one (`view.throughput(job, kind, gpus, spread)`), waits for a single
+//! node rather than start spread, as Tiresias consolidates skewed models;
+//! without a model (or for a gang larger than any node) any gang may
+//! spread.
+//!
 //! Config: `thresholds=3600,36000` (GPU-seconds, ascending; `n` values
 //! give `n + 1` queues; an empty list gives one queue, i.e. FIFO with
 //! preemption only by age).
@@ -149,9 +157,37 @@ pub struct Tiresias {
     capacity: u32,
     /// Free GPUs kept from events (see `FreeGpus`).
     free: FreeGpus,
+    /// The cluster's GPU kind (the first GPU's), to ask the performance
+    /// model about placement; rebuilt with the topology.
+    kind: Option<String>,
+    /// The most GPUs any node has.
+    node_size: u32,
 }
 
+/// A gang running over several nodes at less than this fraction of its
+/// one-node speed waits for a single node (see the module doc).
+pub const SKEW: f64 = 0.9;
+
 impl Tiresias {
+    /// Whether job `id`'s gang of `gpus` must wait for one node: the
+    /// model says spreading slows it below [`SKEW`], and a node can hold it.
+    fn must_consolidate(&self, view: &impl View, id: JobId, gpus: u32) -> bool {
+        if gpus < 2 || gpus > self.node_size {
+            return false;
+        }
+        let Some(kind) = &self.kind else { return false };
+        match (
+            view.throughput(id, kind, gpus, false),
+            view.throughput(id, kind, gpus, true),
+        ) {
+            // Only sane figures count (positive and finite).
+            (Some(one), Some(spread)) if one.is_finite() && one > 0.0 && spread.is_finite() && spread >= 0.0 => {
+                spread < SKEW * one
+            }
+            _ => false,
+        }
+    }
+
     /// The queue a job with `attained` GPU-seconds belongs in.
     fn queue(&self, attained: f64) -> u32 {
         self.thresholds.partition_point(|&t| attained >= t - EPS) as u32
@@ -422,6 +458,8 @@ impl Policy for Tiresias {
             topology: None,
             capacity: 0,
             free: FreeGpus::new(),
+            kind: None,
+            node_size: 0,
         };
         Ok((
             policy,
@@ -466,6 +504,12 @@ impl Policy for Tiresias {
         if self.topology.is_none() {
             let gpus = view.gpus();
             self.capacity = gpus.iter().filter(|g| g.online).count() as u32;
+            self.kind = gpus.first().map(|g| g.kind.clone());
+            let mut per_node: BTreeMap<u32, u32> = BTreeMap::new();
+            for g in &gpus {
+                *per_node.entry(g.node).or_default() += 1;
+            }
+            self.node_size = per_node.values().copied().max().unwrap_or(0);
             self.topology = Some(Topology::new(&gpus));
         }
         if resync {
@@ -613,7 +657,12 @@ impl Policy for Tiresias {
         let mut started: Vec<(JobId, Waiting)> = Vec::new();
         for (id, w) in admit {
             // Best-fitting node, else the nodes with most free GPUs, as
-            // `Topology::take_gang` would, from the pool kept from events.
+            // `Topology::take_gang` would, from the pool kept from events;
+            // a placement-sensitive gang only on one node.
+            if w.gpus >= 2 && self.free.most_on_one_node() < w.gpus as usize && self.must_consolidate(view, id, w.gpus)
+            {
+                continue; // waits for a node to free up
+            }
             let Some(gpus) = self.free.take_gang(id, w.gpus) else {
                 continue; // not actually available (shared GPUs): try next time
             };
@@ -651,6 +700,46 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_placement_sensitive_gang_waits_for_one_node() {
+        // Two nodes of two GPUs, one GPU busy on each: two free GPUs, on
+        // different nodes.
+        let setup = |spread_rate: Option<f64>| {
+            let mut view = FakeView::new(4, 2);
+            let (a, b) = (view.add_job(1), view.add_job(1));
+            view.place(a.id, &[0], 1.0);
+            view.place(b.id, &[2], 1.0);
+            let gang = view.add_job(2);
+            if let Some(rate) = spread_rate {
+                view.set_throughput(gang.id, "fake", 2, 1.0);
+                view.model.throughputs.insert((gang.id, "fake".into(), 2, true), rate);
+            }
+            let events = vec![
+                Event::JobArrived(view.job(a.id).unwrap()),
+                Event::JobArrived(view.job(b.id).unwrap()),
+                Event::JobArrived(gang.clone()),
+            ];
+            (view, events, gang.id)
+        };
+        // Half as fast spread: it waits.
+        let (view, events, _) = setup(Some(0.5));
+        let mut p = policy("");
+        assert_eq!(starts(&p.decide(&view, events)), vec![]);
+        // Barely slower spread, or no model: it starts over both nodes.
+        for rate in [Some(0.95), None, Some(f64::NAN)] {
+            let (view, events, gang) = setup(rate);
+            let d = policy("").decide(&view, events);
+            assert_eq!(starts(&d), vec![(gang, vec![1, 3])], "{rate:?}");
+        }
+        // Once a node frees up, the waiting gang gets it whole.
+        let (mut view, events, gang) = setup(Some(0.5));
+        let mut p = policy("");
+        p.decide(&view, events);
+        view.finish(1);
+        let d = p.decide(&view, vec![Event::JobFinished(1)]);
+        assert_eq!(starts(&d), vec![(gang, vec![2, 3])]);
     }
 
     #[test]
