@@ -851,7 +851,7 @@ impl Core {
             restart_seconds: 0.0,
             speed: 1.0,
             spread_factor: 1.0,
-            co_located: None,
+            co_located: 0.0,
             first_start: job.start_time.map(time),
             end_time: job.end_time.map(time),
             priority: if crate::bounds::check_priority(job.priority, true).is_ok() {
