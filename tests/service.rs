@@ -1399,7 +1399,14 @@ async fn emulated_gpus_run_typed_jobs_at_their_measured_speed() {
     assert!(refused.message().contains("spec.job_type"), "{}", refused.message());
     let done = wait_ended(&mut jobs, &[typed, plain], Duration::from_secs(60)).await;
     let ran = |job: &proto::Job| job.end_time.expect("ended") - job.start_time.expect("started");
-    assert_eq!(done[0].spec.as_ref().and_then(|s| s.job_type.as_deref()), Some(job_type));
-    assert!(ran(&done[0]) >= 0.3 * slower * 0.9, "typed: {:.3} s, {slower:.2}x slower", ran(&done[0]));
+    assert_eq!(
+        done[0].spec.as_ref().and_then(|s| s.job_type.as_deref()),
+        Some(job_type)
+    );
+    assert!(
+        ran(&done[0]) >= 0.3 * slower * 0.9,
+        "typed: {:.3} s, {slower:.2}x slower",
+        ran(&done[0])
+    );
     assert!(ran(&done[1]) < 0.3 * slower * 0.9, "untyped: {:.3} s", ran(&done[1]));
 }
