@@ -376,3 +376,36 @@ fn a_plugin_built_before_the_performance_accessors_still_loads_and_decides_alike
     assert_eq!(old.summary.completed, 3);
     assert_eq!(old.jobs, new.jobs, "the same schedule");
 }
+
+#[test]
+fn in_rounds_arrivals_and_decisions_wait_for_the_round_end() {
+    // Rounds of 100 s on one GPU: A (50 s) starts at 0 and ends at 50
+    // exactly; B, arriving at 10, is admitted at 100 (the GPU idles from 50
+    // to 100, as in Gavel's simulator) and ends at 130; C, arriving at 100,
+    // waits behind it and is started at the next round end after B's.
+    let jobs = trace("0,50,1\n10,30,1\n100,10,1\n");
+    let engine = engine();
+    let exact = run(&engine, None, &jobs, &cluster(1, 1));
+    assert_eq!((times(&exact, 3), times(&exact, 4)), ((50.0, 80.0), (100.0, 110.0)));
+    let config = SimConfig {
+        rounds: Some(100.0),
+        ..cluster(1, 1)
+    };
+    for policy in [None, Some(choice(&engine, "fifo", ""))] {
+        let r = run(&engine, policy.as_ref(), &jobs, &config);
+        assert_eq!(times(&r, 2), (0.0, 50.0));
+        assert_eq!(times(&r, 3), (100.0, 130.0));
+        assert_eq!(times(&r, 4), (200.0, 210.0));
+        assert_eq!(r.summary.jct.mean, (50.0 + 120.0 + 110.0) / 3.0);
+    }
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 5e-324] {
+        let config = SimConfig {
+            rounds: Some(bad),
+            ..cluster(1, 1)
+        };
+        assert!(
+            wsched::sim::simulate(&engine, None, &[], &jobs, &config).is_err(),
+            "{bad}"
+        );
+    }
+}

@@ -450,6 +450,12 @@ struct SimArgs {
     hide_durations: bool,
     #[command(flatten)]
     model: ModelArgs,
+    /// Replay in rounds of SECONDS, as Gavel's simulator does: arrivals
+    /// admitted and decisions made only at round ends (jobs still end at
+    /// their exact times; GPUs they free idle until the round ends). For
+    /// comparing with round-based simulators; event-exact by default.
+    #[arg(long, value_name = "SECONDS")]
+    rounds: Option<f64>,
     /// Seed of the job types given to trace jobs (with a throughput table).
     #[arg(long, default_value_t = 0)]
     job_type_seed: u64,
@@ -803,6 +809,7 @@ fn run_sim(args: SimArgs, cache: Option<CompileCache>) -> anyhow::Result<()> {
         restart_cost,
         colocation,
         spread_penalty,
+        rounds: args.rounds,
         speed,
         reveal_durations: !args.hide_durations,
         // One bar for one replay; several would fight over the terminal.

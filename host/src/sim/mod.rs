@@ -70,6 +70,12 @@ pub struct SimConfig {
     /// Speed of a gang spread over nodes where the table has no slower
     /// figure (see [`crate::cluster::Cluster::set_spread_penalty`]).
     pub spread_penalty: Option<f64>,
+    /// Round-based replay, as Gavel's simulator does it: arrivals are
+    /// admitted, and the policy decides, only at multiples of this many
+    /// seconds after the first submission; jobs still end at their exact
+    /// times, so GPUs they free idle until the round ends. None (the
+    /// default): event-exact. For comparing with round-based simulators.
+    pub rounds: Option<f64>,
     /// Measured throughputs: each job gets a type (see
     /// [`crate::speed::ThroughputTable::pick_type`]) and runs at its type's
     /// speed on the GPUs it holds. None: every job runs at the same speed
@@ -142,6 +148,7 @@ impl Default for SimConfig {
             restart_cost: crate::cluster::RestartCost::default(),
             colocation: crate::cluster::Colocation::default(),
             spread_penalty: None,
+            rounds: None,
             speed: None,
         }
     }
@@ -232,6 +239,23 @@ pub fn simulate_observed(
         None => PolicyHost::new(engine.clone(), cluster),
     };
     host.set_stall_rule(StallRule::SIMULATION);
+    if let Some(r) = config.rounds
+        && !(r.is_finite() && (1e-3..=crate::bounds::MAX_JOB_SECONDS).contains(&r))
+    {
+        anyhow::bail!(
+            "rounds: must be seconds from 0.001 to {:e}, got {r}",
+            crate::bounds::MAX_JOB_SECONDS
+        );
+    }
+    // The round boundary at or after `t` (always computed as `k * round`,
+    // so that a time is a boundary exactly when it equals its own).
+    let boundary = |t: f64| match config.rounds {
+        Some(r) => (t / r - 1e-9).ceil().max(0.0) * r,
+        None => t,
+    };
+    // A boundary the loop must visit to decide: something happened since
+    // the last decision, between boundaries.
+    let mut decision_due: Option<f64> = None;
     let initial_policy = host.active().name().to_string();
     // The one decision loop (the service's), on the virtual clock with the
     // model as its backend; a simulated second costs nothing, so timer
@@ -263,11 +287,22 @@ pub fn simulate_observed(
 
     loop {
         let now = rt.host().cluster().now();
-        let arrival = order.get(next_arrival).map(|&i| trace[i].submit - origin);
+        let arrival = order.get(next_arrival).map(|&i| boundary(trace[i].submit - origin));
         let swap = swaps.get(next_swap).map(|s| s.at.max(now));
         let change = gpu_changes.get(next_change).map(|c| c.0.max(now));
-        // Completions, the policy's wake-up and its tick.
-        let due = rt.next_due();
+        // Completions, the policy's wake-up and its tick (in rounds: the
+        // completions at their times, timers at the round they fall in).
+        let due = match config.rounds {
+            None => rt.next_due(),
+            Some(_) => [
+                rt.host().cluster().next_completion(),
+                rt.next_due().map(|d| boundary(d.max(now))),
+                decision_due,
+            ]
+            .into_iter()
+            .flatten()
+            .min_by(f64::total_cmp),
+        };
         let Some(t) = [arrival, due, swap, change]
             .into_iter()
             .flatten()
@@ -307,7 +342,7 @@ pub fn simulate_observed(
 
         while let Some(&i) = order.get(next_arrival) {
             let job = &trace[i];
-            if job.submit - origin > t {
+            if boundary(job.submit - origin) > t {
                 break;
             }
             next_arrival += 1;
@@ -366,6 +401,16 @@ pub fn simulate_observed(
             swap_log.push((t, outcome));
         }
 
+        // In rounds, what happened between boundaries waits for the next.
+        if config.rounds.is_some() && boundary(t) != t {
+            decision_due = Some(boundary(t));
+            let share = rt.host().cluster().allocated_share();
+            if utilisation.last().is_some_and(|&(_, s)| s != share) {
+                utilisation.push((t, share));
+            }
+            continue;
+        }
+        decision_due = None;
         // A due tick or wake-up, the decision (again while events keep
         // coming), the watchdog: the service's own code.
         rt.decide(&mut step);
