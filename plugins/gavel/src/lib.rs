@@ -171,9 +171,11 @@
 //! the earlier round-counting Gavel, is refused: the host then keeps this
 //! policy, which rebuilds from the jobs it is told about).
 //!
-//! Config: `round=360;mode=aware;reset=1920`: seconds per round (> 0),
-//! `aware` or `agnostic`, and the least seconds between resets of the time
-//! counters (>= 0; 0 resets them whenever the allocation changes).
+//! Config: `round=360;mode=aware;reset=1920;fill=true`: seconds per round
+//! (> 0), `aware` or `agnostic`, the least seconds between resets of the
+//! time counters (>= 0; 0 resets them whenever the allocation changes),
+//! and whether stage 2 fills what Gavel's optimum leaves idle (`false`:
+//! stage 1's optimum as the simplex finds it, for comparing with Gavel).
 
 use std::collections::{BTreeMap, BTreeSet};
 use wsched_sdk::*;
@@ -246,6 +248,9 @@ impl Job {
 pub struct Gavel {
     round: f64,
     mode: Mode,
+    /// Whether the allocation fills what Gavel's optimum leaves idle (see
+    /// [`lp::allocate_with`]).
+    fill: bool,
     jobs: BTreeMap<JobId, Job>,
     /// Kinds and free GPUs per kind.
     pools: Pools,
@@ -287,10 +292,11 @@ struct Config {
     round: f64,
     mode: Mode,
     reset: f64,
+    fill: bool,
 }
 
 fn parse_config(config: &str) -> Result<Config, String> {
-    let (mut round, mut mode, mut reset) = (360.0, Mode::Aware, 1920.0);
+    let (mut round, mut mode, mut reset, mut fill) = (360.0, Mode::Aware, 1920.0, true);
     for pair in config.split(';').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((key, value)) = pair.split_once('=') else {
             return Err(format!("gavel: `{pair}` is not key=value"));
@@ -311,6 +317,13 @@ fn parse_config(config: &str) -> Result<Config, String> {
                     .filter(|r: &f64| r.is_finite() && *r >= 0.0)
                     .ok_or_else(|| format!("gavel: reset: `{value}` is not a number of seconds >= 0"))?;
             }
+            "fill" => {
+                fill = match value {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(format!("gavel: fill: `{value}` is not `true` or `false`")),
+                };
+            }
             "mode" => {
                 mode = match value {
                     "aware" => Mode::Aware,
@@ -320,12 +333,17 @@ fn parse_config(config: &str) -> Result<Config, String> {
             }
             other => {
                 return Err(format!(
-                    "gavel: unknown config key `{other}` (known: round, mode, reset)"
+                    "gavel: unknown config key `{other}` (known: round, mode, reset, fill)"
                 ));
             }
         }
     }
-    Ok(Config { round, mode, reset })
+    Ok(Config {
+        round,
+        mode,
+        reset,
+        fill,
+    })
 }
 
 /// Job `id`'s throughputs on each kind, relative to its best kind (see the
@@ -530,7 +548,7 @@ impl Gavel {
                 },
             })
             .collect();
-        let alloc = lp::allocate(&kinds.caps, &rows);
+        let alloc = lp::allocate_with(&kinds.caps, &rows, self.fill);
         let mut speed = vec![0.0; n];
         for row in &rows {
             for (s, t) in speed.iter_mut().zip(&row.tput) {
@@ -818,10 +836,16 @@ fn start_or_resume(job: JobId, state: JobState, gpus: Vec<GpuId>) -> Action {
 
 impl Policy for Gavel {
     fn init(config: &str) -> Result<(Self, PolicyInfo), String> {
-        let Config { round, mode, reset } = parse_config(config)?;
+        let Config {
+            round,
+            mode,
+            reset,
+            fill,
+        } = parse_config(config)?;
         let policy = Gavel {
             round,
             mode,
+            fill,
             reset_every: reset,
             jobs: BTreeMap::new(),
             pools: Pools::default(),

@@ -69,6 +69,13 @@ pub struct Allocation {
 /// program (it can never run); one that does not fit kind `k` gets no time
 /// there.
 pub fn allocate(caps: &[u32], rows: &[Row]) -> Allocation {
+    allocate_with(caps, rows, true)
+}
+
+/// [`allocate`], with or without stage 2 (`fill`): without it the answer
+/// is stage 1's optimum as the simplex finds it, as Gavel keeps whatever
+/// optimum its solver returns.
+pub fn allocate_with(caps: &[u32], rows: &[Row], fill: bool) -> Allocation {
     let kinds = caps.len();
     let mut x = vec![vec![0.0; kinds]; rows.len()];
     let fits = |r: &Row, k: usize| r.gang >= 1 && r.gang <= caps[k];
@@ -110,7 +117,7 @@ pub fn allocate(caps: &[u32], rows: &[Row]) -> Allocation {
         if vars + 1 > MAX_LP_VARS {
             continue;
         }
-        match solve(caps, &classes) {
+        match solve(caps, &classes, fill) {
             Ok((shares, objective)) => {
                 for (&j, &c) in live.iter().zip(&classes.of_job) {
                     x[j].clone_from(&shares[c]);
@@ -235,7 +242,7 @@ impl Classes {
 /// more and maximises their sum, choosing among stage 1's optima (which
 /// are seldom unique) one that leaves no capacity idle that some job could
 /// use. Returns each class's shares per kind and `t`.
-fn solve(caps: &[u32], classes: &Classes) -> Result<(Vec<Vec<f64>>, f64), microlp::Error> {
+fn solve(caps: &[u32], classes: &Classes, fill: bool) -> Result<(Vec<Vec<f64>>, f64), microlp::Error> {
     let (first, vars) = build(caps, classes, None);
     let solution = first.solve()?.into_solution().map_err(|_| microlp::Error::Infeasible)?;
     let t = solution.objective();
@@ -245,9 +252,11 @@ fn solve(caps: &[u32], classes: &Classes) -> Result<(Vec<Vec<f64>>, f64), microl
     }
     // Stage 2, within the solver's tolerance of stage 1's optimum.
     let floor = t * (1.0 - 1e-6) - 1e-9;
-    let (second, vars) = build(caps, classes, Some(floor));
-    if let Ok(Ok(better)) = second.solve().map(|o| o.into_solution()) {
-        shares = read(&better, &vars);
+    if fill {
+        let (second, vars) = build(caps, classes, Some(floor));
+        if let Ok(Ok(better)) = second.solve().map(|o| o.into_solution()) {
+            shares = read(&better, &vars);
+        }
     }
     // As Gavel does: clip to [0, 1]; then keep each job's sum within 1.
     for row in &mut shares {
@@ -446,6 +455,17 @@ mod tests {
         assert!(close(alloc.objective, 1.0), "{alloc:?}");
         assert!(close(alloc.x[0][0], 1.0), "{alloc:?}");
         assert!(close(alloc.x[1][0], 0.0) && close(alloc.x[1][1], 1.0), "{alloc:?}");
+        // Without stage 2: the same optimum t, and never more GPUs used.
+        let bare = allocate_with(&[4, 1], &rows, false);
+        feasible(&[4, 1], &rows, &bare);
+        assert!(close(bare.objective, alloc.objective), "{bare:?}");
+        let used = |a: &Allocation| -> f64 {
+            a.x.iter()
+                .zip(&rows)
+                .map(|(x, r)| x.iter().sum::<f64>() * f64::from(r.gang))
+                .sum()
+        };
+        assert!(used(&bare) <= used(&alloc) + 1e-9, "{bare:?} {alloc:?}");
         // More demand than GPUs: three 2-GPU jobs and a 1-GPU job on 4:
         // water-filling 3 min(L,2) + min(L,1) = 4 gives L = 1: each 2-GPU
         // job 1/2 of the time, the 1-GPU job all of it; t = 1.

@@ -100,6 +100,7 @@ fn config_keys() {
         "x=1",
         "reset=-1",
         "reset=nan",
+        "fill=maybe",
     ] {
         let err = Gavel::init(bad).err().unwrap();
         assert!(err.starts_with("gavel:"), "{bad}: {err}");
@@ -108,7 +109,7 @@ fn config_keys() {
         Gavel::init("speed=1")
             .err()
             .unwrap()
-            .contains("known: round, mode, reset")
+            .contains("known: round, mode, reset, fill")
     );
 }
 
