@@ -351,6 +351,28 @@ mod tests {
     }
 
     #[test]
+    fn pairs_are_read_in_both_orders_and_zero_is_unmeasured() {
+        let t = ThroughputTable::from_gavel_json(
+            r#"{"v100": {"('A', 1)": {"null": 10.0, "('B', 1)": [6.0, 2.0], "('C', 1)": [0.0, 0.0],
+                                      "('Z', 1)": [1.0, 1.0], "('B', 2)": [1.0, 1.0]},
+                         "('B', 1)": {"null": 4.0},
+                         "('C', 1)": {"null": 5.0}}}"#,
+        )
+        .unwrap();
+        let v100 = t.kind_index("v100").unwrap();
+        let (a, b, c) = (0, 1, 2);
+        assert_eq!(t.pair(v100, a, b, 1), Some((6.0, 2.0)));
+        assert_eq!(t.pair(v100, b, a, 1), Some((2.0, 6.0)), "the other order");
+        assert_eq!(t.pair(v100, a, b, 2), None, "pairs of other gang sizes are not read");
+        assert_eq!(t.pair_factor(v100, a, b, 1), Some(0.6));
+        assert_eq!(t.pair_factor(v100, b, a, 1), Some(0.5));
+        assert_eq!(t.pair_factor(v100, a, c, 1), None, "0: could not share");
+        // Mean over both jobs of each measured pair, zeros left out.
+        assert_eq!(t.mean_pair_factor(v100), Some((0.6 + 0.5) / 2.0));
+        assert_eq!(t.types(), ["A", "B", "C"], "a pair naming an unknown type is ignored");
+    }
+
+    #[test]
     fn gavels_shipped_table_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/throughputs/gavel-simulation.json");
         let t = ThroughputTable::read(&path).unwrap();
@@ -375,6 +397,16 @@ mod tests {
             (r#"{"v100": {"('A', 1)": {"null": -1}}}"#, "not in [0, 1e12]"),
             (r#"{"v100": {"('A', 1)": {"null": 1e300}}}"#, "not in [0, 1e12]"),
             (r#"{"": {"('A', 1)": {"null": 1}}}"#, "not a name"),
+            (
+                r#"{"v100": {"('A', 1)": {"null": 1, "('A', 1)": [1, "x"]}}}"#,
+                "not a pair",
+            ),
+            (
+                r#"{"v100": {"('A', 1)": {"null": 1, "('A', 1)": [1, 1e300]}}}"#,
+                "not a pair",
+            ),
+            (r#"{"v100": {"('A', 1)": {"null": 1, "('A', 1)": [1]}}}"#, "not a pair"),
+            (r#"{"v100": {"('A', 1)": {"null": 1, "A": [1, 1]}}}"#, "not a pair"),
         ] {
             let e = ThroughputTable::from_gavel_json(text).unwrap_err();
             assert!(e.contains(why), "{text}: {e}");
